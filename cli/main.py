@@ -1,0 +1,31 @@
+"""Entry point of the ``urbangeo`` command."""
+
+from __future__ import annotations
+
+import click
+
+from urbangeo import __version__
+from urbangeo_cli.geo import cities, grid, sample
+from urbangeo_cli.run import run
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="urbangeo")
+def cli() -> None:
+    """urbangeo: urban region profiling from OpenStreetMap, imagery and captions.
+
+    \b
+    A city becomes one GeoPackage that QGIS opens as it is:
+      grid     square regions over a boundary             -> layers boundary, regions
+      sample   street-view points every 500 m on roads    -> layers roads, sv_points
+      run      every stage for a bundled city, resumable  -> RUN_DIR/run.gpkg
+      cities   the cities bundled for offline use
+
+    \b
+    Start with:  urbangeo run            (the default city, offline)
+    Every command explains itself: urbangeo COMMAND --help
+    """
+
+
+for command in (cities, grid, sample, run):
+    cli.add_command(command)

@@ -1,0 +1,52 @@
+"""Names shared by every module: layers, columns, CRS and defaults.
+
+Stages exchange data through one GeoPackage per run; these constants are the contract between
+them, the CLI and the QGIS plugin.
+"""
+
+from __future__ import annotations
+
+# --- GeoPackage layers -------------------------------------------------------------------------
+LAYER_BOUNDARY = "boundary"
+LAYER_REGIONS = "regions"
+LAYER_ROADS = "roads"
+LAYER_SV_POINTS = "sv_points"
+LAYER_IMAGES = "images"
+LAYER_CAPTIONS = "captions"
+LAYER_REGION_EMBEDDINGS = "region_embeddings"
+LAYER_PREDICTIONS = "predictions"
+LAYER_CLUSTERS = "clusters"
+
+# --- Columns -----------------------------------------------------------------------------------
+REGION_ID = "region_id"
+POINT_ID = "point_id"
+COL = "col"
+ROW = "row"
+AREA_M2 = "area_m2"
+INSIDE_SHARE = "inside_share"
+HEADING = "heading"
+LON = "lon"
+LAT = "lat"
+ROAD_ID = "road_id"
+HIGHWAY = "highway"
+LENGTH_M = "length_m"
+NAME = "name"
+SOURCE = "source"
+
+# --- CRS ---------------------------------------------------------------------------------------
+WGS84 = "EPSG:4326"
+
+# --- Defaults ----------------------------------------------------------------------------------
+DEFAULT_CITY = "kotka"
+DEFAULT_CELL_SIZE_M = 1000.0
+DEFAULT_INTERVAL_M = 500.0
+#: Sample points closer than this are merged; about the width of a junction, far below the
+#: 500 m interval, so that only the duplicates produced where road lines meet are merged.
+DEFAULT_MERGE_TOLERANCE_M = 25.0
+#: A grid with more cells than this (counted over the boundary's bounding box) needs ``force``.
+MAX_CELLS = 1_000_000
+DEFAULT_NETWORK = "drive"
+NETWORK_TYPES = ("drive", "walk", "all")
+
+#: GeoPackage version written: QGIS 3.22's GDAL 3.6 expects 1.3.
+GPKG_VERSION = "1.3"

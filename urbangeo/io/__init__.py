@@ -1,0 +1,1 @@
+"""Input/output: GeoPackage conventions and run folders."""

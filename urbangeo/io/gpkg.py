@@ -1,0 +1,179 @@
+"""GeoPackage conventions: one file per run, atomic multi-layer writes, clear read errors.
+
+Every stage reads the layers it needs from the run's GeoPackage and adds its own. Writes go to a
+temporary copy beside the file that replaces it in one ``os.replace``: a crash or Ctrl-C never
+leaves a corrupt or half-written file, and the file's other layers survive. Files are GeoPackage
+1.3 (what QGIS 3.22's GDAL expects), with a spatial index on every layer and the CRS recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import geopandas as gpd
+import pandas as pd
+import pyogrio
+
+from urbangeo import constants as C
+from urbangeo.errors import InputError, MissingLayerError, OutputError
+
+#: The command that writes each layer, for the hint when a layer is missing.
+PRODUCER = {
+    C.LAYER_BOUNDARY: "urbangeo grid",
+    C.LAYER_REGIONS: "urbangeo grid",
+    C.LAYER_ROADS: "urbangeo sample",
+    C.LAYER_SV_POINTS: "urbangeo sample",
+}
+
+#: Declared geometry type of each known layer, so that an empty layer still opens in QGIS
+#: as the right kind of vector layer.
+GEOMETRY_TYPE = {
+    C.LAYER_BOUNDARY: "MultiPolygon",
+    C.LAYER_REGIONS: "Polygon",
+    C.LAYER_ROADS: "LineString",
+    C.LAYER_SV_POINTS: "Point",
+}
+
+
+def ensure_writable(path: str | os.PathLike) -> Path:
+    """Fail early, before any work, if ``path`` cannot be written; create its folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(
+            f"Output path {path} is a folder.", hint="Give a file name ending in .gpkg."
+        )
+    if path.suffix.lower() != ".gpkg":
+        raise OutputError(
+            f"Output path {path} does not end in .gpkg.",
+            hint="urbangeo writes GeoPackages; name the output like run.gpkg.",
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"Cannot create the folder {path.parent}: {exc.strerror}.",
+            hint="Choose an output path in a folder you can write to (-o/--gpkg).",
+        ) from exc
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise OutputError(
+            f"Cannot write to {path}: permission denied.",
+            hint="Choose an output path in a folder you can write to (-o/--gpkg).",
+        )
+    return path
+
+
+def check_can_write(path: str | os.PathLike, layers: list[str], *, overwrite: bool = False) -> Path:
+    """Fail before any work if ``layers`` cannot be written to ``path``.
+
+    The path must be writable, and layers that exist already need ``overwrite``.
+    """
+    path = ensure_writable(path)
+    clashes = sorted(set(list_layers(path)) & set(layers))
+    if clashes and not overwrite:
+        raise OutputError(
+            f"Layer(s) {', '.join(clashes)} already exist in {path}.",
+            hint="Pass --overwrite (overwrite=True) to replace them, or choose another file.",
+        )
+    return path
+
+
+def list_layers(path: str | os.PathLike) -> list[str]:
+    """Names of the layers (spatial and attribute tables) in a GeoPackage; [] if absent."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        return [str(name) for name in pyogrio.list_layers(path)[:, 0]]
+    except Exception as exc:
+        raise InputError(
+            f"{path} is not a readable GeoPackage ({exc}).",
+            hint="Pass the GeoPackage written by `urbangeo grid` (-o/--gpkg).",
+        ) from exc
+
+
+def read_layer(path: str | os.PathLike, layer: str) -> gpd.GeoDataFrame:
+    """Read one layer; a missing file or layer names the command that writes it."""
+    path = Path(path)
+    producer = PRODUCER.get(layer, "the stage that writes it")
+    if not path.exists():
+        raise MissingLayerError(
+            f"GeoPackage {path} does not exist.",
+            hint=f"Create it first, e.g. `urbangeo grid --city {C.DEFAULT_CITY} -o {path}`.",
+        )
+    if layer not in list_layers(path):
+        raise MissingLayerError(
+            f"Layer '{layer}' is not in {path}.",
+            hint=f"Run `{producer}` on this GeoPackage first.",
+        )
+    return gpd.read_file(path, layer=layer, engine="pyogrio")
+
+
+def write_layers(
+    path: str | os.PathLike,
+    layers: Mapping[str, gpd.GeoDataFrame | pd.DataFrame],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write several layers into ``path`` atomically: all of them land, or none.
+
+    Layers that already exist are replaced only with ``overwrite=True``; the file's other
+    layers are kept. Returns the path.
+    """
+    path = check_can_write(path, list(layers), overwrite=overwrite)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.gpkg", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        if path.exists():
+            shutil.copyfile(path, tmp)
+        else:
+            tmp.unlink()
+        for name, frame in layers.items():
+            _write_one(tmp, name, frame)
+        os.replace(tmp, path)
+    finally:
+        # Also on KeyboardInterrupt: the original file is untouched until os.replace.
+        for leftover in (tmp, Path(f"{tmp}-journal"), Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+            leftover.unlink(missing_ok=True)
+    return path
+
+
+def _write_one(path: Path, layer: str, frame: gpd.GeoDataFrame | pd.DataFrame) -> None:
+    is_spatial = isinstance(frame, gpd.GeoDataFrame) and frame.geometry.name in frame
+    if is_spatial and frame.crs is None:
+        raise OutputError(f"Layer '{layer}' has no CRS; refusing to write it without one.")
+    new_file = not path.exists()
+    kwargs: dict = {
+        "layer": layer,
+        "driver": "GPKG",
+        "layer_options": {"SPATIAL_INDEX": "YES", "OVERWRITE": "YES"},
+    }
+    if new_file:
+        kwargs["dataset_options"] = {"VERSION": C.GPKG_VERSION}
+    if is_spatial:
+        declared = GEOMETRY_TYPE.get(layer)
+        types = set(frame.geometry.geom_type.dropna())
+        if declared is not None:
+            kwargs["geometry_type"] = declared
+            kwargs["promote_to_multi"] = declared.startswith("Multi")
+        elif not types:
+            kwargs["geometry_type"] = "Unknown"
+        elif len(types) > 1:
+            kwargs["promote_to_multi"] = True
+        pyogrio.write_dataframe(frame, path, **kwargs)
+    else:
+        pyogrio.write_dataframe(pd.DataFrame(frame), path, **kwargs)
+
+
+def gpkg_version(path: str | os.PathLike) -> str:
+    """The GeoPackage version recorded in a file's header, e.g. ``"1.3"``."""
+    with sqlite3.connect(path) as con:
+        (user_version,) = con.execute("PRAGMA user_version").fetchone()
+    major, rest = divmod(int(user_version), 10000)
+    minor = rest // 100
+    return f"{major}.{minor}"
