@@ -136,7 +136,7 @@ def _read_xml(path: Path) -> gpd.GeoDataFrame:
     ox = configured_osmnx()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        graph = ox.graph_from_xml(path, simplify=True, retain_all=True)
+        graph = ox.graph_from_xml(path, simplify=False, retain_all=True)
     if graph.number_of_edges() == 0:
         return gpd.GeoDataFrame({"osmid": [], C.HIGHWAY: []}, geometry=[], crs=C.WGS84)
     return ox.graph_to_gdfs(graph, nodes=False).reset_index(drop=True)
@@ -148,7 +148,7 @@ def _read_online(area: shapely.Geometry, network: str) -> gpd.GeoDataFrame:
     ox = configured_osmnx()
     try:
         graph = ox.graph_from_polygon(
-            area, network_type=network, retain_all=True, truncate_by_edge=True
+            area, network_type=network, simplify=False, retain_all=True, truncate_by_edge=True
         )
     except Exception as exc:
         raise InputError(
@@ -164,6 +164,16 @@ def _first(value: object) -> object:
     if isinstance(value, list | tuple | np.ndarray):
         return value[0] if len(value) else None
     return value
+
+
+def _first_undirected(geoms: np.ndarray) -> np.ndarray:
+    """Mask of the geometries that do not repeat an earlier one in either direction."""
+    mask = np.zeros(len(geoms), dtype=bool)
+    valid = np.flatnonzero(~shapely.is_missing(geoms))
+    keys = shapely.to_wkb(shapely.normalize(geoms[valid]))
+    _, first = np.unique(keys, return_index=True)
+    mask[valid[first]] = True
+    return mask
 
 
 def _text(values: np.ndarray) -> np.ndarray:
@@ -190,6 +200,8 @@ def _clean(
     osm_id = frame[osm_col].map(_first) if osm_col else pd.Series(pd.NA, index=frame.index)
     name = frame[C.NAME].map(_first) if C.NAME in frame else pd.Series(pd.NA, index=frame.index)
 
+    # osmnx graphs hold a two-way street once per direction; the layer holds it once.
+    keep &= _first_undirected(frame.geometry.values)
     geoms = frame.geometry.values[keep]
     clipped = shapely.intersection(geoms, boundary.union_all())
     parts, index = shapely.get_parts(clipped, return_index=True)

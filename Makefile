@@ -1,0 +1,25 @@
+# The two commands a newcomer needs (see README.md):
+#   make run    install urbangeo into .venv and run the default city offline
+#   make test   install urbangeo with its test tools and run the linters and the tests
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install run test lint
+
+$(BIN)/urbangeo: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+install: $(BIN)/urbangeo
+
+run: install
+	$(BIN)/urbangeo run
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest

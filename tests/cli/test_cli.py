@@ -1,0 +1,215 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from urbangeo import constants as C
+from urbangeo.io.gpkg import list_layers, read_layer
+from urbangeo.io.runs import read_stage_records
+from urbangeo_cli.main import cli
+
+COMMANDS = ["cities", "grid", "sample", "run"]
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def invoke(runner, *args):
+    return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_console_script_is_installed_and_helps():
+    exe = shutil.which("urbangeo", path=str(Path(sys.executable).parent))
+    assert exe, "the urbangeo console script is not installed beside this Python"
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+    for command in COMMANDS:
+        assert command in out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_explains_itself(runner, command):
+    result = invoke(runner, command, "--help")
+    assert result.exit_code == 0
+    if command != "cities":
+        assert "Example" in result.output
+        assert "--quiet" in result.output and "--progress" in result.output
+        assert "default" in result.output
+
+
+def test_cities(runner):
+    result = invoke(runner, "cities")
+    assert result.exit_code == 0
+    assert "kotka" in result.output and "helsinki" in result.output and "(default)" in result.output
+
+
+def test_grid_for_a_bundled_city(runner, tmp_path):
+    out = tmp_path / "k.gpkg"
+    result = invoke(runner, "grid", "--city", "kotka", "-o", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert result.output == ""  # --quiet: nothing but errors
+    assert {C.LAYER_BOUNDARY, C.LAYER_REGIONS} <= set(list_layers(out))
+    regions = read_layer(out, C.LAYER_REGIONS)
+    bundled = read_layer(Path(__file__).parents[2] / "sample_grids" / "kotka.gpkg", "regions")
+    assert list(regions[C.REGION_ID]) == list(bundled[C.REGION_ID])
+
+
+def test_grid_default_output_is_a_run_folder(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke(runner, "grid", "--city", "helsinki", "--cell-size", "250")
+    assert result.exit_code == 0, result.output
+    assert "regions of 250 m" in result.output
+    assert len(read_layer(tmp_path / "helsinki" / "run.gpkg", C.LAYER_REGIONS)) > 20
+
+
+def test_grid_refuses_to_overwrite_without_the_flag(runner, tmp_path):
+    out = tmp_path / "k.gpkg"
+    invoke(runner, "grid", "--city", "kotka", "-o", out, "-q")
+    before = out.read_bytes()
+    result = invoke(runner, "grid", "--city", "kotka", "-o", out, "--cell-size", "500")
+    assert result.exit_code == 1
+    assert "already exist" in result.output and "--overwrite" in result.output
+    assert out.read_bytes() == before
+    result = invoke(
+        runner, "grid", "--city", "kotka", "-o", out, "--cell-size", "500", "--overwrite"
+    )
+    assert result.exit_code == 0
+    assert len(read_layer(out, C.LAYER_REGIONS)) > 9
+
+
+def test_unknown_city_fails_clearly_and_writes_nothing(runner, tmp_path):
+    out = tmp_path / "x" / "run.gpkg"
+    result = invoke(runner, "grid", "--city", "atlantis", "-o", out)
+    assert result.exit_code == 1
+    assert "Error: 'atlantis' is not a bundled city." in result.output
+    assert "kotka, helsinki" in result.output and "--place" in result.output
+    assert not out.exists()
+    assert "Traceback" not in result.output
+
+
+def test_bad_values(runner, tmp_path):
+    result = invoke(
+        runner, "grid", "--city", "kotka", "--cell-size", "0", "-o", tmp_path / "a.gpkg"
+    )
+    assert result.exit_code == 1 and "Cell size must be a positive number" in result.output
+    result = invoke(runner, "grid", "--bbox", "1,2", "-o", tmp_path / "a.gpkg")
+    assert result.exit_code == 1 and "Cannot parse bbox" in result.output
+    result = invoke(
+        runner, "grid", "--city", "kotka", "--bbox", "1,2,3,4", "-o", tmp_path / "a.gpkg"
+    )
+    assert result.exit_code == 1 and "exactly one boundary source" in result.output
+    result = invoke(
+        runner, "grid", "--city", "kotka", "--cell-size", "1", "-o", tmp_path / "a.gpkg"
+    )
+    assert result.exit_code == 1 and "--force" in result.output
+    (tmp_path / "file").write_text("")
+    result = invoke(runner, "grid", "--city", "kotka", "-o", tmp_path / "file" / "a.gpkg")
+    assert result.exit_code == 1 and "Cannot create the folder" in result.output
+
+
+def test_sample_after_grid(runner, tmp_path):
+    out = tmp_path / "run.gpkg"
+    invoke(runner, "grid", "--city", "kotka", "-o", out, "-q")
+    result = invoke(runner, "sample", "--gpkg", out, "--interval", "250")
+    assert result.exit_code == 0, result.output
+    assert "street-view points every 250 m" in result.output
+    points = read_layer(out, C.LAYER_SV_POINTS)
+    roads = read_layer(out, C.LAYER_ROADS)
+    assert len(points) == pytest.approx(roads[C.LENGTH_M].sum() / 250, rel=0.1)
+    regions = set(read_layer(out, C.LAYER_REGIONS)[C.REGION_ID])
+    assert set(points[C.REGION_ID]) <= regions
+    assert points[C.REGION_ID].notna().all()
+
+
+def test_sample_needs_a_grid_first(runner, tmp_path):
+    result = invoke(runner, "sample", "--gpkg", tmp_path / "run.gpkg")
+    assert result.exit_code == 1
+    assert "does not exist" in result.output and "urbangeo grid" in result.output
+
+
+def test_sample_from_a_roads_file_with_a_bbox_grid(runner, tmp_path):
+    from tests.geo.test_roads import osm_xml
+
+    (tmp_path / "map.osm").write_text(osm_xml())
+    out = tmp_path / "run.gpkg"
+    assert (
+        invoke(runner, "grid", "--bbox", "26.93,60.52,26.97,60.54", "-o", out, "-q").exit_code == 0
+    )
+    result = invoke(runner, "sample", "--gpkg", out, "--roads", tmp_path / "map.osm", "-q")
+    assert result.exit_code == 0, result.output
+    assert len(read_layer(out, C.LAYER_SV_POINTS)) == 4  # 1.65 km of residential street
+
+
+def test_json_progress_for_programs(runner, tmp_path):
+    out = tmp_path / "run.gpkg"
+    result = runner.invoke(cli, ["grid", "--city", "kotka", "-o", str(out), "--progress", "json"])
+    assert result.exit_code == 0
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress and progress[-1]["done"] == progress[-1]["total"] == 3
+    assert any(e["event"] == "message" and "regions" in e["text"] for e in events)
+    result = runner.invoke(cli, ["grid", "--city", "nowhere", "--progress", "json"])
+    errors = [json.loads(x) for x in result.stdout.splitlines() if '"error"' in x]
+    assert errors and "not a bundled city" in errors[0]["text"] and "kotka" in errors[0]["hint"]
+
+
+def test_library_warnings_reach_the_user(runner, tmp_path):
+    far = tmp_path / "far.gpkg"
+    assert invoke(runner, "grid", "--bbox", "27.5,61.0,27.6,61.1", "-o", far, "-q").exit_code == 0
+    result = invoke(runner, "sample", "--gpkg", far, "--city", "kotka")
+    assert result.exit_code == 0
+    assert "warning: No drive roads" in result.output
+    assert len(read_layer(far, C.LAYER_SV_POINTS)) == 0
+
+
+def test_run_is_resumable(runner, tmp_path):
+    result = invoke(runner, "run", "-o", tmp_path / "k")
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "k" / "run.gpkg"
+    assert set(list_layers(path)) >= {"boundary", "regions", "roads", "sv_points"}
+    first = read_stage_records(path)
+    result = invoke(runner, "run", "-o", tmp_path / "k")
+    assert "Stage grid: already done" in result.output
+    assert "Stage sample: already done" in result.output
+    assert read_stage_records(path) == first  # nothing recomputed
+    result = invoke(runner, "run", "-o", tmp_path / "k", "--interval", "250")
+    assert "Stage grid: already done" in result.output and "every 250 m" in result.output
+    after = read_stage_records(path)
+    assert after["grid"] == first["grid"] and after["sample"].params["interval"] == 250.0
+
+
+def test_ctrl_c_keeps_finished_stages_and_a_rerun_resumes(runner, tmp_path, monkeypatch):
+    import urbangeo.pipeline as pipeline
+
+    real = pipeline.sample_stage
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # as if Ctrl-C were pressed while sampling
+
+    monkeypatch.setattr(pipeline, "sample_stage", interrupted)
+    result = invoke(runner, "run", "-o", tmp_path / "k")
+    assert result.exit_code == 130
+    assert "Interrupted" in result.output and "rerun the same command" in result.output
+    path = tmp_path / "k" / "run.gpkg"
+    assert set(read_stage_records(path)) == {"grid"}
+    monkeypatch.setattr(pipeline, "sample_stage", real)
+    result = invoke(runner, "run", "-o", tmp_path / "k")
+    assert "Stage grid: already done" in result.output
+    assert set(read_stage_records(path)) == {"grid", "sample"}
+
+
+def test_default_run_in_a_subprocess(tmp_path):
+    exe = shutil.which("urbangeo", path=str(Path(sys.executable).parent))
+    proc = subprocess.run(
+        [exe, "run", "--quiet"], cwd=tmp_path, capture_output=True, text=True, env=os.environ
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "" and proc.stderr == ""
+    points = read_layer(tmp_path / C.DEFAULT_CITY / "run.gpkg", C.LAYER_SV_POINTS)
+    assert len(points) > 50

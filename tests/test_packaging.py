@@ -1,0 +1,27 @@
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_every_package_directory_is_installed():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    dirs = {v: k for k, v in config["package-dir"].items()}  # folder -> package name
+    found = set()
+    for folder, package in dirs.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            found.add(".".join([package, *rel.parts]))
+    assert found == listed
+
+
+def test_geo_and_cli_do_not_import_torch():
+    code = (
+        "import sys, urbangeo.pipeline, urbangeo_cli.main; "
+        "print(sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
