@@ -1,0 +1,44 @@
+"""Model half of UrbanLN: CLIP with IPSI-stretched text positions and momentum self-distillation.
+
+``urbangeo.model.clip`` builds open_clip models (pretrained tag, local checkpoint or random init)
+and stretches their text context with Long-CLIP's interpolation (IPSI); ``urbangeo.model.distill``
+holds the EMA teacher, the feature queues and the distillation loss. Importing this package pulls
+in torch; open_clip is only imported when a name from :mod:`urbangeo.model.clip` is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ClipBundle": "clip",
+    "LongTokenizer": "clip",
+    "ModelConfigError": "clip",
+    "PretrainedWeightsError": "clip",
+    "TINY_MODEL_CONFIGS": "clip",
+    "create_model": "clip",
+    "extend_context_length": "clip",
+    "register_model_config": "clip",
+    "register_tiny_models": "clip",
+    "stretch_positional_embedding": "clip",
+    "EMATeacher": "distill",
+    "FeatureQueue": "distill",
+    "concat_all_gather": "distill",
+    "ema_update": "distill",
+    "momentum_distillation_loss": "distill",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy so that `import urbangeo.model` does not pay for open_clip's import (several seconds).
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
