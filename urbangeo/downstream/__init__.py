@@ -1,0 +1,1 @@
+"""Downstream tasks on region embeddings: indicators, prediction, clusters, metrics."""

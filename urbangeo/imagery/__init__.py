@@ -1,0 +1,1 @@
+"""Imagery: satellite/overhead tiles per region and street-view images per sample point."""
