@@ -33,6 +33,38 @@ LENGTH_M = "length_m"
 NAME = "name"
 SOURCE = "source"
 
+# images layer (one row per image, fetched or not): the contract between imagery, captions
+# and the model. ``path`` is relative to the GeoPackage's folder.
+IMAGE_ID = "image_id"
+KIND = "kind"
+KIND_SATELLITE = "satellite"
+KIND_STREETVIEW = "streetview"
+PATH = "path"
+STATUS = "status"
+STATUS_OK = "ok"
+STATUS_MISSING = "missing"
+STATUS_FAILED = "failed"
+REASON = "reason"
+WIDTH = "width"
+HEIGHT = "height"
+SHA256 = "sha256"
+
+# captions table (several candidates per image; one is selected by consensus)
+CAPTION = "caption"
+BACKEND = "backend"
+MODEL = "model"
+SCORE = "score"
+SELECTED = "selected"
+
+# --- Files beside the GeoPackage ---------------------------------------------------------------
+IMAGES_DIR = "images"
+SATELLITE_DIR = "images/satellite"
+STREETVIEW_DIR = "images/streetview"
+CAPTIONS_JSONL = "captions.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+EMBEDDINGS_PARQUET = "embeddings.parquet"
+MAPS_DIR = "maps"
+
 # --- CRS ---------------------------------------------------------------------------------------
 WGS84 = "EPSG:4326"
 
