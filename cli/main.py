@@ -6,6 +6,7 @@ import click
 
 from urbangeo import __version__
 from urbangeo_cli.geo import cities, grid, sample
+from urbangeo_cli.qgis import qgis_plugin
 from urbangeo_cli.run import run
 
 
@@ -20,6 +21,7 @@ def cli() -> None:
       sample   street-view points every 500 m on roads    -> layers roads, sv_points
       run      every stage for a bundled city, resumable  -> RUN_DIR/run.gpkg
       cities   the cities bundled for offline use
+      qgis-plugin  build or install the QGIS plugin
 
     \b
     Start with:  urbangeo run            (the default city, offline)
@@ -27,5 +29,5 @@ def cli() -> None:
     """
 
 
-for command in (cities, grid, sample, run):
+for command in (cities, grid, sample, run, qgis_plugin):
     cli.add_command(command)

@@ -5,7 +5,7 @@
 # an error, since the tests that need them must run there.
 set -euo pipefail
 
-packages=(python3-qgis qgis-providers)
+packages=(python3-qgis qgis-providers python3-venv)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

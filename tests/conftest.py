@@ -13,6 +13,9 @@ import geopandas as gpd
 import pytest
 import shapely
 
+#: The QGIS plugin's tests run in QGIS's own Python, in a separate pytest run (see their conftest).
+collect_ignore = ["qgis_plugin"]
+
 UTM35 = "EPSG:32635"  # central meridian 27 E: at easting 500 000 grid north is true north
 
 

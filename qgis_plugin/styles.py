@@ -1,0 +1,129 @@
+"""Loading a run's layers into the project, grouped and styled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qgis.core import (
+    QgsCategorizedSymbolRenderer,
+    QgsFillSymbol,
+    QgsGradientColorRamp,
+    QgsGraduatedSymbolRenderer,
+    QgsLineSymbol,
+    QgsMarkerSymbol,
+    QgsProject,
+    QgsProviderRegistry,
+    QgsRendererCategory,
+    QgsStyle,
+    QgsSymbol,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtGui import QColor
+
+#: Draw order, top first; layers not listed go below.
+LAYER_ORDER = (
+    "sv_points",
+    "images",
+    "roads",
+    "clusters",
+    "predictions",
+    "regions",
+    "boundary",
+)
+CLUSTER_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d")
+
+
+def gpkg_layers(gpkg: str | Path) -> list[str]:
+    """Names of the spatial layers in a GeoPackage, as QGIS's OGR provider lists them."""
+    metadata = QgsProviderRegistry.instance().providerMetadata("ogr")
+    layers = []
+    for sub in metadata.querySublayers(str(gpkg)):
+        if sub.wkbType() not in (0, 100):  # Unknown / NoGeometry: attribute tables
+            layers.append(sub.name())
+    return layers
+
+
+def style_layer(layer: QgsVectorLayer) -> None:
+    """Apply urbangeo's style for the layer's name."""
+    name = layer.name()
+    if name == "boundary":
+        layer.setRenderer(_fill_renderer("0,0,0,0", "#222222", 0.8))
+    elif name == "regions":
+        layer.setRenderer(_fill_renderer("0,0,0,0", "#3b6ea8", 0.4))
+    elif name == "roads":
+        symbol = QgsLineSymbol.createSimple({"line_color": "#7f7f7f", "line_width": "0.4"})
+        layer.renderer().setSymbol(symbol)
+    elif name in ("sv_points", "images"):
+        symbol = QgsMarkerSymbol.createSimple(
+            {"name": "circle", "color": "#e41a1c", "size": "1.8", "outline_color": "white"}
+        )
+        layer.renderer().setSymbol(symbol)
+    elif name == "clusters" and layer.fields().indexOf("cluster") >= 0:
+        layer.setRenderer(_categorised(layer, "cluster"))
+    elif name == "predictions":
+        field = _first_field(layer, suffix="_pred") or _first_field(layer, suffix="_residual")
+        if field:
+            ramp = "RdBu" if field.endswith("_residual") else "Viridis"
+            layer.setRenderer(_graduated(layer, field, ramp))
+    layer.triggerRepaint()
+
+
+def load_run_layers(gpkg: str | Path, *, group_name: str | None = None) -> list[QgsVectorLayer]:
+    """Add the run's spatial layers to the project in a group (replacing an older group)."""
+    project = QgsProject.instance()
+    root = project.layerTreeRoot()
+    group_name = group_name or f"urbangeo: {Path(gpkg).parent.name or Path(gpkg).stem}"
+    old = root.findGroup(group_name)
+    if old is not None:
+        project.removeMapLayers([layer.layerId() for layer in old.findLayers()])
+        root.removeChildNode(old)
+    group = root.insertGroup(0, group_name)
+    names = gpkg_layers(gpkg)
+    ordered = [n for n in LAYER_ORDER if n in names] + [n for n in names if n not in LAYER_ORDER]
+    loaded = []
+    for name in ordered:
+        layer = QgsVectorLayer(f"{gpkg}|layername={name}", name, "ogr")
+        if not layer.isValid():
+            continue
+        style_layer(layer)
+        project.addMapLayer(layer, False)
+        group.addLayer(layer)
+        loaded.append(layer)
+    return loaded
+
+
+def _fill_renderer(fill: str, outline: str, width: float):
+    from qgis.core import QgsSingleSymbolRenderer
+
+    symbol = QgsFillSymbol.createSimple(
+        {"color": fill, "outline_color": outline, "outline_width": str(width)}
+    )
+    return QgsSingleSymbolRenderer(symbol)
+
+
+def _first_field(layer: QgsVectorLayer, *, suffix: str) -> str | None:
+    for field in layer.fields():
+        if field.name().endswith(suffix):
+            return field.name()
+    return None
+
+
+def _categorised(layer: QgsVectorLayer, field: str) -> QgsCategorizedSymbolRenderer:
+    values = sorted(layer.uniqueValues(layer.fields().indexOf(field)))
+    categories = []
+    for i, value in enumerate(values):
+        symbol = QgsSymbol.defaultSymbol(layer.geometryType())
+        symbol.setColor(QColor(CLUSTER_COLOURS[i % len(CLUSTER_COLOURS)]))
+        categories.append(QgsRendererCategory(value, symbol, str(value)))
+    return QgsCategorizedSymbolRenderer(field, categories)
+
+
+def _graduated(layer: QgsVectorLayer, field: str, ramp_name: str) -> QgsGraduatedSymbolRenderer:
+    renderer = QgsGraduatedSymbolRenderer(field)
+    renderer.setSourceSymbol(QgsSymbol.defaultSymbol(layer.geometryType()))
+    ramp = QgsStyle.defaultStyle().colorRamp(ramp_name) or QgsGradientColorRamp(
+        QColor("#440154"), QColor("#fde725")
+    )
+    renderer.setSourceColorRamp(ramp)
+    renderer.updateClasses(layer, QgsGraduatedSymbolRenderer.Jenks, 5)
+    return renderer
