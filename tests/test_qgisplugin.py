@@ -1,0 +1,50 @@
+import configparser
+import zipfile
+
+from click.testing import CliRunner
+
+from urbangeo.qgisplugin import build_plugin_zip, install_plugin, plugin_source
+from urbangeo_cli.main import cli
+
+
+def test_metadata_targets_qgis_3_22():
+    meta = configparser.ConfigParser()
+    meta.read(plugin_source() / "metadata.txt")
+    general = meta["general"]
+    assert general["qgisMinimumVersion"] == "3.22"
+    assert general["hasProcessingProvider"] == "yes"
+    assert (plugin_source() / general["icon"]).is_file()
+    assert "def classFactory(iface)" in (plugin_source() / "__init__.py").read_text()
+
+
+def test_build_zip(tmp_path):
+    result = CliRunner().invoke(cli, ["qgis-plugin", "build", "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    (path,) = tmp_path.glob("urbangeo_qgis-*.zip")
+    assert path == build_plugin_zip(tmp_path)
+    names = zipfile.ZipFile(path).namelist()
+    assert "urbangeo_qgis/__init__.py" in names and "urbangeo_qgis/metadata.txt" in names
+    assert "urbangeo_qgis/LICENSE" in names
+    assert all(n.startswith("urbangeo_qgis/") for n in names)
+    assert not any("__pycache__" in n or n.endswith("executable.txt") for n in names)
+
+
+def test_install_records_the_command(tmp_path):
+    target = install_plugin(tmp_path / "profile", executable="/opt/venv/bin/urbangeo")
+    assert target == tmp_path / "profile" / "python" / "plugins" / "urbangeo_qgis"
+    assert (target / "executable.txt").read_text().strip() == "/opt/venv/bin/urbangeo"
+    assert (target / "plugin.py").is_file()
+    # reinstalling replaces the old copy
+    (target / "stale.py").write_text("")
+    install_plugin(tmp_path / "profile", executable="/x/urbangeo")
+    assert not (target / "stale.py").exists()
+    assert (target / "executable.txt").read_text().strip() == "/x/urbangeo"
+
+
+def test_install_into_an_unwritable_place(tmp_path):
+    (tmp_path / "file").write_text("")
+    result = CliRunner().invoke(
+        cli, ["qgis-plugin", "install", "--profile", str(tmp_path / "file" / "p")]
+    )
+    assert result.exit_code == 1
+    assert "Cannot create" in result.output and "--profile" in result.output
