@@ -1,0 +1,353 @@
+"""The ``images`` layer: one row per image, fetched or not, and the resume logic around it.
+
+Image files are written atomically (a temporary file beside the target, then ``os.replace``),
+so a file that exists is complete. The layer is written in batches and at the end; after a
+crash the next run rebuilds the rows of images already on disk (each one decoded with Pillow
+first, so a truncated file is refetched, never trusted). A rerun skips an image whose file
+exists and whose sha256 matches its row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import struct
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+from PIL import Image
+
+from urbangeo import constants as C
+from urbangeo.errors import OutputError
+from urbangeo.io.gpkg import list_layers, read_layer, write_layers
+from urbangeo.io.runs import StageRecord, read_stage_records, stage_table
+
+#: Columns of the ``images`` layer, in order (plus the geometry).
+IMAGE_COLUMNS = [
+    C.IMAGE_ID,
+    C.KIND,
+    C.REGION_ID,
+    C.POINT_ID,
+    C.PATH,
+    C.SOURCE,
+    C.STATUS,
+    C.REASON,
+    C.WIDTH,
+    C.HEIGHT,
+    C.SHA256,
+]
+#: PNG text chunk holding the settings an image was made with (checked before a file on disk
+#: without a manifest row is adopted).
+PNG_SETTINGS_KEY = "urbangeo"
+#: Seconds between two writes of the manifest during a long run.
+FLUSH_EVERY_S = 30.0
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One image a stage should make: where it goes and what it shows."""
+
+    image_id: str
+    region_id: str | None
+    point_id: int | None
+    path: str  # relative to the GeoPackage's folder, posix
+    geometry: shapely.Point
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """What became of one :class:`ImageJob`."""
+
+    status: str
+    reason: str = ""
+    width: int | None = None
+    height: int | None = None
+    sha256: str | None = None
+    source: str = ""
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except FileNotFoundError:  # the first file of its folder (mkdir on every call is slow)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def encode_png(image: np.ndarray, *, settings: str = "", photographic: bool = True) -> bytes:
+    """PNG bytes of an (H, W) grey or (H, W, 3) RGB uint8 array, ``settings`` in a text chunk.
+
+    Written with numpy and zlib rather than Pillow: every row gets the PNG "Up" filter
+    (vectorised) and zlib level 1, with run-length matching for photographic images. On aerial
+    imagery that is about five times faster than Pillow's per-row adaptive filtering, and the
+    files are no larger; rendered maps use zlib's default matching, which suits flat colours.
+    """
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    height, width = image.shape[:2]
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels not in (1, 3):
+        raise ValueError(f"encode_png takes grey or RGB images, not {channels} channels")
+    raw = image.reshape(height, width * channels)
+    rows = np.empty((height, width * channels + 1), dtype=np.uint8)
+    rows[:, 0] = 2  # filter type Up: each byte minus the byte above it, modulo 256
+    rows[0, 1:] = raw[0]
+    np.subtract(raw[1:], raw[:-1], out=rows[1:, 1:])
+    strategy = zlib.Z_RLE if photographic else zlib.Z_DEFAULT_STRATEGY
+    packer = zlib.compressobj(1, zlib.DEFLATED, 15, 9, strategy)
+    idat = packer.compress(rows.tobytes()) + packer.flush()
+    colour_type = 0 if channels == 1 else 2
+    parts = [
+        b"\x89PNG\r\n\x1a\n",
+        _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)),
+    ]
+    if settings:
+        # iTXt: keyword, no compression, no language, no translated keyword, UTF-8 text.
+        text = PNG_SETTINGS_KEY.encode() + b"\x00\x00\x00\x00\x00" + settings.encode("utf-8")
+        parts.append(_png_chunk(b"iTXt", text))
+    parts += [_png_chunk(b"IDAT", idat), _png_chunk(b"IEND", b"")]
+    return b"".join(parts)
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of encoded image bytes, decoding them fully (raises if corrupt)."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return im.size
+
+
+def check_image_file(path: Path, *, settings: str | None = None) -> tuple[int, int] | None:
+    """(width, height) if ``path`` is a complete, decodable image, else None.
+
+    With ``settings``, a PNG must also carry the same settings text.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()  # verify() misses truncated pixel data; a full decode does not
+            if settings is not None and getattr(im, "text", {}).get(PNG_SETTINGS_KEY) != settings:
+                return None
+            return im.size
+    except Exception:
+        return None
+
+
+def empty_images_frame(crs: object) -> gpd.GeoDataFrame:
+    """An ``images`` layer with no rows."""
+    return images_frame([], crs)
+
+
+def images_frame(rows: list[dict], crs: object) -> gpd.GeoDataFrame:
+    """The ``images`` layer from row dicts (IMAGE_COLUMNS plus ``geometry``)."""
+    frame = pd.DataFrame(rows, columns=[*IMAGE_COLUMNS, "geometry"])
+    frame[C.POINT_ID] = pd.array(frame[C.POINT_ID], dtype="Int64")
+    frame[C.WIDTH] = pd.array(frame[C.WIDTH], dtype="Int64")
+    frame[C.HEIGHT] = pd.array(frame[C.HEIGHT], dtype="Int64")
+    for col in (C.IMAGE_ID, C.KIND, C.REGION_ID, C.PATH, C.SOURCE, C.STATUS, C.REASON, C.SHA256):
+        frame[col] = frame[col].astype(object)
+    return gpd.GeoDataFrame(frame, geometry="geometry", crs=crs)
+
+
+def _row_dict(row: pd.Series) -> dict:
+    out = {}
+    for col in IMAGE_COLUMNS:
+        value = row.get(col)
+        missing = value is None or (not isinstance(value, str) and pd.isna(value))
+        out[col] = None if missing else value
+    if out[C.POINT_ID] is not None:
+        out[C.POINT_ID] = int(out[C.POINT_ID])
+    for col in (C.WIDTH, C.HEIGHT):
+        if out[col] is not None:
+            out[col] = int(out[col])
+    out["geometry"] = row.geometry
+    return out
+
+
+class Manifest:
+    """The rows of one kind of image in a run's ``images`` layer, kept while a stage works.
+
+    ``stage`` names the stage record; ``params`` are the settings that decide what an image
+    looks like. Rows of the other kind are kept as they are. With a record of the same stage
+    made with other settings, a rerun needs ``overwrite`` (which redoes every image).
+    """
+
+    def __init__(
+        self,
+        gpkg: Path,
+        *,
+        kind: str,
+        stage: str,
+        params: dict,
+        crs: object,
+        overwrite: bool = False,
+        flush_every: float = FLUSH_EVERY_S,
+    ) -> None:
+        self.gpkg = gpkg
+        self.root = gpkg.parent
+        self.kind = kind
+        self.stage = stage
+        self.params = params
+        self.crs = crs
+        self.overwrite = overwrite
+        self.flush_every = flush_every
+        self._last_flush = time.monotonic()
+        self._started = time.perf_counter()
+        self.rows: dict[str, dict] = {}
+        self.others = empty_images_frame(crs)
+        self.adopted = 0
+        if C.LAYER_IMAGES in list_layers(gpkg):
+            existing = read_layer(gpkg, C.LAYER_IMAGES)
+            if existing.crs is not None and crs is not None and existing.crs != crs:
+                existing = existing.to_crs(crs)
+            mine = existing[C.KIND] == kind
+            self.others = existing[~mine]
+            rows = (_row_dict(series) for _, series in existing[mine].iterrows())
+            previous = {r[C.IMAGE_ID]: r for r in rows}
+            record = read_stage_records(gpkg).get(stage)
+            if previous and record is not None and record.params != params and not overwrite:
+                changed = sorted(
+                    k
+                    for k in set(params) | set(record.params)
+                    if params.get(k) != record.params.get(k)
+                )
+                raise OutputError(
+                    f"{len(previous):,} {kind} images in {gpkg} were made with other settings "
+                    f"({', '.join(changed)} differ).",
+                    hint="Pass --overwrite (overwrite=True) to replace them, or rerun with the "
+                    "same settings to continue.",
+                )
+            if not overwrite:
+                self.rows = previous
+
+    def keep_only(self, image_ids: Iterable[str]) -> None:
+        """Forget rows of images the current plan no longer has (e.g. after a new grid)."""
+        wanted = set(image_ids)
+        self.rows = {k: v for k, v in self.rows.items() if k in wanted}
+
+    # --- resume ---------------------------------------------------------------------------
+    def is_done(self, job: ImageJob, *, settings: str | None = None) -> bool:
+        """Whether ``job`` needs no work: its file exists and matches its row.
+
+        A row with status missing (no imagery there) counts as done. A file without a row (a
+        run cut off before the manifest was written) is decoded and, if complete, adopted.
+        """
+        if self.overwrite:
+            return False
+        row = self.rows.get(job.image_id)
+        file = self.root / job.path
+        if row is not None and row[C.STATUS] == C.STATUS_MISSING:
+            return True
+        if row is not None and row[C.STATUS] == C.STATUS_OK and row[C.SHA256] and file.is_file():
+            if sha256_file(file) == row[C.SHA256]:
+                return True
+            self.rows.pop(job.image_id)  # changed or truncated since: make it again
+            return False
+        if row is None and file.is_file():
+            size = check_image_file(file, settings=settings)
+            if size is not None:
+                self.record(
+                    job,
+                    ImageResult(
+                        C.STATUS_OK, width=size[0], height=size[1], sha256=sha256_file(file)
+                    ),
+                )
+                self.adopted += 1
+                return True
+        return False
+
+    def record(self, job: ImageJob, result: ImageResult) -> None:
+        """Remember what became of ``job`` (and write the manifest if it is time to)."""
+        self.rows[job.image_id] = {
+            C.IMAGE_ID: job.image_id,
+            C.KIND: self.kind,
+            C.REGION_ID: job.region_id,
+            C.POINT_ID: job.point_id,
+            C.PATH: job.path if result.status == C.STATUS_OK else None,
+            C.SOURCE: result.source or (self.rows.get(job.image_id) or {}).get(C.SOURCE),
+            C.STATUS: result.status,
+            C.REASON: result.reason or None,
+            C.WIDTH: result.width,
+            C.HEIGHT: result.height,
+            C.SHA256: result.sha256,
+            "geometry": job.geometry,
+        }
+        if time.monotonic() - self._last_flush >= self.flush_every:
+            self.flush()
+
+    def write(
+        self, job: ImageJob, data: bytes, *, source: str, size: tuple[int, int]
+    ) -> ImageResult:
+        """Write an image's bytes atomically; the ok result to :meth:`record` (thread-safe)."""
+        write_atomic(self.root / job.path, data)
+        return ImageResult(
+            C.STATUS_OK, width=size[0], height=size[1], sha256=sha256_bytes(data), source=source
+        )
+
+    def save(self, job: ImageJob, data: bytes, *, source: str, size: tuple[int, int]) -> None:
+        """Write an image's bytes atomically and record it as ok."""
+        self.record(job, self.write(job, data, source=source, size=size))
+
+    # --- writing ---------------------------------------------------------------------------
+    def frame(self, order: Callable[[str], object] | None = None) -> gpd.GeoDataFrame:
+        """The whole ``images`` layer: other kinds first, then this kind's rows."""
+        rows = list(self.rows.values())
+        if order is not None:
+            rows.sort(key=lambda r: order(r[C.IMAGE_ID]))
+        mine = images_frame(rows, self.crs)
+        if self.others.empty:
+            return mine
+        others = images_frame([_row_dict(s) for _, s in self.others.iterrows()], self.crs)
+        return pd.concat([others, mine], ignore_index=True)
+
+    def counts(self) -> dict[str, int]:
+        """Images by status."""
+        statuses = [r[C.STATUS] for r in self.rows.values()]
+        return {s: statuses.count(s) for s in (C.STATUS_OK, C.STATUS_MISSING, C.STATUS_FAILED)}
+
+    def flush(self, *, pending: int = 0, order: Callable[[str], object] | None = None) -> None:
+        """Write the ``images`` layer and this stage's record in one atomic write."""
+        counts = {**self.counts(), "pending": pending}
+        record = StageRecord(self.stage, self.params, counts, time.perf_counter() - self._started)
+        write_layers(
+            self.gpkg,
+            {
+                C.LAYER_IMAGES: self.frame(order),
+                "urbangeo_stages": stage_table(self.gpkg, record),
+            },
+            overwrite=True,
+        )
+        self._last_flush = time.monotonic()
