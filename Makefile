@@ -11,6 +11,7 @@ BIN := $(VENV)/bin
 $(BIN)/urbangeo: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/urbangeo captions setup --quiet
 	touch $@
 
 install: $(BIN)/urbangeo

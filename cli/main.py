@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from urbangeo import __version__
+from urbangeo_cli.captions import caption, captions
 from urbangeo_cli.geo import cities, grid, sample
+from urbangeo_cli.imagery import streetview, tiles
 from urbangeo_cli.qgis import qgis_plugin
 from urbangeo_cli.run import run
 
@@ -19,8 +21,12 @@ def cli() -> None:
     A city becomes one GeoPackage that QGIS opens as it is:
       grid     square regions over a boundary             -> layers boundary, regions
       sample   street-view points every 500 m on roads    -> layers roads, sv_points
+      tiles    one overhead image per region (OSM map, GeoTIFF, XYZ) -> images/, layer images
+      streetview  street-view images per sample point    -> images/, layer images
+      caption  captions per image from one or more captioners, consensus -> table captions
       run      every stage for a bundled city, resumable  -> RUN_DIR/run.gpkg
       cities   the cities bundled for offline use
+      captions caption tools: one-off set-up of CAPTURE's data, scoring
       qgis-plugin  build or install the QGIS plugin
 
     \b
@@ -29,5 +35,5 @@ def cli() -> None:
     """
 
 
-for command in (cities, grid, sample, run, qgis_plugin):
+for command in (cities, grid, sample, tiles, streetview, caption, captions, run, qgis_plugin):
     cli.add_command(command)

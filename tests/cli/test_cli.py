@@ -13,7 +13,7 @@ from urbangeo.io.gpkg import list_layers, read_layer
 from urbangeo.io.runs import read_stage_records
 from urbangeo_cli.main import cli
 
-COMMANDS = ["cities", "grid", "sample", "run"]
+COMMANDS = ["cities", "grid", "sample", "tiles", "streetview", "caption", "run"]
 
 
 @pytest.fixture

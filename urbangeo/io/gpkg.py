@@ -28,6 +28,8 @@ PRODUCER = {
     C.LAYER_REGIONS: "urbangeo grid",
     C.LAYER_ROADS: "urbangeo sample",
     C.LAYER_SV_POINTS: "urbangeo sample",
+    C.LAYER_IMAGES: "urbangeo tiles (or urbangeo streetview)",
+    C.LAYER_CAPTIONS: "urbangeo caption",
 }
 
 #: Declared geometry type of each known layer, so that an empty layer still opens in QGIS
@@ -37,6 +39,7 @@ GEOMETRY_TYPE = {
     C.LAYER_REGIONS: "Polygon",
     C.LAYER_ROADS: "LineString",
     C.LAYER_SV_POINTS: "Point",
+    C.LAYER_IMAGES: "Point",
 }
 
 
