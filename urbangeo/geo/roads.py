@@ -25,6 +25,7 @@ import shapely
 from urbangeo import constants as C
 from urbangeo.errors import InputError, UrbangeoWarning
 from urbangeo.geo.crs import metric_crs
+from urbangeo.geo.sampling import first_undirected
 
 _NOT_ROADS = frozenset(
     [
@@ -170,9 +171,7 @@ def _first_undirected(geoms: np.ndarray) -> np.ndarray:
     """Mask of the geometries that do not repeat an earlier one in either direction."""
     mask = np.zeros(len(geoms), dtype=bool)
     valid = np.flatnonzero(~shapely.is_missing(geoms))
-    keys = shapely.to_wkb(shapely.normalize(geoms[valid]))
-    _, first = np.unique(keys, return_index=True)
-    mask[valid[first]] = True
+    mask[valid[first_undirected(geoms[valid])]] = True
     return mask
 
 

@@ -40,16 +40,21 @@ _GEOD = Geod(ellps="WGS84")
 HEADING_STEP_M = 5.0
 
 
-def unique_undirected(lines: np.ndarray) -> np.ndarray:
-    """Drop lines that repeat another line, in the same or the opposite direction."""
+def first_undirected(lines: np.ndarray) -> np.ndarray:
+    """Sorted indices of the lines that do not repeat an earlier one in either direction."""
     if len(lines) == 0:
-        return lines
+        return np.zeros(0, dtype=np.int64)
     keep = _unique_undirected_fast(lines)
     if keep is None:
         keys = shapely.to_wkb(shapely.normalize(lines))
         _, first = np.unique(keys, return_index=True)
         keep = np.sort(first)
-    return lines[keep]
+    return keep
+
+
+def unique_undirected(lines: np.ndarray) -> np.ndarray:
+    """Drop lines that repeat another line, in the same or the opposite direction."""
+    return lines[first_undirected(lines)]
 
 
 def merge_lines(lines: np.ndarray) -> np.ndarray:
