@@ -8,6 +8,7 @@ from urbangeo import __version__
 from urbangeo_cli.captions import caption, captions
 from urbangeo_cli.geo import cities, grid, sample
 from urbangeo_cli.imagery import streetview, tiles
+from urbangeo_cli.model import embed, train
 from urbangeo_cli.qgis import qgis_plugin
 from urbangeo_cli.run import run
 
@@ -24,6 +25,8 @@ def cli() -> None:
       tiles    one overhead image per region (OSM map, GeoTIFF, XYZ) -> images/, layer images
       streetview  street-view images per sample point    -> images/, layer images
       caption  captions per image from one or more captioners, consensus -> table captions
+      train    pre-train CLIP (UrbanLN) on image-caption pairs -> checkpoints/, train_metrics.csv
+      embed    region vectors from the images -> layer region_embeddings, embeddings.parquet
       run      every stage for a bundled city, resumable  -> RUN_DIR/run.gpkg
       cities   the cities bundled for offline use
       captions caption tools: one-off set-up of CAPTURE's data, scoring
@@ -35,5 +38,17 @@ def cli() -> None:
     """
 
 
-for command in (cities, grid, sample, tiles, streetview, caption, captions, run, qgis_plugin):
+for command in (
+    cities,
+    grid,
+    sample,
+    tiles,
+    streetview,
+    caption,
+    train,
+    embed,
+    captions,
+    run,
+    qgis_plugin,
+):
     cli.add_command(command)

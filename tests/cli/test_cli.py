@@ -13,7 +13,17 @@ from urbangeo.io.gpkg import list_layers, read_layer
 from urbangeo.io.runs import read_stage_records
 from urbangeo_cli.main import cli
 
-COMMANDS = ["cities", "grid", "sample", "tiles", "streetview", "caption", "run"]
+COMMANDS = [
+    "cities",
+    "grid",
+    "sample",
+    "tiles",
+    "streetview",
+    "caption",
+    "train",
+    "embed",
+    "run",
+]
 
 
 @pytest.fixture

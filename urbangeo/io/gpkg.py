@@ -30,6 +30,7 @@ PRODUCER = {
     C.LAYER_SV_POINTS: "urbangeo sample",
     C.LAYER_IMAGES: "urbangeo tiles (or urbangeo streetview)",
     C.LAYER_CAPTIONS: "urbangeo caption",
+    C.LAYER_REGION_EMBEDDINGS: "urbangeo embed",
 }
 
 #: Declared geometry type of each known layer, so that an empty layer still opens in QGIS
@@ -40,6 +41,7 @@ GEOMETRY_TYPE = {
     C.LAYER_ROADS: "LineString",
     C.LAYER_SV_POINTS: "Point",
     C.LAYER_IMAGES: "Point",
+    C.LAYER_REGION_EMBEDDINGS: "Polygon",
 }
 
 

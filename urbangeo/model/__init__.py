@@ -2,8 +2,10 @@
 
 ``urbangeo.model.clip`` builds open_clip models (pretrained tag, local checkpoint or random init)
 and stretches their text context with Long-CLIP's interpolation (IPSI); ``urbangeo.model.distill``
-holds the EMA teacher, the feature queues and the distillation loss. Importing this package pulls
-in torch; open_clip is only imported when a name from :mod:`urbangeo.model.clip` is used.
+holds the EMA teacher, the feature queues and the distillation loss; ``data`` reads image–caption
+pairs, ``train`` pre-trains (``train.train``), ``baselines`` and ``embed`` turn a run's images
+into region embeddings, and ``stages`` wraps both as GeoPackage stages for the CLI. Importing
+this package pulls in torch; open_clip is only imported when a name that needs it is used.
 """
 
 from __future__ import annotations
@@ -27,6 +29,20 @@ _EXPORTS = {
     "concat_all_gather": "distill",
     "ema_update": "distill",
     "momentum_distillation_loss": "distill",
+    "load_pairs": "data",
+    "split_pairs": "data",
+    "MODES": "train",
+    "TrainConfig": "train",
+    "TrainResult": "train",
+    "Trainer": "train",
+    "ENCODERS": "baselines",
+    "ImageEncoder": "baselines",
+    "build_encoder": "baselines",
+    "RegionEmbeddings": "embed",
+    "embed_images": "embed",
+    "embed_regions": "embed",
+    "train_stage": "stages",
+    "embed_stage": "stages",
 }
 
 __all__ = sorted(_EXPORTS)

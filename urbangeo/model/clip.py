@@ -345,11 +345,40 @@ def _check_pretrained(name: str, pretrained: str) -> dict[str, Any]:
 
 
 def _checkpoint_text_positions(path: Path) -> int | None:
-    state = open_clip.factory.load_state_dict(str(path))
+    try:
+        state = open_clip.factory.load_state_dict(str(path))
+    except Exception as exc:
+        raise InputError(
+            f"Cannot read the checkpoint {path} ({type(exc).__name__}: {exc}).",
+            hint="Pass a model state dict saved with torch.save (e.g. checkpoints/NAME/model.pt "
+            "written by `urbangeo train`).",
+        ) from exc
+    if not isinstance(state, dict) or not any(isinstance(v, Tensor) for v in state.values()):
+        raise InputError(
+            f"{path} does not hold a model state dict.",
+            hint="Pass a model state dict (raw or under 'state_dict'), e.g. "
+            "checkpoints/NAME/model.pt written by `urbangeo train`.",
+        )
     for key in ("positional_embedding", "text.positional_embedding"):
         if key in state:
             return int(state[key].shape[0])
     return None
+
+
+def _load_checkpoint(model: nn.Module, path: Path, name: str) -> None:
+    """``open_clip.load_checkpoint`` with a clear error for another architecture's weights."""
+    try:
+        open_clip.load_checkpoint(model, str(path))
+    except RuntimeError as exc:
+        detail = next(
+            (line.strip() for line in str(exc).splitlines() if "size mismatch" in line),
+            str(exc).splitlines()[0][:300],
+        )
+        raise ModelConfigError(
+            f"Checkpoint {path} does not fit architecture {name!r} ({detail}).",
+            hint="Pass the architecture the checkpoint was trained with (--model); checkpoints "
+            "written by `urbangeo train` record it.",
+        ) from exc
 
 
 def create_model(
@@ -433,9 +462,9 @@ def create_model(
             )
         if rows == context_length:
             extend_context_length(model, context_length, keep=ipsi_keep)
-            open_clip.load_checkpoint(model, str(path))
+            _load_checkpoint(model, path, name)
         else:
-            open_clip.load_checkpoint(model, str(path))
+            _load_checkpoint(model, path, name)
             extend_context_length(model, context_length, keep=ipsi_keep)
     else:
         extend_context_length(model, context_length, keep=ipsi_keep)

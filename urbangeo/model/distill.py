@@ -65,11 +65,19 @@ def _check_momentum(momentum: float) -> float:
 
 
 @torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, momentum: float = DEFAULT_MOMENTUM) -> None:
+def ema_update(
+    teacher: nn.Module,
+    student: nn.Module,
+    momentum: float = DEFAULT_MOMENTUM,
+    *,
+    trainable_only: bool = False,
+) -> None:
     """In place: ``teacher_param = m * teacher_param + (1 - m) * student_param``.
 
     Parameters are matched by name (wrappers such as DDP are looked through); buffers are copied
-    from the student, since they are not learned.
+    from the student, since they are not learned. ``trainable_only`` skips the parameters the
+    student does not train (``requires_grad`` False): they never change, and averaging them
+    would only cost time and add rounding noise.
     """
     m = _check_momentum(momentum)
     t_model, s_model = _unwrap(teacher), _unwrap(student)
@@ -78,6 +86,8 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float = DEFAULT
     if t_params.keys() != s_params.keys():
         diff = sorted(t_params.keys() ^ s_params.keys())[:5]
         raise ValueError(f"teacher and student have different parameters, e.g. {diff}")
+    # Grouped by dtype/device for the foreach kernels: one launch per group on GPUs.
+    groups: dict[tuple[torch.dtype, torch.device], tuple[list[Tensor], list[Tensor]]] = {}
     for name, t_param in t_params.items():
         s_param = s_params[name]
         if t_param.shape != s_param.shape:
@@ -85,7 +95,14 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float = DEFAULT
                 f"parameter {name!r}: teacher {tuple(t_param.shape)} vs student "
                 f"{tuple(s_param.shape)}"
             )
-        t_param.mul_(m).add_(s_param.detach().to(t_param.dtype), alpha=1.0 - m)
+        if trainable_only and not s_param.requires_grad:
+            continue
+        targets, sources = groups.setdefault((t_param.dtype, t_param.device), ([], []))
+        targets.append(t_param.data)
+        sources.append(s_param.detach().to(t_param.dtype))
+    for targets, sources in groups.values():
+        torch._foreach_mul_(targets, m)
+        torch._foreach_add_(targets, sources, alpha=1.0 - m)
     s_buffers = dict(s_model.named_buffers())
     for name, t_buf in t_model.named_buffers():
         s_buf = s_buffers.get(name)
@@ -114,9 +131,9 @@ class EMATeacher(nn.Module):
         return self
 
     @torch.no_grad()
-    def update(self, student: nn.Module) -> None:
-        """One EMA step towards ``student`` with this teacher's momentum."""
-        ema_update(self.module, student, self.momentum)
+    def update(self, student: nn.Module, *, trainable_only: bool = False) -> None:
+        """One EMA step towards ``student`` with this teacher's momentum (see ema_update)."""
+        ema_update(self.module, student, self.momentum, trainable_only=trainable_only)
 
     @torch.no_grad()
     def forward(self, *args: Any, **kwargs: Any) -> Any:
