@@ -9,7 +9,7 @@ import click
 
 from urbangeo import constants as C
 from urbangeo.geo.boundary import list_cities
-from urbangeo.pipeline import grid_stage, sample_stage
+from urbangeo.geo.stages import grid_stage, sample_stage
 from urbangeo_cli._common import interval_options, overwrite_option, stage_command
 
 

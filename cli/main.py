@@ -6,11 +6,12 @@ import click
 
 from urbangeo import __version__
 from urbangeo_cli.captions import caption, captions
+from urbangeo_cli.downstream import cluster, indicators, map_command, predict
 from urbangeo_cli.geo import cities, grid, sample
 from urbangeo_cli.imagery import streetview, tiles
 from urbangeo_cli.model import embed, train
 from urbangeo_cli.qgis import qgis_plugin
-from urbangeo_cli.run import run
+from urbangeo_cli.run import run, status
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -27,7 +28,12 @@ def cli() -> None:
       caption  captions per image from one or more captioners, consensus -> table captions
       train    pre-train CLIP (UrbanLN) on image-caption pairs -> checkpoints/, train_metrics.csv
       embed    region vectors from the images -> layer region_embeddings, embeddings.parquet
-      run      every stage for a bundled city, resumable  -> RUN_DIR/run.gpkg
+      indicators  ground truth per region (CSV, polygons, raster, OSM) -> table indicators
+      predict  prediction heads, R2/RMSE/MAE over seeds -> layer predictions, metrics.json
+      cluster  PCA + KMeans of the embeddings         -> layer clusters, density plot
+      map      an offline folium map of the products  -> maps/map.html
+      run      every stage for a city, cached and resumable -> RUN_DIR/
+      status   what each stage of a run folder did
       cities   the cities bundled for offline use
       captions caption tools: one-off set-up of CAPTURE's data, scoring
       qgis-plugin  build or install the QGIS plugin
@@ -47,8 +53,13 @@ for command in (
     caption,
     train,
     embed,
+    indicators,
+    predict,
+    cluster,
+    map_command,
     captions,
     run,
+    status,
     qgis_plugin,
 ):
     cli.add_command(command)

@@ -1,23 +1,25 @@
-"""``urbangeo run``: every stage for a city, resumable."""
+"""``urbangeo run`` and ``urbangeo status``: the whole pipeline, cached and resumable."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
 from urbangeo import constants as C
-from urbangeo.pipeline import run_city
-from urbangeo_cli._common import interval_options, stage_command
+from urbangeo.pipeline import run_pipeline, run_status
+from urbangeo_cli._common import stage_command
 
 
 @click.command()
 @click.option(
-    "--city",
-    default=C.DEFAULT_CITY,
-    show_default=True,
-    metavar="NAME",
-    help="A bundled city (see `urbangeo cities`).",
+    "--city", metavar="NAME", help="A bundled city (see `urbangeo cities`). [default: kotka]"
+)
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A run.toml: settings per stage (a run folder's run.toml reproduces that run).",
 )
 @click.option(
     "-o",
@@ -27,35 +29,72 @@ from urbangeo_cli._common import interval_options, stage_command
     help="Run folder. Default: a folder named after the city in the current directory.",
 )
 @click.option(
-    "--cell-size",
-    type=float,
-    default=C.DEFAULT_CELL_SIZE_M,
-    show_default=True,
-    metavar="METRES",
-    help="Side of the square regions.",
+    "--from",
+    "from_stage",
+    type=click.Choice(C.STAGES),
+    help="Redo this stage and every later one, even if done.",
 )
-@interval_options
+@click.option("--cell-size", type=float, metavar="METRES", help="Side of the square regions.")
+@click.option("--interval", type=float, metavar="METRES", help="Street-view point spacing.")
+@click.option("--network", type=click.Choice(C.NETWORK_TYPES), help="Road network.")
+@click.option("--epochs", type=int, help="Pre-training epochs.")
 @stage_command
-def run(city, run_dir, cell_size, network, interval, merge_tolerance) -> None:
-    """Run the pipeline for a city, offline, into one run folder.
+def run(city, config, run_dir, from_stage, cell_size, interval, network, epochs) -> None:
+    """Run the whole pipeline for a city into one run folder, offline by default.
 
     \b
-    Stages so far: grid (regions) and sample (roads, street-view points).
-    Output: RUN_DIR/run.gpkg with layers boundary, regions, roads, sv_points, which QGIS
-    opens as it is. A stage already done with the same settings is skipped, so rerunning
-    after an interruption continues where it stopped; changing a setting redoes that stage
-    and those after it.
+    Stages: grid, sample, tiles, streetview, caption, train, embed, indicators, predict,
+    cluster, map. Without arguments: the default city (kotka, 250 m regions) with rendered
+    OpenStreetMap tiles, the OSM-grounded captioner in three styles with CAPTURE consensus,
+    a tiny CLIP pre-trained from scratch with UrbanLN (248-token text, momentum
+    distillation), OSM-derived indicators, prediction heads, clusters and a map.
+
+    \b
+    Output (RUN_DIR): run.gpkg (layers boundary, regions, roads, sv_points, images,
+    captions, region_embeddings, indicators, predictions, clusters), images/,
+    captions.jsonl, checkpoints/, embeddings.parquet, metrics.json, maps/map.html, plots,
+    run.toml (the resolved settings) and stages.json (what each stage did).
+
+    \b
+    A stage already done with the same settings is skipped; an interrupted run continues
+    where it stopped when run again; a changed setting redoes that stage and those after it.
+
+    \b
+    Examples:
+      urbangeo run                              # the default city into ./kotka/
+      urbangeo run --city helsinki -o runs/helsinki
+      urbangeo run --config my-city.toml -o runs/my-city
+      urbangeo run -o kotka --from embed        # redo embeddings and what follows
+    """
+    run_pipeline(
+        run_dir,
+        config=config,
+        from_stage=from_stage,
+        grid__city=city,
+        grid__cell_size=cell_size,
+        sample__interval=interval,
+        sample__network=network,
+        train__epochs=epochs,
+    )
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for programs).")
+@stage_command
+def status(run_dir: Path, as_json: bool) -> None:
+    """Show each stage of a run folder: state, counts and timing.
 
     \b
     Example:
-      urbangeo run          # the default city, kotka, into ./kotka/
-      urbangeo run --city helsinki --cell-size 250 -o runs/helsinki
+      urbangeo status kotka
     """
-    run_city(
-        run_dir,
-        city=city,
-        cell_size=cell_size,
-        network=network,
-        interval=interval,
-        merge_tolerance=merge_tolerance,
-    )
+    rows = run_status(run_dir)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    click.echo(f"{'stage':<11} {'status':<8} {'seconds':>8}  counts")
+    for row in rows:
+        seconds = f"{row['seconds']:.1f}" if row["seconds"] is not None else "-"
+        counts = ", ".join(f"{k} {v}" for k, v in row["counts"].items()) or row["reason"] or ""
+        click.echo(f"{row['stage']:<11} {row['status']:<8} {seconds:>8}  {counts}")

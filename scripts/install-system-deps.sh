@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages that the test suite drives for real: QGIS 3.22 (python3-qgis, qgis-providers)
-# to check that urbangeo's GeoPackages open in QGIS. Installs what is missing when it can
+# for the plugin and to check that urbangeo's GeoPackages open in QGIS, and Chromium to load
+# the offline maps headless. Installs what is missing when it can
 # (root or sudo, apt-get); otherwise says what to install. In CI (CI=true) missing packages are
 # an error, since the tests that need them must run there.
 set -euo pipefail
 
-packages=(python3-qgis qgis-providers python3-venv)
+packages=(python3-qgis qgis-providers python3-venv chromium)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

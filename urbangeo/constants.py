@@ -16,6 +16,7 @@ LAYER_CAPTIONS = "captions"
 LAYER_REGION_EMBEDDINGS = "region_embeddings"
 LAYER_PREDICTIONS = "predictions"
 LAYER_CLUSTERS = "clusters"
+LAYER_INDICATORS = "indicators"
 
 # --- Columns -----------------------------------------------------------------------------------
 REGION_ID = "region_id"
@@ -56,6 +57,23 @@ MODEL = "model"
 SCORE = "score"
 SELECTED = "selected"
 
+# --- Stages, in the order data flows (a stage's output invalidates every later one) -----------
+STAGES = (
+    "grid",
+    "sample",
+    "tiles",
+    "streetview",
+    "caption",
+    "train",
+    "embed",
+    "indicators",
+    "predict",
+    "cluster",
+    "map",
+)
+RUN_GPKG = "run.gpkg"
+RUN_TOML = "run.toml"
+
 # --- Files beside the GeoPackage ---------------------------------------------------------------
 IMAGES_DIR = "images"
 SATELLITE_DIR = "images/satellite"
@@ -63,6 +81,7 @@ STREETVIEW_DIR = "images/streetview"
 CAPTIONS_JSONL = "captions.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 EMBEDDINGS_PARQUET = "embeddings.parquet"
+METRICS_JSON = "metrics.json"
 MAPS_DIR = "maps"
 
 # --- CRS ---------------------------------------------------------------------------------------

@@ -1,5 +1,4 @@
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -10,7 +9,6 @@ from click.testing import CliRunner
 
 from urbangeo import constants as C
 from urbangeo.io.gpkg import list_layers, read_layer
-from urbangeo.io.runs import read_stage_records
 from urbangeo_cli.main import cli
 
 COMMANDS = [
@@ -22,7 +20,12 @@ COMMANDS = [
     "caption",
     "train",
     "embed",
+    "indicators",
+    "predict",
+    "cluster",
+    "map",
     "run",
+    "status",
 ]
 
 
@@ -178,27 +181,36 @@ def test_library_warnings_reach_the_user(runner, tmp_path):
     assert len(read_layer(far, C.LAYER_SV_POINTS)) == 0
 
 
-def test_run_is_resumable(runner, tmp_path):
-    result = invoke(runner, "run", "-o", tmp_path / "k")
+def test_run_and_status(runner, tmp_path):
+    from tests.test_pipeline import TINY
+    from urbangeo.pipeline import dump_config, resolve_config
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(dump_config(resolve_config(TINY)))
+    result = invoke(runner, "run", "--config", config, "-o", tmp_path / "h", "-q")
     assert result.exit_code == 0, result.output
-    path = tmp_path / "k" / "run.gpkg"
-    assert set(list_layers(path)) >= {"boundary", "regions", "roads", "sv_points"}
-    first = read_stage_records(path)
-    result = invoke(runner, "run", "-o", tmp_path / "k")
-    assert "Stage grid: already done" in result.output
-    assert "Stage sample: already done" in result.output
-    assert read_stage_records(path) == first  # nothing recomputed
-    result = invoke(runner, "run", "-o", tmp_path / "k", "--interval", "250")
-    assert "Stage grid: already done" in result.output and "every 250 m" in result.output
-    after = read_stage_records(path)
-    assert after["grid"] == first["grid"] and after["sample"].params["interval"] == 250.0
+    result = invoke(runner, "status", tmp_path / "h")
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["stage", "status", "seconds", "counts"]
+    assert {line.split()[0]: line.split()[1] for line in lines[1:]}["map"] == "done"
+    rows = json.loads(invoke(runner, "status", tmp_path / "h", "--json").output)
+    assert [r["stage"] for r in rows] == list(C.STAGES)
+    result = invoke(runner, "run", "--config", config, "-o", tmp_path / "h")
+    assert result.output.count("already done with these settings") == len(C.STAGES) - 1
 
 
-def test_ctrl_c_keeps_finished_stages_and_a_rerun_resumes(runner, tmp_path, monkeypatch):
+def test_status_of_a_folder_that_is_not_a_run(runner, tmp_path):
+    result = invoke(runner, "status", tmp_path)
+    assert result.exit_code == 1 and "not an urbangeo run folder" in result.output
+
+
+def test_ctrl_c_keeps_finished_stages(runner, tmp_path, monkeypatch):
+    import functools
+
     import urbangeo.pipeline as pipeline
 
-    real = pipeline.sample_stage
-
+    @functools.wraps(pipeline.sample_stage)  # same settings as the real stage
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # as if Ctrl-C were pressed while sampling
 
@@ -206,20 +218,16 @@ def test_ctrl_c_keeps_finished_stages_and_a_rerun_resumes(runner, tmp_path, monk
     result = invoke(runner, "run", "-o", tmp_path / "k")
     assert result.exit_code == 130
     assert "Interrupted" in result.output and "rerun the same command" in result.output
-    path = tmp_path / "k" / "run.gpkg"
-    assert set(read_stage_records(path)) == {"grid"}
-    monkeypatch.setattr(pipeline, "sample_stage", real)
-    result = invoke(runner, "run", "-o", tmp_path / "k")
-    assert "Stage grid: already done" in result.output
-    assert set(read_stage_records(path)) == {"grid", "sample"}
+    stages = pipeline.read_state(tmp_path / "k")["stages"]
+    assert stages["grid"]["status"] == "done" and stages["sample"]["status"] == "running"
+    assert set(list_layers(tmp_path / "k" / "run.gpkg")) >= {"boundary", "regions"}
+    assert not (tmp_path / "k" / ".urbangeo.lock").exists()
 
 
-def test_default_run_in_a_subprocess(tmp_path):
-    exe = shutil.which("urbangeo", path=str(Path(sys.executable).parent))
-    proc = subprocess.run(
-        [exe, "run", "--quiet"], cwd=tmp_path, capture_output=True, text=True, env=os.environ
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == "" and proc.stderr == ""
-    points = read_layer(tmp_path / C.DEFAULT_CITY / "run.gpkg", C.LAYER_SV_POINTS)
-    assert len(points) > 50
+def test_run_bad_input(runner, tmp_path):
+    result = invoke(runner, "run", "--from", "fly", "-o", tmp_path / "k")
+    assert result.exit_code == 2 and "'fly' is not one of" in result.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nepoks = 3\n")
+    result = invoke(runner, "run", "--config", bad, "-o", tmp_path / "k")
+    assert result.exit_code == 1 and "Unknown setting(s) in [train]: epoks" in result.output

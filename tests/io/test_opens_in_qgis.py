@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
-from urbangeo.pipeline import run_city
+from urbangeo.geo.stages import grid_stage, sample_stage
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -49,7 +49,10 @@ def _has_qgis() -> bool:
 
 @pytest.fixture(scope="module")
 def run_gpkg(tmp_path_factory):
-    return run_city(tmp_path_factory.mktemp("run") / "kotka")[0].path
+    path = tmp_path_factory.mktemp("run") / "run.gpkg"
+    grid_stage(path, city="kotka")
+    sample_stage(path)
+    return path
 
 
 def test_every_layer_opens_in_qgis(run_gpkg):

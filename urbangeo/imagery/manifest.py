@@ -13,7 +13,6 @@ import hashlib
 import io
 import os
 import struct
-import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterable
@@ -28,6 +27,7 @@ from PIL import Image
 
 from urbangeo import constants as C
 from urbangeo.errors import OutputError
+from urbangeo.io.files import write_bytes_atomic
 from urbangeo.io.gpkg import list_layers, read_layer, write_layers
 from urbangeo.io.runs import StageRecord, read_stage_records, stage_table
 
@@ -87,23 +87,6 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    except FileNotFoundError:  # the first file of its folder (mkdir on every call is slow)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -312,7 +295,7 @@ class Manifest:
         self, job: ImageJob, data: bytes, *, source: str, size: tuple[int, int]
     ) -> ImageResult:
         """Write an image's bytes atomically; the ok result to :meth:`record` (thread-safe)."""
-        write_atomic(self.root / job.path, data)
+        write_bytes_atomic(self.root / job.path, data)
         return ImageResult(
             C.STATUS_OK, width=size[0], height=size[1], sha256=sha256_bytes(data), source=source
         )

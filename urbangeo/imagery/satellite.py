@@ -41,7 +41,8 @@ from rasterio.vrt import WarpedVRT
 from urbangeo import constants as C
 from urbangeo.errors import InputError
 from urbangeo.imagery.http import HttpClient, HttpError, redact_url
-from urbangeo.imagery.manifest import sha256_bytes, write_atomic
+from urbangeo.imagery.manifest import sha256_bytes
+from urbangeo.io.files import write_bytes_atomic
 
 #: A square with data on less than this share of its area is reported missing.
 DEFAULT_MIN_VALID = 0.5
@@ -630,7 +631,7 @@ class TileCache:
         """Store a tile's bytes (None: the server has no such tile)."""
         ext = "404" if data is None else _magic_ext(data)
         path = self.root / str(tile.z) / str(tile.x) / f"{tile.y}.{ext}"
-        write_atomic(path, data or b"")
+        write_bytes_atomic(path, data or b"")
         return path
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError
+from urbangeo.geo.stages import roads_source_for
 from urbangeo.imagery.http import (
     DEFAULT_CONCURRENCY,
     DEFAULT_RATE_LIMIT,
@@ -53,7 +54,7 @@ from urbangeo.imagery.streetview import (
     make_provider,
 )
 from urbangeo.io.gpkg import check_can_write, read_layer
-from urbangeo.pipeline import StageResult, roads_source_for
+from urbangeo.io.runs import StageResult
 from urbangeo.progress import message, progress
 
 DEFAULT_TILE_SIZE = 256

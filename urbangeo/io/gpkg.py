@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pyogrio
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError, MissingLayerError, OutputError
+from urbangeo.io.files import atomic_path, ensure_writable_file
 
 #: The command that writes each layer, for the hint when a layer is missing.
 PRODUCER = {
@@ -31,6 +31,9 @@ PRODUCER = {
     C.LAYER_IMAGES: "urbangeo tiles (or urbangeo streetview)",
     C.LAYER_CAPTIONS: "urbangeo caption",
     C.LAYER_REGION_EMBEDDINGS: "urbangeo embed",
+    C.LAYER_INDICATORS: "urbangeo indicators",
+    C.LAYER_PREDICTIONS: "urbangeo predict",
+    C.LAYER_CLUSTERS: "urbangeo cluster",
 }
 
 #: Declared geometry type of each known layer, so that an empty layer still opens in QGIS
@@ -42,34 +45,24 @@ GEOMETRY_TYPE = {
     C.LAYER_SV_POINTS: "Point",
     C.LAYER_IMAGES: "Point",
     C.LAYER_REGION_EMBEDDINGS: "Polygon",
+    C.LAYER_PREDICTIONS: "Polygon",
+    C.LAYER_CLUSTERS: "Polygon",
 }
 
 
 def ensure_writable(path: str | os.PathLike) -> Path:
-    """Fail early, before any work, if ``path`` cannot be written; create its folder."""
+    """Fail early, before any work, if the GeoPackage ``path`` cannot be written."""
     path = Path(path)
-    if path.is_dir():
-        raise OutputError(
-            f"Output path {path} is a folder.", hint="Give a file name ending in .gpkg."
-        )
-    if path.suffix.lower() != ".gpkg":
+    if path.suffix.lower() != ".gpkg" and not path.is_dir():
         raise OutputError(
             f"Output path {path} does not end in .gpkg.",
             hint="urbangeo writes GeoPackages; name the output like run.gpkg.",
         )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
+    if path.is_dir():
         raise OutputError(
-            f"Cannot create the folder {path.parent}: {exc.strerror}.",
-            hint="Choose an output path in a folder you can write to (-o/--gpkg).",
-        ) from exc
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise OutputError(
-            f"Cannot write to {path}: permission denied.",
-            hint="Choose an output path in a folder you can write to (-o/--gpkg).",
+            f"Output path {path} is a folder.", hint="Give a file name ending in .gpkg."
         )
-    return path
+    return ensure_writable_file(path)
 
 
 def check_can_write(path: str | os.PathLike, layers: list[str], *, overwrite: bool = False) -> Path:
@@ -130,21 +123,12 @@ def write_layers(
     layers are kept. Returns the path.
     """
     path = check_can_write(path, list(layers), overwrite=overwrite)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.gpkg", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    # Also on KeyboardInterrupt: the original file is untouched until the final os.replace.
+    with atomic_path(path, suffix=".gpkg") as tmp:
         if path.exists():
             shutil.copyfile(path, tmp)
-        else:
-            tmp.unlink()
         for name, frame in layers.items():
             _write_one(tmp, name, frame)
-        os.replace(tmp, path)
-    finally:
-        # Also on KeyboardInterrupt: the original file is untouched until os.replace.
-        for leftover in (tmp, Path(f"{tmp}-journal"), Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
-            leftover.unlink(missing_ok=True)
     return path
 
 

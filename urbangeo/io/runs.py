@@ -11,13 +11,30 @@ import json
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 import pyogrio
 
+from urbangeo import constants as C
 from urbangeo.io.gpkg import list_layers
 
 STAGES_TABLE = "urbangeo_stages"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage wrote (or found already done)."""
+
+    stage: str
+    path: Path
+    counts: dict = field(default_factory=dict)
+    skipped: bool = False
+
+
+def downstream_of(stage: str) -> tuple[str, ...]:
+    """The stages after ``stage`` (whose inputs change when it is redone)."""
+    return C.STAGES[C.STAGES.index(stage) + 1 :] if stage in C.STAGES else ()
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,11 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -446,7 +448,11 @@ def create_model(
                 "pretrained for a random init.",
             ) from exc
     else:
-        model, preprocess_train, preprocess = open_clip.create_model_and_transforms(name, **kwargs)
+        # A random init is what was asked for here: open_clip's warning about it is noise.
+        with _quiet_random_init():
+            model, preprocess_train, preprocess = open_clip.create_model_and_transforms(
+                name, **kwargs
+            )
 
     native = int(model.context_length)
     ratio = 1 if context_length == native else _ipsi_ratio(context_length, native, ipsi_keep)
@@ -482,3 +488,19 @@ def create_model(
         ipsi_keep=ipsi_keep,
         ipsi_ratio=ratio,
     )
+
+
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_random_init() -> Iterator[None]:
+    root = logging.getLogger()
+    drop = _DropRandomInitWarning()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)

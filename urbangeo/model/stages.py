@@ -16,8 +16,7 @@ from typing import Any
 from urbangeo import constants as C
 from urbangeo.errors import InputError
 from urbangeo.io.gpkg import check_can_write, read_layer, write_layers
-from urbangeo.io.runs import STAGES_TABLE, StageRecord, stage_table
-from urbangeo.pipeline import StageResult
+from urbangeo.io.runs import STAGES_TABLE, StageRecord, StageResult, stage_table
 from urbangeo.progress import message
 
 #: Settings that do not change what a stage produces (left out of its record).

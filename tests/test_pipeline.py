@@ -1,0 +1,200 @@
+"""The whole pipeline on a tiny configuration: every layer and file, caching, --from, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from urbangeo import constants as C
+from urbangeo.errors import InputError, OutputError
+from urbangeo.geo.boundary import city_boundary
+from urbangeo.geo.grid import make_grid
+from urbangeo.io.gpkg import list_layers, read_layer
+from urbangeo.pipeline import STATE_JSON, read_state, resolve_config, run_pipeline, run_status
+
+#: Small enough for CI (about a minute a run on 2 cores), big enough for every stage to work:
+#: helsinki at 400 m gives 20 regions, more than the 10 a prediction target needs.
+TINY = {
+    "grid": {"city": "helsinki", "cell_size": 400.0},
+    "tiles": {"size": 32},
+    "caption": {"models": ["planner", "observer"]},
+    "train": {"epochs": 3, "batch_size": 8, "checkpoint_every": 1, "queue_size": 16},
+    "predict": {"seeds": 1},
+    "cluster": {"k": 2},
+}
+LAYERS = {
+    "boundary",
+    "regions",
+    "roads",
+    "sv_points",
+    "images",
+    "captions",
+    "region_embeddings",
+    "indicators",
+    "predictions",
+    "clusters",
+}
+FILES = [
+    "run.gpkg",
+    "run.toml",
+    STATE_JSON,
+    "captions.jsonl",
+    "embeddings.parquet",
+    "metrics.json",
+    "train_metrics.csv",
+    "maps/map.html",
+]
+
+
+def _finished(run_dir: Path) -> dict[str, str]:
+    return {s: e.get("finished") for s, e in read_state(run_dir)["stages"].items()}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("pipeline") / "helsinki"
+    results = run_pipeline(run_dir, config=TINY)
+    return run_dir, results
+
+
+def test_every_layer_and_file_of_the_run_folder(tiny_run):
+    run_dir, results = tiny_run
+    assert [r.stage for r in results] == list(C.STAGES)
+    assert set(list_layers(run_dir / "run.gpkg")) >= LAYERS
+    for name in FILES:
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "images" / "satellite").glob("*.png"))
+    assert any((run_dir / "checkpoints").rglob("model.pt"))
+    regions = read_layer(run_dir / "run.gpkg", C.LAYER_REGIONS)
+    assert len(regions) == len(make_grid(city_boundary("helsinki"), cell_size=400))
+    embeddings = pd.read_parquet(run_dir / "embeddings.parquet")
+    assert set(embeddings[C.REGION_ID]) <= set(regions[C.REGION_ID])
+    assert len(read_layer(run_dir / "run.gpkg", C.LAYER_CLUSTERS)) == len(embeddings)
+    statuses = {row["stage"]: row["status"] for row in run_status(run_dir)}
+    assert statuses == {s: ("not run" if s == "streetview" else "done") for s in C.STAGES}
+    # run.toml is the resolved configuration and reproduces it
+    assert resolve_config(run_dir / C.RUN_TOML) == resolve_config(TINY)
+    html = (run_dir / "maps" / "map.html").read_text()
+    assert "unpkg.com" not in html and "cdn.jsdelivr" not in html  # works offline
+
+
+def test_second_run_does_no_work(tiny_run):
+    run_dir, _ = tiny_run
+    before = _finished(run_dir)
+    gpkg_mtime = (run_dir / "run.gpkg").stat().st_mtime_ns
+    results = run_pipeline(run_dir, config=run_dir / C.RUN_TOML)
+    assert all(r.skipped for r in results)
+    assert _finished(run_dir) == before
+    assert (run_dir / "run.gpkg").stat().st_mtime_ns == gpkg_mtime
+
+
+def test_from_embed_redoes_only_what_follows(tiny_run):
+    run_dir, _ = tiny_run
+    before = _finished(run_dir)
+    embeddings = pd.read_parquet(run_dir / "embeddings.parquet")
+    time.sleep(1.1)  # finished times have one-second resolution
+    results = run_pipeline(run_dir, config=TINY, from_stage="embed")
+    redone = {r.stage for r in results if not r.skipped}
+    assert redone == {"embed", "indicators", "predict", "cluster", "map"}
+    after = _finished(run_dir)
+    for stage in C.STAGES:
+        if stage in redone:
+            assert after[stage] != before[stage], stage
+        else:
+            assert after[stage] == before[stage], stage
+    again = pd.read_parquet(run_dir / "embeddings.parquet")
+    pd.testing.assert_frame_equal(again, embeddings)  # deterministic
+
+
+def test_a_changed_setting_redoes_that_stage_and_later(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    config = json.loads(json.dumps(TINY))
+    config["cluster"] = {"k": 3}
+    results = run_pipeline(run_dir, config=config)
+    assert {r.stage for r in results if not r.skipped} == {"cluster", "map"}
+    run_pipeline(run_dir, config=TINY)  # back as it was
+
+
+def test_killed_during_training_resumes_to_the_same_outputs(tiny_run, tmp_path):
+    reference_dir, _ = tiny_run
+    run_dir = tmp_path / "killed"
+    config = tmp_path / "tiny.toml"
+    config.write_text((reference_dir / C.RUN_TOML).read_text())
+    exe = Path(sys.executable).with_name("urbangeo")
+    cmd = [str(exe), "run", "--config", str(config), "-o", str(run_dir), "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state_file = run_dir / STATE_JSON
+    checkpoints = run_dir / "checkpoints"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        state = json.loads(state_file.read_text()) if state_file.exists() else {}
+        train = state.get("stages", {}).get("train", {})
+        if train.get("status") == "running" and any(checkpoints.rglob("last.pt")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed during training"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert read_state(run_dir)["stages"]["train"]["status"] == "running"
+    rerun = subprocess.run(cmd, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert all(row["status"] in ("done", "not run") for row in run_status(run_dir))
+    ours = pd.read_parquet(run_dir / "embeddings.parquet")
+    reference = pd.read_parquet(reference_dir / "embeddings.parquet")
+    np.testing.assert_array_equal(
+        ours.drop(columns=C.REGION_ID).to_numpy(), reference.drop(columns=C.REGION_ID).to_numpy()
+    )
+    ours_clusters = read_layer(run_dir / "run.gpkg", C.LAYER_CLUSTERS)
+    ref_clusters = read_layer(reference_dir / "run.gpkg", C.LAYER_CLUSTERS)
+    assert list(ours_clusters["cluster"]) == list(ref_clusters["cluster"])
+
+
+def test_unknown_stage_and_unknown_keys(tmp_path):
+    with pytest.raises(InputError, match="Unknown stage 'fly'"):
+        run_pipeline(tmp_path / "r", from_stage="fly")
+    with pytest.raises(InputError, match=r"Unknown setting\(s\) in \[train\]: epoks") as info:
+        resolve_config({"train": {"epoks": 3}})
+    assert "epochs" in info.value.hint
+    with pytest.raises(InputError, match=r"Unknown section\(s\) in the configuration: trian"):
+        resolve_config({"trian": {}})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[grid\ncity = 1")
+    with pytest.raises(InputError, match="not valid TOML"):
+        resolve_config(bad)
+    with pytest.raises(InputError, match="not a bundled city"):
+        resolve_config({"grid": {"city": "atlantis"}})
+
+
+def test_run_folder_from_an_incompatible_version(tmp_path):
+    run_dir = tmp_path / "old"
+    run_dir.mkdir()
+    (run_dir / STATE_JSON).write_text(json.dumps({"format": 99, "urbangeo": "9.0", "stages": {}}))
+    with pytest.raises(InputError, match="incompatible urbangeo") as info:
+        run_pipeline(run_dir, config=TINY)
+    assert "new run folder" in info.value.hint
+
+
+def test_two_runs_in_one_folder(tmp_path):
+    run_dir = tmp_path / "busy"
+    run_dir.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run_dir / ".urbangeo.lock").write_text(
+            json.dumps({"pid": other.pid, "host": os.uname().nodename, "since": 0})
+        )
+        with pytest.raises(OutputError, match=f"Another urbangeo run \\(pid {other.pid}"):
+            run_pipeline(run_dir, config=TINY)
+    finally:
+        other.kill()
+        other.wait()
+    # a lock left by a run that no longer exists is taken over
+    assert not (run_dir / STATE_JSON).exists()
