@@ -84,7 +84,7 @@ class UrbangeoDock(QDockWidget):
             self.stack.addWidget(widget)
         self.source.currentIndexChanged.connect(self.stack.setCurrentIndex)
         form.addRow("", self.stack)
-        self.cell_size = _spin(1000, 10, 100_000, " m")
+        self.cell_size = _spin(250, 10, 100_000, " m")  # the bundled cities are ~2 km across
         self.interval = _spin(500, 10, 10_000, " m")
         form.addRow("Cell size", self.cell_size)
         form.addRow("Sample interval", self.interval)
@@ -224,6 +224,19 @@ class UrbangeoDock(QDockWidget):
         }
         if name == "grid":
             values.update(self.boundary_values())
+        elif name == "tiles":
+            source = self.image_source.currentIndex()  # 0: rendered OSM map (the default)
+            if source and not self.image_path.text().strip():
+                raise ValueError("Give the GeoTIFF path or the XYZ URL for the images.")
+            key = {1: "RASTER", 2: "XYZ"}.get(source)
+            if key:
+                values[key] = self.image_path.text().strip()
+        elif name == "caption":
+            values["BACKEND"] = self.captioner.currentText()
+        elif name == "train":
+            values["MODEL"] = self.model.text().strip() or "urbangeo-tiny-vit"
+        elif name == "embed":
+            values["CHECKPOINT"] = self.checkpoint.filePath() or None
         return build_args(STAGES[name], values)
 
     def run_stage(self, name: str) -> None:

@@ -170,6 +170,9 @@ class StageAlgorithm(QgsProcessingAlgorithm):
     def _plain_values(self, parameters, context) -> dict:
         values = {}
         for p in self.stage.params:
+            if p.optional and parameters.get(p.name) in (None, ""):
+                values[p.name] = None  # parameterAs* would turn "unset" into 0 or ""
+                continue
             if p.kind == "number":
                 value = self.parameterAsDouble(parameters, p.name, context)
             elif p.kind == "int":

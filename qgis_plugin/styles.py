@@ -6,6 +6,7 @@ from pathlib import Path
 
 from qgis.core import (
     QgsCategorizedSymbolRenderer,
+    QgsClassificationJenks,
     QgsFillSymbol,
     QgsGradientColorRamp,
     QgsGraduatedSymbolRenderer,
@@ -125,5 +126,6 @@ def _graduated(layer: QgsVectorLayer, field: str, ramp_name: str) -> QgsGraduate
         QColor("#440154"), QColor("#fde725")
     )
     renderer.setSourceColorRamp(ramp)
-    renderer.updateClasses(layer, QgsGraduatedSymbolRenderer.Jenks, 5)
+    renderer.setClassificationMethod(QgsClassificationJenks())
+    renderer.updateClasses(layer, 5)
     return renderer

@@ -48,3 +48,36 @@ def test_install_into_an_unwritable_place(tmp_path):
     )
     assert result.exit_code == 1
     assert "Cannot create" in result.output and "--profile" in result.output
+
+
+def test_plugin_stages_use_only_flags_the_cli_has():
+    import click
+
+    from urbangeo_qgis.stages import STAGES, build_args
+
+    for name, stage in STAGES.items():
+        command = cli.commands[name]
+        flags = {opt for p in command.params if isinstance(p, click.Option) for opt in p.opts}
+        for param in stage.params:
+            assert param.flag in flags, f"{name}: {param.flag}"
+            if param.kind == "enum":
+                choice = next(p for p in command.params if param.flag in getattr(p, "opts", []))
+                assert set(param.options) <= set(choice.type.choices), f"{name}: {param.flag}"
+        assert build_args(stage, {"GPKG": "run.gpkg", "CITY": "kotka"})[0] == name
+
+
+def test_list_parameters_repeat_their_flag():
+    from urbangeo_qgis.stages import STAGES, build_args
+
+    args = build_args(STAGES["caption"], {"GPKG": "r.gpkg", "MODELS": "a, b"})
+    assert args == [
+        "caption",
+        "--gpkg",
+        "r.gpkg",
+        "--backend",
+        "osm",
+        "--model",
+        "a",
+        "--model",
+        "b",
+    ]

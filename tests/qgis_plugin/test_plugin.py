@@ -20,7 +20,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-STAGE_NAMES = ["grid", "sample"]
+STAGE_NAMES = ["grid", "sample", "tiles", "caption", "train", "embed", "predict", "cluster"]
 
 
 def test_plugin_loads_through_qgis_plugin_loader(plugin):
@@ -61,10 +61,14 @@ def test_processing_run_grid_on_a_bundled_city(plugin, tmp_path):
     assert {f.name() for f in layer.fields()} >= {"region_id", "col", "row", "inside_share"}
     ids = sorted(f["region_id"] for f in layer.getFeatures())
     assert ids[0] == "496_6709"
-    # then the sample stage on the same GeoPackage
+    # then the sample and tiles stages on the same GeoPackage
     result = processing.run("urbangeo:sample", {"GPKG": str(out), "INTERVAL": 250})
     points = QgsVectorLayer(result["SV_POINTS"], "sv_points", "ogr")
     assert points.isValid() and points.featureCount() > 150
+    result = processing.run("urbangeo:tiles", {"GPKG": str(out), "SIZE": 32})
+    images = QgsVectorLayer(result["IMAGES"], "images", "ogr")
+    assert images.isValid() and images.featureCount() == 9
+    assert sorted(f["status"] for f in images.getFeatures()) == ["ok"] * 9
 
 
 def test_processing_reports_the_commands_own_error(plugin, tmp_path):
@@ -114,15 +118,18 @@ def test_dock_opens_and_its_screenshot_is_not_blank(dock, tmp_path):
 def test_pipeline_from_the_panel_loads_styled_layers(dock):
     dock.source.setCurrentIndex(0)
     dock.city.setCurrentText("kotka")
+    dock.cell_size.setValue(500)
     dock.run_pipeline()
     assert dock.task is not None
-    wait_until(lambda: dock.task is None and "Done." in dock.log.toPlainText(), 180)
+    wait_until(lambda: dock.task is None and "Done." in dock.log.toPlainText(), 600)
     root = QgsProject.instance().layerTreeRoot()
     group = root.findGroup("urbangeo: kotka")
     assert group is not None
     layers = {node.layer().name(): node.layer() for node in group.findLayers()}
-    assert {"boundary", "regions", "roads", "sv_points"} <= set(layers)
-    assert layers["regions"].featureCount() == 9
+    assert {"boundary", "regions", "roads", "sv_points", "clusters", "predictions"} <= set(layers)
+    assert layers["regions"].featureCount() == 30
+    assert layers["clusters"].renderer().type() == "categorizedSymbol"
+    assert layers["predictions"].renderer().type() == "graduatedSymbol"
     symbol = layers["regions"].renderer().symbol()
     assert symbol.color().alpha() == 0  # outlines only
     assert layers["sv_points"].renderer().symbol().color().name() == "#e41a1c"
