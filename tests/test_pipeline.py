@@ -198,3 +198,19 @@ def test_two_runs_in_one_folder(tmp_path):
         other.wait()
     # a lock left by a run that no longer exists is taken over
     assert not (run_dir / STATE_JSON).exists()
+
+
+def test_examples_are_valid_configurations():
+    examples = sorted((Path(__file__).parents[1] / "examples").glob("*.toml"))
+    assert len(examples) >= 5
+    for path in examples:
+        resolve_config(path)
+
+
+def test_a_given_area_or_image_source_replaces_the_defaults():
+    config = resolve_config({"grid": {"bbox": "1,2,3,4"}, "tiles": {"raster": "x.tif"}})
+    assert "city" not in config["grid"] and config["grid"]["bbox"] == "1,2,3,4"
+    assert "render" not in config["tiles"]
+    config = resolve_config(None, grid__place="Kotka, Finland")
+    assert "city" not in config["grid"]
+    assert resolve_config({})["grid"]["city"] == C.DEFAULT_CITY

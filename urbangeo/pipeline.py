@@ -95,6 +95,13 @@ def _stage_functions() -> dict[str, Callable[..., Any]]:
     }
 
 
+#: A default source that gives way when the user names another: the default city when an
+#: area is given, the rendered OSM map when a raster or an XYZ service is.
+_GIVES_WAY = {
+    "grid": ("city", ("boundary_file", "bbox", "place")),
+    "tiles": ("render", ("raster", "xyz")),
+}
+
 #: Keyword arguments the runner passes itself, not settable from a configuration.
 _RUNNER_ARGS = {"gpkg", "overwrite", "resume", "run_dir", "config", "pairs", "max_steps"}
 
@@ -161,6 +168,15 @@ def resolve_config(
             continue
         stage, _, name = key.partition("__")
         resolved[stage][name] = value
+    for stage, (default_key, alternatives) in _GIVES_WAY.items():
+        given = set(data.get(stage, {}))
+        given |= {
+            k.partition("__")[2]
+            for k, v in overrides.items()
+            if k.startswith(f"{stage}__") and v is not None
+        }
+        if default_key not in given and given & set(alternatives):
+            resolved[stage].pop(default_key, None)
     functions = _stage_functions()
     for stage in C.STAGES:
         bad = sorted(set(resolved[stage]) - _allowed_keys(stage, functions[stage]))
