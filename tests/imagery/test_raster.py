@@ -22,8 +22,8 @@ from tests.imagery.helpers import (
 from urbangeo import constants as C
 from urbangeo.errors import InputError
 from urbangeo.imagery import satellite
-from urbangeo.imagery.manifest import sha256_file
 from urbangeo.imagery.stages import tiles_stage
+from urbangeo.io.files import sha256_file
 from urbangeo.io.gpkg import read_layer
 
 

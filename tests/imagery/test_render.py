@@ -12,13 +12,13 @@ import shapely
 from tests.imagery.helpers import UTM35, X0, Y0, grid, make_run, read_png
 from urbangeo import constants as C
 from urbangeo.geo.boundary import get_city
-from urbangeo.imagery.manifest import sha256_file
 from urbangeo.imagery.render import (
     COLOURS,
     map_features,
     render_regions,
 )
 from urbangeo.imagery.stages import tiles_stage
+from urbangeo.io.files import sha256_file
 from urbangeo.io.gpkg import read_layer, write_layers
 
 SIZE = 256

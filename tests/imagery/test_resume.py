@@ -10,8 +10,8 @@ from tests.imagery.helpers import UTM35, X0, Y0, coded_raster, grid, make_run, p
 from urbangeo import constants as C
 from urbangeo.errors import OutputError
 from urbangeo.imagery import satellite
-from urbangeo.imagery.manifest import sha256_file
 from urbangeo.imagery.stages import tiles_stage
+from urbangeo.io.files import sha256_file
 from urbangeo.io.gpkg import list_layers, read_layer, write_layers
 from urbangeo.io.runs import read_stage_records
 

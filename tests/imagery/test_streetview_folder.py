@@ -14,8 +14,8 @@ from tests.imagery.helpers import X0, Y0, grid, jpeg_bytes, make_run, points
 from urbangeo import constants as C
 from urbangeo.errors import InputError, UrbangeoWarning
 from urbangeo.imagery.coords import wgs84_to_bd09
-from urbangeo.imagery.manifest import sha256_file
 from urbangeo.imagery.stages import streetview_stage
+from urbangeo.io.files import sha256_file
 from urbangeo.io.gpkg import read_layer
 
 

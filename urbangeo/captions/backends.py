@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from urbangeo.captions.cache import sha256_bytes
 from urbangeo.errors import InputError
+from urbangeo.io.files import sha256_bytes
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 BACKENDS = ("osm", "openai", "transformers")

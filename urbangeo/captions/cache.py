@@ -8,7 +8,6 @@ and the cache; a torn last line (a kill in mid-write) is ignored.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -17,20 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from urbangeo import constants as C
-
-
-def sha256_bytes(data: bytes) -> str:
-    """Hex sha256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from urbangeo.io.files import sha256_bytes
 
 
 def call_key(

@@ -23,8 +23,8 @@ from typing import Any
 
 from urbangeo import constants as C
 from urbangeo.captions.backends import Captioner, CaptionError, ImageItem
-from urbangeo.captions.cache import sha256_bytes
 from urbangeo.errors import InputError
+from urbangeo.io.files import sha256_bytes
 
 STYLES = ("planner", "observer", "analyst")
 DEFAULT_RADIUS_M = 75.0

@@ -27,9 +27,10 @@ import numpy as np
 
 from urbangeo._optional import import_optional
 from urbangeo.captions.backends import Captioner, CaptionError
-from urbangeo.captions.cache import CaptionCache, call_key, sha256_bytes
+from urbangeo.captions.cache import CaptionCache, call_key
 from urbangeo.captions.prompts import Prompts
 from urbangeo.errors import InputError
+from urbangeo.io.files import sha256_bytes
 from urbangeo.progress import progress
 
 SAM_MODEL = "facebook/sam-vit-base"

@@ -23,9 +23,10 @@ import pandas as pd
 
 from urbangeo import constants as C
 from urbangeo.captions.backends import Captioner, CaptionError, ImageItem, make_captioner
-from urbangeo.captions.cache import CaptionCache, cache_path_for, call_key, sha256_bytes
+from urbangeo.captions.cache import CaptionCache, cache_path_for, call_key
 from urbangeo.captions.prompts import Prompts, load_prompts
 from urbangeo.errors import InputError, MissingLayerError
+from urbangeo.io.files import sha256_bytes
 from urbangeo.io.gpkg import check_can_write, list_layers, read_layer, write_layers
 from urbangeo.io.runs import StageRecord, stage_table
 from urbangeo.progress import message, progress

@@ -9,9 +9,7 @@ exists and whose sha256 matches its row.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import os
 import struct
 import time
 import zlib
@@ -27,7 +25,7 @@ from PIL import Image
 
 from urbangeo import constants as C
 from urbangeo.errors import OutputError
-from urbangeo.io.files import write_bytes_atomic
+from urbangeo.io.files import sha256_bytes, sha256_file, write_bytes_atomic
 from urbangeo.io.gpkg import list_layers, read_layer, write_layers
 from urbangeo.io.runs import StageRecord, read_stage_records, stage_table
 
@@ -73,20 +71,6 @@ class ImageResult:
     height: int | None = None
     sha256: str | None = None
     source: str = ""
-
-
-def sha256_bytes(data: bytes) -> str:
-    """Hex sha256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

@@ -41,8 +41,7 @@ from rasterio.vrt import WarpedVRT
 from urbangeo import constants as C
 from urbangeo.errors import InputError
 from urbangeo.imagery.http import HttpClient, HttpError, redact_url
-from urbangeo.imagery.manifest import sha256_bytes
-from urbangeo.io.files import write_bytes_atomic
+from urbangeo.io.files import sha256_bytes, write_bytes_atomic
 
 #: A square with data on less than this share of its area is reported missing.
 DEFAULT_MIN_VALID = 0.5
