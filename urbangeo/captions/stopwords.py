@@ -14,8 +14,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import zipfile
 from functools import cache
@@ -36,17 +34,11 @@ def stop_words_path(target: str | os.PathLike | None = None) -> Path:
 
 
 def _download_wheel(dest: str | os.PathLike) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:"]
-    cmd += ["--disable-pip-version-check", "-d", str(dest), CAPTURE_WHEEL]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    found = sorted(Path(dest).glob("capture_metric-*.whl"))
-    if done.returncode != 0 or not found:
-        raise InputError(
-            f"pip could not download {CAPTURE_WHEEL}: {done.stderr.strip()[-300:]}",
-            hint="Run it where PyPI is reachable (pip download --no-deps "
-            f"{CAPTURE_WHEEL}) and pass the wheel with --capture-wheel.",
-        )
-    return found[0]
+    from urbangeo.captions.wordnet import pip_download
+
+    return pip_download(
+        CAPTURE_WHEEL, dest, kind="wheel", pattern="capture_metric-*.whl", option="--capture-wheel"
+    )
 
 
 def extract_stop_words(wheel: str | os.PathLike) -> list[str]:

