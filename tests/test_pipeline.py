@@ -214,3 +214,12 @@ def test_a_given_area_or_image_source_replaces_the_defaults():
     config = resolve_config(None, grid__place="Kotka, Finland")
     assert "city" not in config["grid"]
     assert resolve_config({})["grid"]["city"] == C.DEFAULT_CITY
+
+
+def test_modes_without_teacher_drop_the_default_queue():
+    assert "queue_size" not in resolve_config({"train": {"mode": "urbanclip"}})["train"]
+    assert resolve_config({})["train"]["queue_size"] == 64
+    with pytest.raises(InputError, match="queue_size does not apply"):
+        from urbangeo.model.train import TrainConfig
+
+        TrainConfig(mode="urbanclip", queue_size=64).resolved()

@@ -102,6 +102,9 @@ _GIVES_WAY = {
     "tiles": ("render", ("raster", "xyz")),
 }
 
+#: Training modes without the momentum teacher, which take no queue.
+_NO_TEACHER_MODES = ("urbanclip", "no-distill")
+
 #: Keyword arguments the runner passes itself, not settable from a configuration.
 _RUNNER_ARGS = {"gpkg", "overwrite", "resume", "run_dir", "config", "pairs", "max_steps"}
 
@@ -177,6 +180,13 @@ def resolve_config(
         }
         if default_key not in given and given & set(alternatives):
             resolved[stage].pop(default_key, None)
+    train_given = set(data.get("train", {})) | {
+        k.partition("__")[2]
+        for k, v in overrides.items()
+        if k.startswith("train__") and v is not None
+    }
+    if resolved["train"].get("mode") in _NO_TEACHER_MODES and "queue_size" not in train_given:
+        resolved["train"].pop("queue_size", None)  # the default queue is the teacher's
     functions = _stage_functions()
     for stage in C.STAGES:
         bad = sorted(set(resolved[stage]) - _allowed_keys(stage, functions[stage]))
