@@ -223,3 +223,9 @@ def test_modes_without_teacher_drop_the_default_queue():
         from urbangeo.model.train import TrainConfig
 
         TrainConfig(mode="urbanclip", queue_size=64).resolved()
+
+
+def test_embed_uses_the_model_this_run_trains():
+    assert resolve_config({"train": {"mode": "no-ipsi"}})["embed"]["name"] == "no-ipsi"
+    assert resolve_config({"train": {"name": "mine"}})["embed"]["name"] == "mine"
+    assert resolve_config({"embed": {"name": "other"}})["embed"]["name"] == "other"

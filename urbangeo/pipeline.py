@@ -187,6 +187,10 @@ def resolve_config(
     }
     if resolved["train"].get("mode") in _NO_TEACHER_MODES and "queue_size" not in train_given:
         resolved["train"].pop("queue_size", None)  # the default queue is the teacher's
+    if "name" not in resolved["embed"]:
+        # embed the model this run trains (checkpoints/<name>/, named after the mode by default)
+        train = resolved["train"]
+        resolved["embed"]["name"] = train.get("name") or train.get("mode", "urbanln")
     functions = _stage_functions()
     for stage in C.STAGES:
         bad = sorted(set(resolved[stage]) - _allowed_keys(stage, functions[stage]))
