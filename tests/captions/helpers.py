@@ -1,4 +1,4 @@
-"""Small runs and images for the caption tests (built here, never read from ../shared)."""
+"""Small runs and images for the caption tests, built here (never the evaluation data)."""
 
 from __future__ import annotations
 
