@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from tests.model.synthetic import make_run
@@ -15,15 +14,7 @@ from urbangeo.model import baselines, data, embed, train
 from urbangeo.progress import set_mode
 from urbangeo_cli import model as cli_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads oversubscribe it (5x
-    slower); results are the same."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

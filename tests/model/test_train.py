@@ -37,14 +37,7 @@ TINY = "urbangeo-tiny-vit"
 FAST = {"model": TINY, "lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads oversubscribe it (5x
-    slower); results are the same."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
