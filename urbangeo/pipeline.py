@@ -166,26 +166,19 @@ def resolve_config(
         if not isinstance(section, dict):
             raise InputError(f"[{stage}] must be a table of settings, not {section!r}.")
         resolved[stage].update(section)
+    given = {stage: set(section) for stage, section in data.items()}  # what the user set
     for key, value in overrides.items():
         if value is None:
             continue
         stage, _, name = key.partition("__")
         resolved[stage][name] = value
+        given.setdefault(stage, set()).add(name)
     for stage, (default_key, alternatives) in _GIVES_WAY.items():
-        given = set(data.get(stage, {}))
-        given |= {
-            k.partition("__")[2]
-            for k, v in overrides.items()
-            if k.startswith(f"{stage}__") and v is not None
-        }
-        if default_key not in given and given & set(alternatives):
+        mine = given.get(stage, set())
+        if default_key not in mine and mine & set(alternatives):
             resolved[stage].pop(default_key, None)
-    train_given = set(data.get("train", {})) | {
-        k.partition("__")[2]
-        for k, v in overrides.items()
-        if k.startswith("train__") and v is not None
-    }
-    if resolved["train"].get("mode") in _NO_TEACHER_MODES and "queue_size" not in train_given:
+    no_teacher = resolved["train"].get("mode") in _NO_TEACHER_MODES
+    if no_teacher and "queue_size" not in given.get("train", set()):
         resolved["train"].pop("queue_size", None)  # the default queue is the teacher's
     if "name" not in resolved["embed"]:
         # embed the model this run trains (checkpoints/<name>/, named after the mode by default)
