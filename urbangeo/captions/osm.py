@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -312,59 +311,37 @@ def load_osm_layers(
     path: str | os.PathLike, bbox: tuple[float, float, float, float], crs: Any
 ) -> dict[str, Any]:
     """Buildings, land use, POIs, roads, water and trees of an extract within ``bbox``."""
-    from urbangeo._optional import import_optional
+    from urbangeo.io.osm import NETWORK_ALL, open_extract
 
-    pyrosm = import_optional("pyrosm", extra="geo", purpose="Reading OSM extracts")
-    import geopandas as gpd
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            osm = pyrosm.OSM(str(path), bounding_box=list(bbox))
-        except Exception as exc:
-            raise InputError(
-                f"Cannot read the OSM extract {path}: {exc}",
-                hint="Give an .osm.pbf file (e.g. from Geofabrik or BBBike).",
-            ) from exc
-
-        def get(fn, *args, **kwargs):
-            try:
-                frame = fn(*args, **kwargs)
-            except Exception:  # pyrosm raises on empty selections in some versions
-                frame = None
-            if frame is None or len(frame) == 0:
-                return gpd.GeoDataFrame(geometry=[], crs=crs)
-            frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty].to_crs(crs)
-            # OSM polygons are often invalid (self-touching rings); GEOS needs them valid.
-            invalid = ~frame.geometry.is_valid
-            if invalid.any():
-                frame.loc[invalid, frame.geometry.name] = frame.geometry[invalid].make_valid()
-            return frame
-
-        layers = {
-            "buildings": get(osm.get_buildings),
-            "landuse": get(osm.get_landuse),
-            "natural": get(osm.get_natural),
-            "leisure": get(
-                osm.get_data_by_custom_criteria, custom_filter={"leisure": True}, keep_nodes=False
-            ),
-            "water": get(
-                osm.get_data_by_custom_criteria,
-                custom_filter={"water": True, "waterway": True},
-                keep_nodes=False,
-            ),
-            "trees": get(
-                osm.get_data_by_custom_criteria,
-                custom_filter={"natural": ["tree"]},
-                keep_ways=False,
-                keep_relations=False,
-            ),
-            "pois": get(osm.get_pois),
-            "roads": get(osm.get_network, network_type="all"),
-        }
+    extract = open_extract(path, bbox=bbox)
+    layers = {
+        "buildings": extract.buildings(),
+        "landuse": extract.landuse(),
+        "natural": extract.natural(),
+        "leisure": extract.tagged({"leisure": True}, nodes=False),
+        "water": extract.tagged({"water": True, "waterway": True}, nodes=False),
+        "trees": extract.tagged({"natural": ["tree"]}, ways=False, relations=False),
+        "pois": extract.pois(),
+        "roads": extract.roads(network=NETWORK_ALL),
+    }
+    layers = {name: _in_crs(frame, crs) for name, frame in layers.items()}
     for frame in layers.values():
         frame.sindex  # noqa: B018 - build the spatial index once, before the threads
     return layers
+
+
+def _in_crs(frame: Any, crs: Any) -> Any:
+    """``frame``'s non-empty geometries in ``crs``, made valid."""
+    import geopandas as gpd
+
+    if len(frame) == 0:
+        return gpd.GeoDataFrame(geometry=[], crs=crs)
+    frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty].to_crs(crs)
+    # OSM polygons are often invalid (self-touching rings); GEOS needs them valid.
+    invalid = ~frame.geometry.is_valid
+    if invalid.any():
+        frame.loc[invalid, frame.geometry.name] = frame.geometry[invalid].make_valid()
+    return frame
 
 
 def _inside(frame: Any, area: Any) -> Any:

@@ -37,6 +37,7 @@ import shapely
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError, UrbangeoWarning
+from urbangeo.io.osm import NETWORK_ALL, open_extract
 
 AGGREGATIONS = ("sum", "mean")
 POLYGON_KINDS = ("extensive", "intensive")
@@ -272,22 +273,12 @@ def from_osm(
     regions: gpd.GeoDataFrame, osm_pbf: str | os.PathLike, *, boundary: gpd.GeoDataFrame | None
 ) -> pd.DataFrame:
     """Counts of buildings and POIs, building area and road length per region (pyrosm)."""
-    import pyrosm
-
-    path = Path(osm_pbf)
-    if not path.exists():
-        raise InputError(f"OSM extract {path} does not exist.")
     metric = _metric(regions)
     area = (boundary if boundary is not None else regions).to_crs(C.WGS84).union_all()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pyrosm's pandas/shapely deprecation chatter
-        try:
-            osm = pyrosm.OSM(str(path), bounding_box=area.envelope)
-            buildings = osm.get_buildings()
-            pois = osm.get_pois()
-            roads = osm.get_network(network_type="all")
-        except Exception as exc:
-            raise InputError(f"Cannot read OSM extract {path}: {exc}") from exc
+    extract = open_extract(osm_pbf, bbox=area.envelope)
+    buildings = extract.buildings()
+    pois = extract.pois()
+    roads = extract.roads(network=NETWORK_ALL)
     target = metric[[C.REGION_ID, metric.geometry.name]].assign(
         **{C.REGION_ID: metric[C.REGION_ID].astype(str)}
     )

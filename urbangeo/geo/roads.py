@@ -26,6 +26,7 @@ from urbangeo import constants as C
 from urbangeo.errors import InputError, UrbangeoWarning
 from urbangeo.geo.crs import metric_crs
 from urbangeo.geo.sampling import first_undirected
+from urbangeo.io.osm import OSM_ID, open_extract
 
 _NOT_ROADS = frozenset(
     [
@@ -65,6 +66,10 @@ EXCLUDED_HIGHWAYS: dict[str, frozenset[str]] = {
 }
 _PYROSM_NETWORK = {"drive": "driving", "walk": "walking", "all": "all"}
 XML_SUFFIXES = (".osm", ".osm.bz2", ".xml")
+ROAD_FILE_HINT = (
+    "Give an OSM extract (.osm.pbf, .osm, .osm.bz2) or a line vector file "
+    "(GeoPackage, GeoJSON, Shapefile)."
+)
 
 ROAD_COLUMNS = [C.ROAD_ID, "osm_id", C.HIGHWAY, C.NAME, C.LENGTH_M]
 
@@ -110,9 +115,7 @@ def load_roads(
             raise
         except Exception as exc:
             raise InputError(
-                f"Cannot read road file {path}: {type(exc).__name__}: {exc}",
-                hint="Give an OSM extract (.osm.pbf, .osm, .osm.bz2) or a line vector file "
-                "(GeoPackage, GeoJSON, Shapefile).",
+                f"Cannot read road file {path}: {type(exc).__name__}: {exc}", hint=ROAD_FILE_HINT
             ) from exc
         if raw.crs is None:
             raise InputError(f"Road file {path} has no CRS.", hint="Give the file a CRS.")
@@ -120,15 +123,9 @@ def load_roads(
 
 
 def _read_pbf(path: Path, area: shapely.Geometry, network: str) -> gpd.GeoDataFrame:
-    import pyrosm
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pyrosm's pandas/shapely deprecation chatter
-        osm = pyrosm.OSM(str(path), bounding_box=area.envelope)
-        edges = osm.get_network(network_type=_PYROSM_NETWORK[network])
-    if edges is None:
-        return gpd.GeoDataFrame({"id": [], C.HIGHWAY: []}, geometry=[], crs=C.WGS84)
-    return edges.rename(columns={"id": "osm_id"})
+    extract = open_extract(path, bbox=area.envelope, label="road file", hint=ROAD_FILE_HINT)
+    edges = extract.roads(network=_PYROSM_NETWORK[network])
+    return edges.rename(columns={OSM_ID: "osm_id"})
 
 
 def _read_xml(path: Path) -> gpd.GeoDataFrame:

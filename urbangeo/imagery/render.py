@@ -40,7 +40,6 @@ it as a water polygon (coastlines are not closed into sea areas).
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +54,9 @@ from rasterio.transform import from_origin
 from urbangeo import constants as C
 from urbangeo.errors import InputError
 from urbangeo.imagery.satellite import Tile, lattice_step
+from urbangeo.io.osm import NETWORK_ALL, open_extract
+
+OSM_HINT = "Pass an .osm.pbf file with --osm (e.g. from download.geofabrik.de)."
 
 #: (name, RGB) of each class; the index is the class number and the drawing order.
 CLASSES: list[tuple[str, tuple[int, int, int]]] = [
@@ -208,43 +210,15 @@ def read_osm(
     path: str | os.PathLike, *, bounds_wgs84: tuple[float, float, float, float] | None = None
 ) -> dict[str, gpd.GeoDataFrame]:
     """Buildings, land use, natural areas, roads and other tags from an ``.osm.pbf`` file."""
-    import pyrosm
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(
-            f"OSM extract {path} does not exist.",
-            hint="Pass an .osm.pbf file with --osm (e.g. from download.geofabrik.de).",
-        )
-    if not path.name.lower().endswith(".pbf"):
-        raise InputError(
-            f"{path} is not an .osm.pbf file.",
-            hint="Map tiles are rendered from an OSM extract in PBF format (--osm FILE.osm.pbf).",
-        )
-    bbox = list(bounds_wgs84) if bounds_wgs84 is not None else None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pyrosm's pandas/shapely deprecation chatter
-            osm = pyrosm.OSM(str(path), bounding_box=bbox)
-            layers = {
-                "buildings": osm.get_buildings(),
-                "landuse": osm.get_landuse(),
-                "natural": osm.get_natural(),
-                "roads": osm.get_network(network_type="all"),
-                "other": osm.get_data_by_custom_criteria(
-                    custom_filter={"leisure": True, "waterway": True, "railway": True},
-                    filter_type="keep",
-                    keep_nodes=False,
-                ),
-            }
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(
-            f"Cannot read the OSM extract {path}: {type(exc).__name__}: {exc}",
-            hint="Pass a valid .osm.pbf file with --osm.",
-        ) from exc
-    return {k: v for k, v in layers.items() if v is not None and not v.empty}
+    extract = open_extract(path, bbox=bounds_wgs84, hint=OSM_HINT)
+    layers = {
+        "buildings": extract.buildings(),
+        "landuse": extract.landuse(),
+        "natural": extract.natural(),
+        "roads": extract.roads(network=NETWORK_ALL),
+        "other": extract.tagged({"leisure": True, "waterway": True, "railway": True}, nodes=False),
+    }
+    return {k: v for k, v in layers.items() if not v.empty}
 
 
 def map_features(layers: dict[str, gpd.GeoDataFrame], crs: object) -> MapFeatures:
@@ -419,7 +393,7 @@ class OsmRenderSource:
         if not self.osm_path.is_file():
             raise InputError(
                 f"OSM extract {self.osm_path} does not exist.",
-                hint="Pass an .osm.pbf file with --osm.",
+                hint=OSM_HINT,
             )
         self.grid_crs = grid_crs
         self.photographic = False  # flat colours: PNGs compress best with zlib's defaults
