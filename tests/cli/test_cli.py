@@ -159,7 +159,8 @@ def test_sample_from_a_roads_file_with_a_bbox_grid(runner, tmp_path):
     assert len(read_layer(out, C.LAYER_SV_POINTS)) == 4  # 1.65 km of residential street
 
 
-def test_json_progress_for_programs(runner, tmp_path):
+def test_json_progress_for_programs(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "run.gpkg"
     result = runner.invoke(cli, ["grid", "--city", "kotka", "-o", str(out), "--progress", "json"])
     assert result.exit_code == 0
@@ -170,6 +171,7 @@ def test_json_progress_for_programs(runner, tmp_path):
     result = runner.invoke(cli, ["grid", "--city", "nowhere", "--progress", "json"])
     errors = [json.loads(x) for x in result.stdout.splitlines() if '"error"' in x]
     assert errors and "not a bundled city" in errors[0]["text"] and "kotka" in errors[0]["hint"]
+    assert not (tmp_path / "nowhere").exists()  # the default output folder was not left behind
 
 
 def test_library_warnings_reach_the_user(runner, tmp_path):

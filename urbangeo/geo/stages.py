@@ -17,6 +17,7 @@ from urbangeo.geo.boundary import get_city, load_boundary
 from urbangeo.geo.grid import make_grid
 from urbangeo.geo.roads import load_roads
 from urbangeo.geo.sampling import sample_points
+from urbangeo.io.files import new_folders_removed_on_error
 from urbangeo.io.gpkg import check_can_write, read_layer, write_layers
 from urbangeo.io.runs import StageRecord, StageResult, downstream_of, stage_table
 from urbangeo.progress import message, progress
@@ -35,33 +36,34 @@ def grid_stage(
     overwrite: bool = False,
 ) -> StageResult:
     """Write layers ``boundary`` and ``regions`` (the square grid) to ``gpkg``."""
-    path = check_can_write(gpkg, [C.LAYER_BOUNDARY, C.LAYER_REGIONS], overwrite=overwrite)
-    started = time.perf_counter()
-    with progress(3, task="grid", unit="step") as bar:
-        bar.update(0, status="boundary")
-        boundary = load_boundary(city=city, file=boundary_file, bbox=bbox, place=place)
-        bar.update(1, status="cells")
-        regions = make_grid(boundary, cell_size=cell_size, crs=crs, force=force)
-        bar.update(1, status="write")
-        params = {
-            "source": str(boundary[C.SOURCE].iloc[0]),
-            "cell_size": float(cell_size),
-            "crs": regions.crs.to_string(),
-        }
-        counts = {"regions": len(regions)}
-        record = StageRecord("grid", params, counts, time.perf_counter() - started)
-        write_layers(
-            path,
-            {
-                C.LAYER_BOUNDARY: boundary.to_crs(regions.crs),
-                C.LAYER_REGIONS: regions,
-                "urbangeo_stages": stage_table(path, record, invalidates=downstream_of("grid")),
-            },
-            overwrite=True,  # checked before the work began
-        )
-        bar.update(1)
-    message(f"Wrote {len(regions):,} regions of {cell_size:g} m to {path} (layer regions).")
-    return StageResult("grid", path, counts)
+    with new_folders_removed_on_error(gpkg):
+        path = check_can_write(gpkg, [C.LAYER_BOUNDARY, C.LAYER_REGIONS], overwrite=overwrite)
+        started = time.perf_counter()
+        with progress(3, task="grid", unit="step") as bar:
+            bar.update(0, status="boundary")
+            boundary = load_boundary(city=city, file=boundary_file, bbox=bbox, place=place)
+            bar.update(1, status="cells")
+            regions = make_grid(boundary, cell_size=cell_size, crs=crs, force=force)
+            bar.update(1, status="write")
+            params = {
+                "source": str(boundary[C.SOURCE].iloc[0]),
+                "cell_size": float(cell_size),
+                "crs": regions.crs.to_string(),
+            }
+            counts = {"regions": len(regions)}
+            record = StageRecord("grid", params, counts, time.perf_counter() - started)
+            write_layers(
+                path,
+                {
+                    C.LAYER_BOUNDARY: boundary.to_crs(regions.crs),
+                    C.LAYER_REGIONS: regions,
+                    "urbangeo_stages": stage_table(path, record, invalidates=downstream_of("grid")),
+                },
+                overwrite=True,  # checked before the work began
+            )
+            bar.update(1)
+        message(f"Wrote {len(regions):,} regions of {cell_size:g} m to {path} (layer regions).")
+        return StageResult("grid", path, counts)
 
 
 def roads_source_for(

@@ -89,6 +89,26 @@ def ensure_writable_file(path: str | os.PathLike) -> Path:
     return path
 
 
+@contextmanager
+def new_folders_removed_on_error(path: str | os.PathLike) -> Iterator[None]:
+    """Around work that writes ``path``: if it fails, remove the folders above ``path`` that did
+    not exist when it began and are still empty (a failed first command leaves no trace)."""
+    missing = []
+    parent = Path(path).absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)  # deepest first
+        parent = parent.parent
+    try:
+        yield
+    except BaseException:
+        for folder in missing:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or gone): keep it and everything above
+                break
+        raise
+
+
 def sha256_bytes(data: bytes) -> str:
     """Hex sha256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
