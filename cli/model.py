@@ -147,6 +147,15 @@ def _device_options(func):
 )
 @click.option("--mu", type=click.FloatRange(0, 1), help="Distillation weight (default 0.5).")
 @click.option("--augment", is_flag=True, help="Random crops (open_clip's training transform).")
+@click.option(
+    "--image-norm",
+    type=click.Choice(["auto", "model", "data"]),
+    default="auto",
+    show_default=True,
+    help="Image normalisation: the architecture's (CLIP's statistics), the training images' "
+    "per-channel mean and std (stored with the model), or auto: data for a random init, "
+    "model for pretrained weights.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--val-fraction",
@@ -180,8 +189,8 @@ def _device_options(func):
 def train(
     gpkg, pairs, kind, mode, model, pretrained, checkpoint, context_length, epochs, batch_size,
     accum_steps, lr, weight_decay, warmup_steps, grad_clip, train_part, last_n, queue_size,
-    momentum, mu, augment, seed, val_fraction, checkpoint_every, max_steps, workers, precision,
-    device, name, resume, overwrite,
+    momentum, mu, augment, image_norm, seed, val_fraction, checkpoint_every, max_steps, workers,
+    precision, device, name, resume, overwrite,
 ) -> None:  # fmt: skip
     """Pre-train CLIP on the run's image–caption pairs (UrbanLN and its ablations).
 
@@ -229,6 +238,7 @@ def train(
         train_last_n=last_n,
         precision=precision,
         augment=augment,
+        image_norm=image_norm,
         seed=seed,
         val_fraction=val_fraction,
         checkpoint_every=checkpoint_every,

@@ -231,8 +231,16 @@ def trained_encoder(
         from urbangeo.model.clip import _checkpoint_text_positions
 
         context = _checkpoint_text_positions(path) or 77
-    bundle = create_model(name, checkpoint=path, context_length=int(context))
+    bundle = create_model(
+        name,
+        checkpoint=path,
+        context_length=int(context),
+        image_mean=meta.get("image_mean"),
+        image_std=meta.get("image_std"),
+    )
     info = {"encoder": "trained", "checkpoint": str(path), "model": name}
+    if "image_mean" in meta:
+        info["image_mean"], info["image_std"] = meta["image_mean"], meta["image_std"]
     return _clip_encoder("trained", bundle, info)
 
 

@@ -18,7 +18,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -392,6 +392,8 @@ def create_model(
     ipsi_keep: int = IPSI_KEEP,
     device: str | torch.device = "cpu",
     cache_dir: str | os.PathLike[str] | None = None,
+    image_mean: Sequence[float] | None = None,
+    image_std: Sequence[float] | None = None,
 ) -> ClipBundle:
     """Build an open_clip model with its text context stretched to ``context_length`` by IPSI.
 
@@ -401,6 +403,8 @@ def create_model(
     random when neither is given. The stretch ratio is
     ``(context_length - ipsi_keep) / (native - ipsi_keep)`` and must be an integer; with
     ``context_length`` equal to the native length (77) the model is left unchanged.
+    ``image_mean``/``image_std`` replace the architecture's image normalisation (see
+    :func:`with_image_normalization`).
     """
     register_tiny_models()
     if not isinstance(name, str) or not name:
@@ -477,7 +481,7 @@ def create_model(
 
     model.to(device)
     tokenizer = LongTokenizer.for_model(name, context_length)
-    return ClipBundle(
+    bundle = ClipBundle(
         model=model,
         preprocess=preprocess,
         preprocess_train=preprocess_train,
@@ -488,6 +492,49 @@ def create_model(
         ipsi_keep=ipsi_keep,
         ipsi_ratio=ratio,
     )
+    if image_mean is not None or image_std is not None:
+        if image_mean is None or image_std is None:
+            raise ModelConfigError("Give image_mean and image_std together.")
+        bundle = with_image_normalization(bundle, image_mean, image_std)
+    return bundle
+
+
+def _preprocess_cfg(model: nn.Module) -> dict[str, Any]:
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    return merge_preprocess_dict(PreprocessCfg(), getattr(model.visual, "preprocess_cfg", {}))
+
+
+def with_image_normalization(
+    bundle: ClipBundle, mean: Sequence[float], std: Sequence[float]
+) -> ClipBundle:
+    """``bundle`` with its image transforms normalising by ``mean``/``std`` (per channel).
+
+    The model's ``visual.preprocess_cfg`` records the new values, as open_clip does for its own.
+    """
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ModelConfigError(
+            f"image_mean and image_std need 3 values each, std > 0; got {mean}, {std}"
+        )
+    cfg = {**_preprocess_cfg(bundle.model), "mean": mean, "std": std}
+    bundle.model.visual.preprocess_cfg = cfg
+    pp = PreprocessCfg(**cfg)
+    return replace(
+        bundle,
+        preprocess=image_transform_v2(pp, is_train=False),
+        preprocess_train=image_transform_v2(pp, is_train=True),
+    )
+
+
+def unnormalized_transform(model: nn.Module) -> Callable[[Any], Tensor]:
+    """The model's evaluation transform without normalisation: pixels in [0, 1]."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    cfg = {**_preprocess_cfg(model), "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+    return image_transform_v2(PreprocessCfg(**cfg), is_train=False)
 
 
 class _DropRandomInitWarning(logging.Filter):

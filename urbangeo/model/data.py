@@ -279,6 +279,46 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
         return img.convert("RGB")
 
 
+#: Images sampled for the per-channel statistics of a training set.
+STATS_SAMPLE = 1024
+
+
+def channel_stats(
+    paths: Sequence[str],
+    transform: Any,
+    *,
+    limit: int = STATS_SAMPLE,
+    seed: int = 0,
+) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """Per-channel mean and standard deviation of the pixels of ``paths`` after ``transform``.
+
+    ``transform`` maps a PIL image to a ``[3, H, W]`` tensor (the model's resize and crop
+    without normalisation). At most ``limit`` images are read, a seeded sample of them. Images
+    that fail to decode are skipped; ``None`` when none decodes. Standard deviations are
+    floored at 1/255 so that a flat channel does not blow up.
+    """
+    paths = list(paths)
+    if len(paths) > limit:
+        pick = np.sort(np.random.default_rng(seed).choice(len(paths), limit, replace=False))
+        paths = [paths[i] for i in pick]
+    total = torch.zeros(3, dtype=torch.float64)
+    squares = torch.zeros(3, dtype=torch.float64)
+    count = 0
+    for path in paths:
+        try:
+            pixels = transform(open_rgb(path)).to(torch.float64).flatten(1)
+        except DECODE_ERRORS:
+            continue
+        total += pixels.sum(1)
+        squares += (pixels * pixels).sum(1)
+        count += pixels.shape[1]
+    if count == 0:
+        return None
+    mean = total / count
+    std = (squares / count - mean * mean).clamp(min=0).sqrt().clamp(min=1 / 255)
+    return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
+
+
 class ImageDataset(Dataset):
     """Images by index; an image that fails to decode gives ``None`` (dropped by collate).
 

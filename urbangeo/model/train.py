@@ -55,13 +55,20 @@ from torch.utils.data import DataLoader
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError, OutputError, UrbangeoWarning
-from urbangeo.model.clip import LongTokenizer, _check_architecture, create_model
+from urbangeo.model.clip import (
+    LongTokenizer,
+    _check_architecture,
+    create_model,
+    unnormalized_transform,
+    with_image_normalization,
+)
 from urbangeo.model.data import (
     PRECISIONS,
     ImageDataset,
     ResumableSampler,
     autocast,
     batches_per_epoch,
+    channel_stats,
     collate_images,
     drop_missing_files,
     fingerprint,
@@ -88,6 +95,9 @@ LAST_CHECKPOINT = "last.pt"
 MODEL_FILE = "model.pt"
 CHECKPOINT_FORMAT = "urbangeo-train-state"
 TRAIN_CHOICES = ("both", "image", "text", "last-n")
+#: Image normalisation: the architecture's own (CLIP's statistics), the training images'
+#: per-channel statistics, or ``auto``: the data's for a random init, else the weights'.
+IMAGE_NORMS = ("auto", "model", "data")
 METRIC_COLUMNS = (
     "run",
     "kind",
@@ -157,6 +167,7 @@ class TrainConfig:
     train_last_n: int = 2
     precision: str = "auto"
     augment: bool = False
+    image_norm: str = "auto"
     seed: int = 0
     val_fraction: float = 0.1
     val_every: int = 1
@@ -201,6 +212,7 @@ class TrainConfig:
             (cfg.train in TRAIN_CHOICES, f"train must be one of {TRAIN_CHOICES}"),
             (cfg.train_last_n >= 1, "train_last_n must be at least 1"),
             (cfg.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
+            (cfg.image_norm in IMAGE_NORMS, f"image_norm must be one of {IMAGE_NORMS}"),
             (0 <= cfg.momentum <= 1, "momentum must be in [0, 1]"),
             (0 <= cfg.mu <= 1, "mu must be in [0, 1]"),
             (cfg.queue_size >= 0, "queue_size must be >= 0"),
@@ -594,15 +606,23 @@ def atomic_save(obj: Any, path: Path) -> Path:
     return path
 
 
-def model_metadata(config: TrainConfig) -> dict[str, Any]:
-    """What embedding needs to rebuild the model from a checkpoint."""
-    return {
+def model_metadata(
+    config: TrainConfig, image_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+) -> dict[str, Any]:
+    """What embedding needs to rebuild the model from a checkpoint.
+
+    ``image_norm``: the (mean, std) the model was trained with when not its architecture's.
+    """
+    meta: dict[str, Any] = {
         "model": config.model,
         "context_length": int(config.context_length or 77),
         "mode": config.mode,
         "name": config.name,
         "format": "open_clip state_dict",
     }
+    if image_norm is not None:
+        meta["image_mean"], meta["image_std"] = list(image_norm[0]), list(image_norm[1])
+    return meta
 
 
 def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
@@ -775,7 +795,7 @@ class Trainer:
         self.device = pick_device(cfg.device, info.local_rank)
         self.amp_dtype = resolve_precision(cfg.precision, self.device)
         self._load_data(source)
-        self._build_model()
+        self._build_model(state)
         self._build_optimizer()
         self.step = self.epoch = self.position = 0
         self.epoch_acc = _new_epoch_acc()
@@ -843,7 +863,42 @@ class Trainer:
         self.val_groups = pd.factorize(self.val_pairs[C.CAPTION])[0]
         self.data_fingerprint = fingerprint(self.train_pairs)
 
-    def _build_model(self) -> None:
+    def _image_norm(
+        self, bundle: Any, state: dict[str, Any] | None
+    ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """The (mean, std) to normalise images with, or None for the architecture's own.
+
+        A model trained from scratch learns faster from inputs standardised by its own data:
+        rendered maps and aerial tiles sit far from CLIP's statistics, and a random encoder
+        fed them maps every image to nearly the same feature.
+        """
+        cfg = self.cfg
+        if state is not None:  # resuming: exactly what the interrupted run used
+            meta = state.get("urbangeo") or {}
+            if "image_mean" in meta:
+                return tuple(meta["image_mean"]), tuple(meta["image_std"])
+            return None
+        choice = cfg.image_norm
+        if choice == "auto" and cfg.checkpoint is not None:
+            from urbangeo.model.baselines import checkpoint_metadata
+
+            meta = checkpoint_metadata(cfg.checkpoint)  # fine-tuning keeps its inputs as they were
+            if "image_mean" in meta:
+                return tuple(meta["image_mean"]), tuple(meta["image_std"])
+            return None
+        if choice == "model" or (choice == "auto" and cfg.pretrained is not None):
+            return None
+        stats = channel_stats(
+            self.train_pairs[C.PATH].tolist(), unnormalized_transform(bundle.model), seed=cfg.seed
+        )
+        if stats is None:
+            return None
+        if self.info.is_main:
+            mean, std = (", ".join(f"{v:.3f}" for v in values) for values in stats)
+            message(f"Images normalised by the training set's statistics: mean {mean}, std {std}.")
+        return stats
+
+    def _build_model(self, state: dict[str, Any] | None = None) -> None:
         cfg, info, device = self.cfg, self.info, self.device
         _seed_everything(cfg.seed)
         bundle = create_model(
@@ -853,6 +908,9 @@ class Trainer:
             context_length=cfg.context_length,
             device=device,
         )
+        self.image_norm = self._image_norm(bundle, state)
+        if self.image_norm is not None:
+            bundle = with_image_normalization(bundle, *self.image_norm)
         self.model = model = bundle.model
         self.n_trainable, self.n_params = apply_freezing(model, cfg.train, cfg.train_last_n)
         if self.n_trainable == 0:
@@ -949,7 +1007,7 @@ class Trainer:
             {
                 "format": CHECKPOINT_FORMAT,
                 "state_dict": self.model.state_dict(),
-                "urbangeo": model_metadata(self.cfg),
+                "urbangeo": model_metadata(self.cfg, self.image_norm),
                 "teacher": self.teacher.module.state_dict() if self.teacher is not None else None,
                 **queues,
                 "optimizer": self.optimizer.state_dict(),
@@ -969,7 +1027,10 @@ class Trainer:
             self.last_path,
         )
         if final:
-            weights = {"state_dict": self.model.state_dict(), "urbangeo": model_metadata(self.cfg)}
+            weights = {
+                "state_dict": self.model.state_dict(),
+                "urbangeo": model_metadata(self.cfg, self.image_norm),
+            }
             atomic_save(weights, self.model_path)
 
     # ---- the loop
