@@ -55,6 +55,7 @@ from torch.utils.data import DataLoader
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError, OutputError, UrbangeoWarning
+from urbangeo.model.attention import transformer_forward
 from urbangeo.model.clip import (
     LongTokenizer,
     _check_architecture,
@@ -287,7 +288,7 @@ def encode_text(model: nn.Module, tokens: Tensor, normalize: bool = True) -> Ten
     x = model.token_embedding(tokens).to(cast_dtype)
     x = x + model.positional_embedding[:length].to(cast_dtype)
     mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
-    x = model.transformer(x, attn_mask=mask)
+    x = transformer_forward(model.transformer, x, mask)
     x = model.ln_final(x)
     x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
     if model.text_projection is not None:
