@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from urbangeo.model.attention import is_causal_mask, supports_fast_forward, transformer_forward
+from urbangeo.model.attention import (
+    causal_mask_of,
+    is_causal_mask,
+    supports_fast_forward,
+    transformer_forward,
+)
 from urbangeo.model.clip import create_model
 from urbangeo.model.train import encode_text
 
@@ -77,3 +82,36 @@ def test_trimmed_fast_text_features_equal_open_clips_full_context() -> None:
             encode_text(model, tokens), model.encode_text(tokens, normalize=True),
             rtol=1e-5, atol=1e-5,
         )  # fmt: skip
+
+
+def test_the_causal_check_is_remembered_until_the_mask_changes() -> None:
+    model = create_model(TINY).model
+    assert causal_mask_of(model)
+    assert causal_mask_of(model)  # from the cache
+    model.attn_mask.fill_(0.0)  # in place: a new version of the tensor
+    assert not causal_mask_of(model)
+    model.attn_mask = None
+    assert not causal_mask_of(model)
+
+
+def test_hooked_blocks_take_open_clips_path() -> None:
+    model = create_model(TINY).model
+    seen = []
+    handle = model.transformer.resblocks[1].mlp.register_forward_hook(lambda *a: seen.append(1))
+    assert not supports_fast_forward(model.transformer)
+    tokens = torch.randint(1, 1000, (2, 9))
+    tokens[:, -1] = 49407
+    encode_text(model, tokens)
+    assert seen == [1]  # the hook ran
+    handle.remove()
+    assert supports_fast_forward(model.transformer)
+
+
+def test_a_bidirectional_text_tower_is_not_trimmed() -> None:
+    torch.manual_seed(2)
+    bundle = create_model(TINY, context_length=77)
+    model = bundle.model.eval()
+    model.attn_mask = None  # every token sees every other: the padding matters
+    tokens = bundle.tokenizer(["a red square", "x"])
+    with torch.no_grad():
+        torch.testing.assert_close(encode_text(model, tokens), model.encode_text(tokens, True))

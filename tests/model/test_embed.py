@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -235,6 +236,40 @@ def test_clip_baselines(tmp_path: Path, run: Path) -> None:
     features, _ = embed_images(frozen, paths)
     expected = _direct_features(model, frozen.transform, paths)
     np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_random_encoder_normalises_by_the_images_it_embeds(run: Path) -> None:
+    """Like a model trained from scratch (train --image-norm auto): the fair random baseline."""
+    paths = load_pairs(run)[C.PATH].tolist()
+    pixels = np.concatenate(
+        [np.asarray(Image.open(p).convert("RGB"), dtype=np.float64).reshape(-1, 3) for p in paths]
+    )
+    mean, std = pixels.mean(0) / 255, pixels.std(0) / 255  # 64 px files: no resize
+    for name in ("random", "frozen-clip"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UrbangeoWarning)  # frozen-clip without weights
+            encoder = build_encoder(name, model=TINY, seed=3)
+        assert encoder.fit is not None and "image_mean" not in encoder.info
+        fitted = encoder.fit(paths)
+        np.testing.assert_allclose(fitted.info["image_mean"], mean, atol=2e-6)
+        np.testing.assert_allclose(fitted.info["image_std"], std, atol=2e-6)
+        image = Image.open(paths[0]).convert("RGB")
+        raw = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+        want = (raw - torch.tensor(mean, dtype=torch.float32)[:, None, None]) / torch.tensor(
+            std, dtype=torch.float32
+        )[:, None, None]
+        torch.testing.assert_close(fitted.transform(image), want, rtol=1e-5, atol=1e-5)
+        # the same weights: only the inputs changed
+        assert fitted.module.model is encoder.module.model
+
+    emb = embed_regions(run, build_encoder("random", model=TINY), kind="satellite")
+    sat = load_pairs(run, kind=C.KIND_SATELLITE)[C.PATH].tolist()
+    sat_pixels = np.concatenate(
+        [np.asarray(Image.open(p).convert("RGB"), dtype=np.float64).reshape(-1, 3) for p in sat]
+    )
+    np.testing.assert_allclose(emb.info["image_mean"], sat_pixels.mean(0) / 255, atol=2e-6)
+    # pretrained-style encoders keep their own normalisation
+    assert build_encoder("image-stats").fit is None
 
 
 def test_bad_encoder_inputs(run: Path, trained_checkpoint, tmp_path: Path) -> None:

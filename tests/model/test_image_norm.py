@@ -168,3 +168,49 @@ def test_bad_image_norm_setting(tmp_path: Path) -> None:
     gpkg = make_run(tmp_path / "run", n=6, extra_statuses=False)
     with pytest.raises(InputError, match="image_norm"):
         train_stage(gpkg, **FAST, image_norm="imagenet")
+
+
+def test_where_the_normalisation_comes_from() -> None:
+    from urbangeo.model.train import TrainConfig, image_norm_source
+
+    assert image_norm_source(TrainConfig(model=TINY)) == "data"  # a random init
+    assert image_norm_source(TrainConfig(pretrained="openai")) == "model"
+    assert image_norm_source(TrainConfig(model="hf-hub:org/clip")) == "model"  # its own weights
+    assert image_norm_source(TrainConfig(model=TINY, checkpoint="m.pt")) == "checkpoint"
+    assert image_norm_source(TrainConfig(model=TINY, image_norm="model")) == "model"
+    assert image_norm_source(TrainConfig(pretrained="openai", image_norm="data")) == "data"
+
+
+def test_a_checkpoint_brings_its_statistics_wherever_it_is_loaded(tmp_path: Path) -> None:
+    gpkg = make_run(tmp_path / "run", n=12, extra_statuses=False)
+    train_stage(gpkg, **FAST, batch_size=4, val_fraction=0.25, queue_size=8)
+    model_pt = gpkg.parent / "checkpoints" / "urbanln" / "model.pt"
+    meta = checkpoint_metadata(model_pt)
+    image = Image.open(load_pairs(gpkg)["path"].iloc[0]).convert("RGB")
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+    mean = torch.tensor(meta["image_mean"], dtype=torch.float32)[:, None, None]
+    std = torch.tensor(meta["image_std"], dtype=torch.float32)[:, None, None]
+    want = (pixels - mean) / std
+    # create_model, as TrainResult.model_path promises, and frozen-clip with --weights
+    torch.testing.assert_close(create_model(TINY, checkpoint=model_pt).preprocess(image), want)
+    frozen = build_encoder("frozen-clip", model=TINY, weights=model_pt)
+    torch.testing.assert_close(frozen.transform(image), want)
+    # unless told not to
+    raw = create_model(TINY, checkpoint=model_pt, checkpoint_norm=False).preprocess(image)
+    clip = (pixels - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+    torch.testing.assert_close(raw, clip, rtol=1e-5, atol=1e-5)
+
+
+def test_a_checkpoint_from_before_image_norm_resumes(tmp_path: Path) -> None:
+    """last.pt written before the setting existed: no image_norm in its config, no statistics
+    in its record. It resumes with the normalisation it was started with (CLIP's)."""
+    gpkg = make_run(tmp_path / "run", n=12, extra_statuses=False)
+    settings = dict(FAST, epochs=2, batch_size=3, val_fraction=0.25, queue_size=8)
+    train_stage(gpkg, **settings, max_steps=2)
+    last = gpkg.parent / "checkpoints" / "urbanln" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    del state["config"]["image_norm"]
+    del state["urbangeo"]["image_mean"], state["urbangeo"]["image_std"]
+    torch.save(state, last)
+    train_stage(gpkg, **settings, resume=True)
+    assert "image_mean" not in checkpoint_metadata(last.parent / "model.pt")

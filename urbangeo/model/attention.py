@@ -26,6 +26,24 @@ def is_causal_mask(mask: Tensor | None) -> bool:
     return bool(torch.isneginf(mask[above]).all() and (mask[~above] == 0).all())
 
 
+def causal_mask_of(module: nn.Module) -> bool:
+    """``is_causal_mask(module.attn_mask)``, remembered until that tensor changes (the check
+    reads the mask, which on a GPU means waiting for it)."""
+    mask = getattr(module, "attn_mask", None)
+    if not isinstance(mask, Tensor):
+        return False
+    key = (mask.data_ptr(), mask._version, tuple(mask.shape), str(mask.device))
+    cached = getattr(module, "_urbangeo_causal", None)
+    if cached is None or cached[0] != key:
+        cached = (key, is_causal_mask(mask))
+        module._urbangeo_causal = cached
+    return cached[1]
+
+
+def _hooked(module: nn.Module) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+
 def _plain_block(block: nn.Module) -> bool:
     attn = getattr(block, "attn", None)
     return (
@@ -38,6 +56,7 @@ def _plain_block(block: nn.Module) -> bool:
         and attn.bias_v is None
         and not attn.add_zero_attn
         and (attn.dropout == 0.0 or not attn.training)
+        and not _hooked(block)  # hooks expect open_clip's own calls
     )
 
 
@@ -69,10 +88,18 @@ def _out_params(attn: nn.MultiheadAttention) -> tuple[Tensor, Tensor | None]:
     return attn.out_proj.weight, attn.out_proj.bias
 
 
-def transformer_forward(transformer: nn.Module, x: Tensor, attn_mask: Tensor | None) -> Tensor:
-    """``transformer(x, attn_mask=attn_mask)``, faster when the blocks and mask allow it."""
-    causal = is_causal_mask(attn_mask)
-    if not (attn_mask is None or causal) or not supports_fast_forward(transformer):
+def transformer_forward(
+    transformer: nn.Module, x: Tensor, attn_mask: Tensor | None, *, causal: bool | None = None
+) -> Tensor:
+    """``transformer(x, attn_mask=attn_mask)``, faster when the blocks and mask allow it.
+
+    ``causal``: whether ``attn_mask`` is the causal mask, when the caller knows (else checked).
+    """
+    if not supports_fast_forward(transformer):
+        return transformer(x, attn_mask=attn_mask)
+    if causal is None:
+        causal = is_causal_mask(attn_mask)
+    if not (attn_mask is None or causal):
         return transformer(x, attn_mask=attn_mask)
     for block in transformer.resblocks:
         x = block_forward(block, x, causal=causal)

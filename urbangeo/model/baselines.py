@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError, UrbangeoWarning
+from urbangeo.model.clip import checkpoint_metadata
 
 ENCODERS = ("trained", "frozen-clip", "random", "resnet18", "image-stats")
 HIST_BINS = 8
@@ -44,7 +45,8 @@ class ImageEncoder:
 
     ``transform`` runs per image (in loader workers): PIL image → tensor. ``module`` runs per
     batch on the device: stacked tensors → ``[n, dim]`` features (``None``: the transform
-    already produced the features).
+    already produced the features). ``fit``, when set, returns the encoder adapted to the images
+    it is about to embed (a random CLIP normalises them by their own statistics).
     """
 
     name: str
@@ -52,6 +54,7 @@ class ImageEncoder:
     transform: Callable[[Image.Image], Tensor]
     module: nn.Module | None
     info: dict[str, Any] = field(default_factory=dict)
+    fit: Callable[[Sequence[str]], ImageEncoder] | None = None
 
     def to(self, device: torch.device | str) -> ImageEncoder:
         """Move the batch module to ``device`` (in place); returns self."""
@@ -183,20 +186,25 @@ def _clip_encoder(name: str, bundle: Any, info: dict[str, Any]) -> ImageEncoder:
     return ImageEncoder(name, dim, bundle.preprocess, tower, info)
 
 
-def checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``urbangeo`` record (architecture, context length) of a trained checkpoint, or {}."""
-    try:
-        try:  # memory-mapped: only the small record is read from a large file
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # files not in torch.save's zip format cannot be mapped
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(
-            f"Cannot read the checkpoint {path} ({type(exc).__name__}: {exc}).",
-            hint="Pass checkpoints/NAME/model.pt written by `urbangeo train`.",
-        ) from exc
-    meta = state.get("urbangeo") if isinstance(state, dict) else None
-    return dict(meta) if isinstance(meta, dict) else {}
+def _random_encoder(name: str, bundle: Any, info: dict[str, Any]) -> ImageEncoder:
+    """A randomly initialised CLIP image tower that normalises the images it embeds by their
+    own per-channel statistics, as a model trained from scratch does (see ``train
+    --image-norm``): the fair baseline for pre-training from a random init."""
+
+    def fit(paths: Sequence[str]) -> ImageEncoder:
+        from urbangeo.model.clip import unnormalized_transform, with_image_normalization
+        from urbangeo.model.data import channel_stats
+
+        stats = channel_stats(paths, unnormalized_transform(bundle.model))
+        if stats is None:
+            return encoder
+        fitted = with_image_normalization(bundle, *stats)
+        extra = {"image_mean": list(stats[0]), "image_std": list(stats[1])}
+        return _clip_encoder(name, fitted, {**info, **extra})
+
+    encoder = _clip_encoder(name, bundle, info)
+    encoder.fit = fit
+    return encoder
 
 
 def trained_encoder(
@@ -231,13 +239,7 @@ def trained_encoder(
         from urbangeo.model.clip import _checkpoint_text_positions
 
         context = _checkpoint_text_positions(path) or 77
-    bundle = create_model(
-        name,
-        checkpoint=path,
-        context_length=int(context),
-        image_mean=meta.get("image_mean"),
-        image_std=meta.get("image_std"),
-    )
+    bundle = create_model(name, checkpoint=path, context_length=int(context))  # its statistics
     info = {"encoder": "trained", "checkpoint": str(path), "model": name}
     if "image_mean" in meta:
         info["image_mean"], info["image_std"] = meta["image_mean"], meta["image_std"]
@@ -276,7 +278,7 @@ def build_encoder(
     torch.manual_seed(seed)
     if encoder == "random":
         bundle = create_model(name, context_length=77)
-        return _clip_encoder("random", bundle, {"encoder": "random", "model": name, "seed": seed})
+        return _random_encoder("random", bundle, {"encoder": "random", "model": name, "seed": seed})
     if pretrained is None and weights is None:
         warnings.warn(
             "frozen-clip without --pretrained or --weights: the CLIP model is randomly "
@@ -284,6 +286,9 @@ def build_encoder(
             UrbangeoWarning,
             stacklevel=2,
         )
+        bundle = create_model(name, context_length=77)
+        info = {"encoder": "frozen-clip", "model": name, "pretrained": "", "weights": ""}
+        return _random_encoder("frozen-clip", bundle, info)
     context = 77
     if weights is not None:
         from urbangeo.model.clip import _checkpoint_text_positions

@@ -316,7 +316,13 @@ class ClipBundle:
         return iter((self.model, self.preprocess, self.tokenizer))
 
 
+#: Model names that bring their own (pretrained) weights.
 _SCHEMAS = ("hf-hub:", "local-dir:")
+
+
+def brings_own_weights(name: str) -> bool:
+    """Whether the architecture ``name`` loads its weights itself (``hf-hub:``, ``local-dir:``)."""
+    return name.startswith(_SCHEMAS)
 
 
 def _check_architecture(name: str) -> None:
@@ -383,6 +389,22 @@ def _load_checkpoint(model: nn.Module, path: Path, name: str) -> None:
         ) from exc
 
 
+def checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``urbangeo`` record (architecture, context length) of a trained checkpoint, or {}."""
+    try:
+        try:  # memory-mapped: only the small record is read from a large file
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # files not in torch.save's zip format cannot be mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(
+            f"Cannot read the checkpoint {path} ({type(exc).__name__}: {exc}).",
+            hint="Pass checkpoints/NAME/model.pt written by `urbangeo train`.",
+        ) from exc
+    meta = state.get("urbangeo") if isinstance(state, dict) else None
+    return dict(meta) if isinstance(meta, dict) else {}
+
+
 def create_model(
     name: str = DEFAULT_MODEL,
     *,
@@ -394,6 +416,7 @@ def create_model(
     cache_dir: str | os.PathLike[str] | None = None,
     image_mean: Sequence[float] | None = None,
     image_std: Sequence[float] | None = None,
+    checkpoint_norm: bool = True,
 ) -> ClipBundle:
     """Build an open_clip model with its text context stretched to ``context_length`` by IPSI.
 
@@ -404,7 +427,8 @@ def create_model(
     ``(context_length - ipsi_keep) / (native - ipsi_keep)`` and must be an integer; with
     ``context_length`` equal to the native length (77) the model is left unchanged.
     ``image_mean``/``image_std`` replace the architecture's image normalisation (see
-    :func:`with_image_normalization`).
+    :func:`with_image_normalization`); otherwise, with ``checkpoint_norm``, a checkpoint written
+    by ``urbangeo train`` brings the statistics it was trained with, if it recorded any.
     """
     register_tiny_models()
     if not isinstance(name, str) or not name:
@@ -492,9 +516,15 @@ def create_model(
         ipsi_keep=ipsi_keep,
         ipsi_ratio=ratio,
     )
-    if image_mean is not None or image_std is not None:
-        if image_mean is None or image_std is None:
-            raise ModelConfigError("Give image_mean and image_std together.")
+    if (image_mean is None) != (image_std is None):
+        raise ModelConfigError("Give image_mean and image_std together.")
+    if image_mean is None and checkpoint is not None and checkpoint_norm:
+        try:
+            meta = checkpoint_metadata(checkpoint)
+        except InputError:  # e.g. safetensors: no urbangeo record to read
+            meta = {}
+        image_mean, image_std = meta.get("image_mean"), meta.get("image_std")
+    if image_mean is not None and image_std is not None:
         bundle = with_image_normalization(bundle, image_mean, image_std)
     return bundle
 
@@ -510,7 +540,8 @@ def with_image_normalization(
 ) -> ClipBundle:
     """``bundle`` with its image transforms normalising by ``mean``/``std`` (per channel).
 
-    The model's ``visual.preprocess_cfg`` records the new values, as open_clip does for its own.
+    The model's ``visual.preprocess_cfg`` records the new values, as open_clip does for its own
+    (in place: the model is shared with ``bundle``, whose transforms should not be used after).
     """
     from open_clip.transform import PreprocessCfg, image_transform_v2
 

@@ -167,6 +167,8 @@ def embed_regions(
     if kind not in EMBED_KINDS:
         raise InputError(f"kind must be one of {EMBED_KINDS}; got {kind!r}")
     images, kind = _select_images(read_images(gpkg), kind)
+    if encoder.fit is not None:
+        encoder = encoder.fit(images[C.PATH].tolist())
     features, ok = embed_images(
         encoder,
         images[C.PATH].tolist(),

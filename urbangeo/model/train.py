@@ -55,10 +55,12 @@ from torch.utils.data import DataLoader
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError, OutputError, UrbangeoWarning
-from urbangeo.model.attention import transformer_forward
+from urbangeo.model.attention import causal_mask_of, transformer_forward
 from urbangeo.model.clip import (
     LongTokenizer,
     _check_architecture,
+    brings_own_weights,
+    checkpoint_metadata,
     create_model,
     unnormalized_transform,
     with_image_normalization,
@@ -122,7 +124,16 @@ METRIC_COLUMNS = (
 )
 #: Settings that may change between an interrupted run and its resumption.
 RESUME_FREE = frozenset(
-    {"num_workers", "checkpoint_every", "device", "val_every", "checkpoint", "pretrained"}
+    # image_norm: the interrupted run's recorded statistics decide on resumption
+    {
+        "num_workers",
+        "checkpoint_every",
+        "device",
+        "val_every",
+        "checkpoint",
+        "pretrained",
+        "image_norm",
+    }
 )
 
 
@@ -266,11 +277,12 @@ class TrainResult:
 
 
 def _trimmable(model: nn.Module) -> bool:
+    # causal attention and end-of-text pooling: the tokens after the last one cannot matter
     return (
         isinstance(getattr(model, "positional_embedding", None), nn.Parameter)
-        and hasattr(model, "attn_mask")
         and hasattr(model, "ln_final")
         and getattr(model, "text_pool_type", None) == "argmax"
+        and causal_mask_of(model)
     )
 
 
@@ -287,8 +299,8 @@ def encode_text(model: nn.Module, tokens: Tensor, normalize: bool = True) -> Ten
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(cast_dtype)
     x = x + model.positional_embedding[:length].to(cast_dtype)
-    mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
-    x = transformer_forward(model.transformer, x, mask)
+    mask = model.attn_mask[:length, :length]  # a prefix of a causal mask is causal
+    x = transformer_forward(model.transformer, x, mask, causal=True)
     x = model.ln_final(x)
     x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
     if model.text_projection is not None:
@@ -607,6 +619,19 @@ def atomic_save(obj: Any, path: Path) -> Path:
     return path
 
 
+def image_norm_source(cfg: TrainConfig) -> str:
+    """Where a training run's image normalisation comes from: ``model`` (the architecture's,
+    for pretrained weights), ``checkpoint`` (what the initial checkpoint recorded) or ``data``
+    (the training images' statistics, for a random init); see :data:`IMAGE_NORMS`."""
+    if cfg.image_norm != "auto":
+        return cfg.image_norm
+    if cfg.checkpoint is not None:
+        return "checkpoint"
+    if cfg.pretrained is not None or brings_own_weights(cfg.model):
+        return "model"
+    return "data"
+
+
 def model_metadata(
     config: TrainConfig, image_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 ) -> dict[str, Any]:
@@ -879,20 +904,25 @@ class Trainer:
             if "image_mean" in meta:
                 return tuple(meta["image_mean"]), tuple(meta["image_std"])
             return None
-        choice = cfg.image_norm
-        if choice == "auto" and cfg.checkpoint is not None:
-            from urbangeo.model.baselines import checkpoint_metadata
-
-            meta = checkpoint_metadata(cfg.checkpoint)  # fine-tuning keeps its inputs as they were
+        source = image_norm_source(cfg)
+        if source == "checkpoint":  # fine-tuning keeps its inputs as they were
+            meta = checkpoint_metadata(cfg.checkpoint)
             if "image_mean" in meta:
                 return tuple(meta["image_mean"]), tuple(meta["image_std"])
             return None
-        if choice == "model" or (choice == "auto" and cfg.pretrained is not None):
+        if source == "model":
             return None
         stats = channel_stats(
             self.train_pairs[C.PATH].tolist(), unnormalized_transform(bundle.model), seed=cfg.seed
         )
         if stats is None:
+            if self.info.is_main:
+                warnings.warn(
+                    "No training image could be read for the image statistics; the model's own "
+                    "normalisation is used.",
+                    UrbangeoWarning,
+                    stacklevel=4,
+                )
             return None
         if self.info.is_main:
             mean, std = (", ".join(f"{v:.3f}" for v in values) for values in stats)
@@ -908,6 +938,7 @@ class Trainer:
             checkpoint=cfg.checkpoint,
             context_length=cfg.context_length,
             device=device,
+            checkpoint_norm=False,  # decided here, see _image_norm
         )
         self.image_norm = self._image_norm(bundle, state)
         if self.image_norm is not None:
