@@ -131,7 +131,7 @@ def open_extract(
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"OSM extract {path} does not exist.", hint=hint)
+        raise InputError(f"{label[0].upper()}{label[1:]} {path} does not exist.", hint=hint)
     if not path.name.lower().endswith(PBF_SUFFIX):
         raise InputError(f"{path} is not an .osm.pbf file.", hint=hint)
     box = bbox if bbox is None or isinstance(bbox, shapely.Geometry) else list(bbox)
