@@ -97,4 +97,6 @@ def status(run_dir: Path, as_json: bool) -> None:
     for row in rows:
         seconds = f"{row['seconds']:.1f}" if row["seconds"] is not None else "-"
         counts = ", ".join(f"{k} {v}" for k, v in row["counts"].items()) or row["reason"] or ""
+        if row["status"] == "changed":
+            counts = row["reason"]
         click.echo(f"{row['stage']:<11} {row['status']:<8} {seconds:>8}  {counts}")

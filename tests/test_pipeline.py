@@ -115,6 +115,32 @@ def test_from_embed_redoes_only_what_follows(tiny_run):
     pd.testing.assert_frame_equal(again, embeddings)  # deterministic
 
 
+def test_a_stage_redone_by_hand_is_redone_by_the_next_run(tiny_run, tmp_path):
+    """`urbangeo embed --encoder random --overwrite` in a run folder: status says so, and the
+    next `urbangeo run` puts back what its settings ask for, from that stage on."""
+    import shutil
+
+    from urbangeo.io.runs import read_stage_records
+    from urbangeo.model.stages import embed_stage
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(tiny_run[0], run_dir)
+    gpkg = run_dir / C.RUN_GPKG
+    assert {row["status"] for row in run_status(run_dir)} <= {"done", "not run"}
+    embed_stage(gpkg, encoder="random", model="urbangeo-tiny-vit", overwrite=True)
+    status = {row["stage"]: row for row in run_status(run_dir)}
+    assert status["embed"]["status"] == "changed" and "next run" in status["embed"]["reason"]
+    assert status["train"]["status"] == "done"
+    assert read_stage_records(gpkg)["embed"].params["encoder"] == "random"
+
+    results = run_pipeline(run_dir, config=TINY)
+    redone = {r.stage for r in results if not r.skipped}
+    assert redone == {"embed", "indicators", "predict", "cluster", "map"}
+    assert read_stage_records(gpkg)["embed"].params["encoder"] == "trained"
+    assert {row["status"] for row in run_status(run_dir)} <= {"done", "not run"}
+    assert all(r.skipped for r in run_pipeline(run_dir, config=TINY))
+
+
 def test_a_changed_setting_redoes_that_stage_and_later(tiny_run, tmp_path):
     run_dir, _ = tiny_run
     config = json.loads(json.dumps(TINY))

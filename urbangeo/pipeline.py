@@ -34,7 +34,7 @@ from urbangeo.errors import InputError, OutputError
 from urbangeo.geo.boundary import get_city
 from urbangeo.geo.stages import grid_stage, sample_stage
 from urbangeo.io.files import write_text_atomic
-from urbangeo.io.runs import StageResult
+from urbangeo.io.runs import StageResult, read_stage_records
 from urbangeo.progress import message
 
 #: Version of the run folder's layout; a folder written with another one is refused.
@@ -361,12 +361,20 @@ def run_pipeline(
         stages = state.setdefault("stages", {})
         previous = ""
         forced = False
+        records = _record_marks(gpkg)
         for stage in C.STAGES:
             fp = fingerprint(stage, settings[stage], previous)
             previous = fp
             forced = forced or stage == from_stage
             entry = stages.get(stage, {})
-            if not forced and entry.get("status") == "done" and entry.get("fingerprint") == fp:
+            done = entry.get("status") == "done"
+            if not forced and done and _changed_by_hand(stage, entry, records):
+                message(
+                    f"Stage {stage}: changed outside `urbangeo run` since this run did it; "
+                    "redoing it and every later stage."
+                )
+                forced = True
+            if not forced and done and entry.get("fingerprint") == fp:
                 results.append(StageResult(stage, gpkg, entry.get("counts", {}), skipped=True))
                 message(f"Stage {stage}: already done with these settings, skipped.")
                 continue
@@ -394,9 +402,28 @@ def run_pipeline(
                 "seconds": round(time.perf_counter() - started, 3),
                 "counts": _plain(getattr(result, "counts", {})),
             }
+            mark = _record_marks(gpkg).get(stage)
+            if mark is not None:
+                stages[stage]["record"] = mark
             _write_state(run_dir, state)
             results.append(StageResult(stage, gpkg, stages[stage]["counts"]))
     return results
+
+
+def _record_marks(gpkg: Path) -> dict[str, str]:
+    """What identifies each stage's latest record in the GeoPackage (finish time, settings)."""
+    if not gpkg.exists():
+        return {}
+    return {
+        stage: f"{r.finished} {json.dumps(r.params, sort_keys=True, default=str)}"
+        for stage, r in read_stage_records(gpkg).items()
+    }
+
+
+def _changed_by_hand(stage: str, entry: dict[str, Any], records: dict[str, str]) -> bool:
+    """Whether a stage this run did was redone or removed since, by a stage command."""
+    mark = entry.get("record")
+    return mark is not None and records.get(stage) != mark
 
 
 def _now() -> str:
@@ -416,17 +443,21 @@ def run_status(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
             hint="Give the folder that `urbangeo run -o` wrote.",
         )
     stages = read_state(run_dir).get("stages", {})
+    records = _record_marks(run_dir / C.RUN_GPKG)
     rows = []
     for stage in C.STAGES:
         entry = stages.get(stage, {})
+        changed = entry.get("status") == "done" and _changed_by_hand(stage, entry, records)
         rows.append(
             {
                 "stage": stage,
-                "status": entry.get("status", "pending"),
+                "status": "changed" if changed else entry.get("status", "pending"),
                 "seconds": entry.get("seconds"),
                 "finished": entry.get("finished"),
                 "counts": entry.get("counts", {}),
-                "reason": entry.get("reason"),
+                "reason": "redone or removed by a stage command since; the next run redoes it"
+                if changed
+                else entry.get("reason"),
             }
         )
     return rows
