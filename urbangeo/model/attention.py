@@ -2,12 +2,12 @@
 
 open_clip's ``ResidualAttentionBlock`` calls ``nn.MultiheadAttention`` with an explicit float
 mask. On the CPU that path projects q, k and v with one small matrix product per sequence
-position (a batched ``bmm`` over positions instead of one ``addmm``), copies the result into
-heads, and runs the flash kernel against the mask, so a causal text tower does all of the
-attention work that its mask then throws away. :func:`transformer_forward` runs the same blocks
-with one projection and ``scaled_dot_product_attention(is_causal=True)``: for the tiny model's
-text tower the forward and backward take about 40 % less time. Blocks of any other kind, or a
-mask that is not the plain causal one, go through open_clip's own forward.
+position (a batched ``bmm`` over positions instead of one ``addmm``) and copies the result into
+heads. :func:`transformer_forward` runs the same blocks with one projection and
+``scaled_dot_product_attention`` (``is_causal=True`` for a causal tower, so that kernels that can
+skip the masked half may): for the tiny model's text tower at 123 tokens the forward and
+backward take about 10 % less time (benchmarks/RESULTS.md). Blocks of any other kind, blocks
+with hooks, or a mask that is not the plain causal one, go through open_clip's own forward.
 """
 
 from __future__ import annotations
