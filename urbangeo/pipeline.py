@@ -367,14 +367,13 @@ def run_pipeline(
             previous = fp
             forced = forced or stage == from_stage
             entry = stages.get(stage, {})
-            done = entry.get("status") == "done"
-            if not forced and done and _changed_by_hand(stage, entry, records):
+            if not forced and _changed_by_hand(stage, entry, records):
                 message(
                     f"Stage {stage}: changed outside `urbangeo run` since this run did it; "
                     "redoing it and every later stage."
                 )
                 forced = True
-            if not forced and done and entry.get("fingerprint") == fp:
+            if not forced and entry.get("status") == "done" and entry.get("fingerprint") == fp:
                 results.append(StageResult(stage, gpkg, entry.get("counts", {}), skipped=True))
                 message(f"Stage {stage}: already done with these settings, skipped.")
                 continue
@@ -423,7 +422,7 @@ def _record_marks(gpkg: Path) -> dict[str, str]:
 def _changed_by_hand(stage: str, entry: dict[str, Any], records: dict[str, str]) -> bool:
     """Whether a stage this run did was redone or removed since, by a stage command."""
     mark = entry.get("record")
-    return mark is not None and records.get(stage) != mark
+    return entry.get("status") == "done" and mark is not None and records.get(stage) != mark
 
 
 def _now() -> str:
@@ -447,7 +446,7 @@ def run_status(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     rows = []
     for stage in C.STAGES:
         entry = stages.get(stage, {})
-        changed = entry.get("status") == "done" and _changed_by_hand(stage, entry, records)
+        changed = _changed_by_hand(stage, entry, records)
         rows.append(
             {
                 "stage": stage,

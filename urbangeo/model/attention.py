@@ -79,13 +79,10 @@ def block_forward(block: nn.Module, x: Tensor, *, causal: bool) -> Tensor:
     qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
     q, k, v = qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
     out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    out = F.linear(out.transpose(1, 2).reshape(batch, length, width), *_out_params(attn))
+    out = out.transpose(1, 2).reshape(batch, length, width)
+    out = F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
     x = x + block.ls_1(out)
     return x + block.ls_2(block.mlp(block.ln_2(x)))
-
-
-def _out_params(attn: nn.MultiheadAttention) -> tuple[Tensor, Tensor | None]:
-    return attn.out_proj.weight, attn.out_proj.bias
 
 
 def transformer_forward(

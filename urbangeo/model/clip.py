@@ -326,7 +326,7 @@ def brings_own_weights(name: str) -> bool:
 
 
 def _check_architecture(name: str) -> None:
-    if name.startswith(_SCHEMAS):
+    if brings_own_weights(name):
         return
     available = open_clip.list_models()
     if name.replace("/", "-") in available:
@@ -405,6 +405,16 @@ def checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return dict(meta) if isinstance(meta, dict) else {}
 
 
+def recorded_image_norm(
+    meta: dict[str, Any],
+) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The (mean, std) a checkpoint's ``urbangeo`` record says its model was trained with, or
+    None (the architecture's own normalisation)."""
+    if "image_mean" not in meta:
+        return None
+    return tuple(meta["image_mean"]), tuple(meta["image_std"])
+
+
 def create_model(
     name: str = DEFAULT_MODEL,
     *,
@@ -436,7 +446,7 @@ def create_model(
     _check_architecture(name)
     if pretrained is not None and checkpoint is not None:
         raise ModelConfigError("Give either pretrained (a tag) or checkpoint (a file), not both.")
-    if pretrained is not None and name.startswith(_SCHEMAS):
+    if pretrained is not None and brings_own_weights(name):
         raise ModelConfigError(
             f"pretrained tags apply to built-in architectures, not to {name!r} (its weights "
             "come with it)."
@@ -448,7 +458,7 @@ def create_model(
             hint="Pass the path of a saved model state dict (.pt/.bin/.safetensors).",
         )
 
-    schema = name.startswith(_SCHEMAS)
+    schema = brings_own_weights(name)
     config = None if schema else open_clip.get_model_config(name.replace("/", "-"))
     if config is not None:  # fail before any download when the length is impossible
         native = int(config.get("text_cfg", {}).get("context_length", 77))
@@ -518,14 +528,15 @@ def create_model(
     )
     if (image_mean is None) != (image_std is None):
         raise ModelConfigError("Give image_mean and image_std together.")
-    if image_mean is None and checkpoint is not None and checkpoint_norm:
+    if image_mean is not None:
+        return with_image_normalization(bundle, image_mean, image_std)
+    if checkpoint is not None and checkpoint_norm:
         try:
-            meta = checkpoint_metadata(checkpoint)
+            recorded = recorded_image_norm(checkpoint_metadata(checkpoint))
         except InputError:  # e.g. safetensors: no urbangeo record to read
-            meta = {}
-        image_mean, image_std = meta.get("image_mean"), meta.get("image_std")
-    if image_mean is not None and image_std is not None:
-        bundle = with_image_normalization(bundle, image_mean, image_std)
+            recorded = None
+        if recorded is not None:
+            return with_image_normalization(bundle, *recorded)
     return bundle
 
 

@@ -62,6 +62,7 @@ from urbangeo.model.clip import (
     brings_own_weights,
     checkpoint_metadata,
     create_model,
+    recorded_image_norm,
     unnormalized_transform,
     with_image_normalization,
 )
@@ -900,16 +901,10 @@ class Trainer:
         """
         cfg = self.cfg
         if state is not None:  # resuming: exactly what the interrupted run used
-            meta = state.get("urbangeo") or {}
-            if "image_mean" in meta:
-                return tuple(meta["image_mean"]), tuple(meta["image_std"])
-            return None
+            return recorded_image_norm(state.get("urbangeo") or {})
         source = image_norm_source(cfg)
         if source == "checkpoint":  # fine-tuning keeps its inputs as they were
-            meta = checkpoint_metadata(cfg.checkpoint)
-            if "image_mean" in meta:
-                return tuple(meta["image_mean"]), tuple(meta["image_std"])
-            return None
+            return recorded_image_norm(checkpoint_metadata(cfg.checkpoint))
         if source == "model":
             return None
         stats = channel_stats(
