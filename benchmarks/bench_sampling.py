@@ -151,16 +151,25 @@ def bench_sampler(name, roads, args, reference, result):
     if reference is not None:
         ref_times, ref_points = timed(lambda: reference(roads, interval=args.interval), 1)
         same = len(ref_points) == len(points) and digest(ref_points) == result["sample_digest"]
+        far = turn = None
+        if len(ref_points) == len(points):
+            xy = shapely.get_coordinates(points.geometry.values)
+            far = float(np.abs(xy - shapely.get_coordinates(ref_points.geometry.values)).max())
+            turns = (points["heading"] - ref_points["heading"] + 180) % 360 - 180
+            turn = float(np.abs(turns).max())
         result.update(
             reference_s=ref_times[0],
             reference_cpu_s=CPU[id(ref_times)][0],
             reference_points=len(ref_points),
             reference_digest=digest(ref_points),
             reference_identical=bool(same),
+            reference_max_distance_m=far,
+            reference_max_heading_difference=turn,
         )
         print(
             f"[{name}] reference sample_points: {len(ref_points):,} points, "
-            f"{ref_times[0]:.3f} s, identical output: {same}",
+            f"{ref_times[0]:.3f} s, identical output: {same}, largest distance between the "
+            f"same point: {far} m, largest heading difference: {turn} degrees",
             flush=True,
         )
 

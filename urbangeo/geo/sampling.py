@@ -9,7 +9,9 @@ The method, vectorised with shapely 2 (no Python loop per road):
 3. The merged lines are walked one after another with a single stride of ``interval``
    metres (the leftover of one line carries into the next): every line gets points exactly
    ``interval`` apart, the network gets one point per ``interval`` of its length, and short
-   pieces between junctions are not each given a point of their own.
+   pieces between junctions are not each given a point of their own. The points are found on
+   the merged lines' coordinate arrays (segment, then fraction of it, as GEOS's
+   ``line_interpolate_point`` finds them), without making the merged lines.
 4. Points closer than ``merge_tolerance`` (default 25 m, about a junction's width) are merged
    into the first of them: these are the near-duplicates where lines meet.
 5. Each point gets its ``heading``: the geodesic bearing of the road at that point, in
@@ -59,40 +61,81 @@ def unique_undirected(lines: np.ndarray) -> np.ndarray:
 
 def merge_lines(lines: np.ndarray) -> np.ndarray:
     """Merge lines that meet end to end (degree-2 nodes) into longer LineStrings."""
-    return _merge_lines(lines)[0]
-
-
-def _unique_merged(
-    lines: np.ndarray, plain: tuple[np.ndarray, np.ndarray] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """``merge_lines(unique_undirected(lines))`` and the lengths of the lines it returns, for
-    ``lines`` from :func:`_road_lines` (with its ``plain``)."""
     if len(lines) == 0:
-        return lines, np.zeros(0)
+        return lines
+    parts = _line_merge_fast(lines)
+    if parts is None:
+        parts = _geos_merge(lines)
+    return parts[shapely.length(parts) > 0]
+
+
+def _geos_merge(lines: np.ndarray) -> np.ndarray:
+    return shapely.get_parts(shapely.line_merge(shapely.multilinestrings(lines)))
+
+
+class _Paths(NamedTuple):
+    """Lines as coordinates: ``xy`` (complex, x + yj) of all lines laid end to end, line ``i``
+    being ``xy[start[i]:start[i + 1]]``; ``at[k]``, the distance along the lines laid end to
+    end of ``xy[k]`` (none between one line's last point and the next's first); ``lengths``,
+    each line's length summed from its start, as GEOS sums it."""
+
+    xy: np.ndarray
+    start: np.ndarray
+    at: np.ndarray
+    lengths: np.ndarray
+
+    def locate(self, line: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """x, y of the points ``dist`` along lines ``line``, found as GEOS's
+        ``line_interpolate_point`` finds them: the segment, then the fraction of it."""
+        first, last = self.start[line], self.start[line + 1] - 1
+        where = self.at[first] + dist
+        seg = np.clip(np.searchsorted(self.at, where, side="right") - 1, first, last - 1)
+        a, b = self.xy[seg], self.xy[seg + 1]
+        span = self.at[seg + 1] - self.at[seg]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            frac = np.clip(np.where(span > 0, (where - self.at[seg]) / span, 0.0), 0.0, 1.0)
+        return a.real + frac * (b.real - a.real), a.imag + frac * (b.imag - a.imag)
+
+
+def _paths(xy: np.ndarray, line: np.ndarray) -> _Paths:
+    """:class:`_Paths` of the lines whose (complex) coordinates ``xy`` belong to lines
+    ``line`` (each line's coordinates together, in order), lines of zero length dropped."""
+    if len(xy) == 0:
+        return _Paths(xy, np.zeros(1, dtype=np.int64), np.zeros(0), np.zeros(0))
+    start = np.flatnonzero(np.concatenate([[True], line[1:] != line[:-1], [True]]))
+    step = np.zeros(len(xy))  # step[k]: from xy[k] to xy[k + 1] on the same line
+    step[:-1] = np.abs(np.diff(xy))  # hypot
+    step[start[1:] - 1] = 0.0
+    lengths = np.add.reduceat(step, start[:-1])
+    positive = lengths > 0
+    if not positive.all():
+        owner, _ = _spans(np.diff(start))
+        keep = positive[owner]
+        return _paths(xy[keep], owner[keep])
+    return _Paths(xy, start, np.concatenate([[0.0], np.cumsum(step[:-1])]), lengths)
+
+
+def _unique_merged(lines: np.ndarray, plain: tuple[np.ndarray, np.ndarray] | None) -> _Paths:
+    """``merge_lines(unique_undirected(lines))`` as :class:`_Paths`, for ``lines`` from
+    :func:`_road_lines` (with its ``plain``)."""
+    if len(lines) == 0:
+        return _paths(np.zeros(0, dtype=np.complex128), np.zeros(0, dtype=np.int64))
     plain = plain or _plain_coords(lines, checked=True)
     keep = None if plain is None else _unique_undirected_fast(lines, plain)
     if keep is None:
-        return _merge_lines(unique_undirected(lines))
-    coords, n = plain
-    del plain
-    owner, pos = _spans(n[keep])
-    coords = coords[(np.cumsum(n) - n)[keep][owner] + pos]
-    del owner, pos
-    return _merge_lines(lines[keep], (coords, n[keep]))
-
-
-def _merge_lines(
-    lines: np.ndarray, plain: tuple[np.ndarray, np.ndarray] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`merge_lines` and the lengths of the lines it returns."""
-    if len(lines) == 0:
-        return lines, np.zeros(0)
-    parts = _line_merge_fast(lines, plain)
-    if parts is None:
-        parts = shapely.get_parts(shapely.line_merge(shapely.multilinestrings(lines)))
-    lengths = shapely.length(parts)
-    positive = lengths > 0
-    return parts[positive], lengths[positive]
+        lines = unique_undirected(lines)
+    else:
+        coords, n = plain
+        del plain
+        owner, pos = _spans(n[keep])
+        coords, n = coords[(np.cumsum(n) - n)[keep][owner] + pos], n[keep]
+        del owner, pos
+        merged = _walk_strings(coords, n)
+        if merged is not None:
+            return _paths(*_string_coords(coords, n, *merged))
+        lines = lines[keep]
+    xy, line = shapely.get_coordinates(_geos_merge(lines), return_index=True)
+    return _paths(np.ascontiguousarray(xy).view(np.complex128).reshape(-1), line)
 
 
 # Fast paths. unique_undirected and merge_lines give exactly what the plain shapely calls give
@@ -250,7 +293,23 @@ class _MergeGraph(NamedTuple):
 def _line_merge_fast(
     lines: np.ndarray, plain: tuple[np.ndarray, np.ndarray] | None = None
 ) -> np.ndarray | None:
-    """``get_parts(line_merge(multilinestrings(lines)))``, as GEOS's LineMerger builds it.
+    """``get_parts(line_merge(multilinestrings(lines)))``, as GEOS's LineMerger builds it, or
+    None where GEOS must decide. ``plain``: as for :func:`_unique_undirected_fast`."""
+    plain = plain or _plain_coords(lines)
+    if plain is None:
+        return None
+    merged = _walk_strings(*plain)
+    if merged is None:
+        return None
+    return _merged_lines(lines, *plain, *merged)
+
+
+def _walk_strings(
+    coords: np.ndarray, n: np.ndarray
+) -> tuple[_MergeGraph | None, np.ndarray, np.ndarray] | None:
+    """GEOS's LineMerger on the lines with ``n`` (complex) ``coords`` each: its graph (None if
+    empty), the directed edges walked, string after string, and the string of each; None
+    where the order of the edges round a node could differ from GEOS's.
 
     GEOS makes a graph whose nodes are the lines' end points (after dropping repeated points;
     lines left with one point are skipped), each node's out-edges sorted by angle. Walking the
@@ -258,19 +317,15 @@ def _line_merge_fast(
     is not used yet through the degree-2 nodes, and makes one line of each such string; then
     it does the same for the loops left (all nodes of degree 2), from the node first in order.
     A string's coordinates are its lines', repeated points dropped, reversed when more of its
-    lines were walked backwards than forwards. ``plain``: as for :func:`_unique_undirected_fast`.
+    lines were walked backwards than forwards.
     """
-    plain = plain or _plain_coords(lines)
-    if plain is None:
-        return None
-    coords, n = plain
     graph = _merge_graph(coords, n)
     if graph is None:
-        return np.empty(0, dtype=object)
+        return None, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     walked, string, check = _merge_walk(graph)
     if not _star_order_holds(graph, check):
         return None
-    return _merged_lines(lines, coords, n, graph, walked, string)
+    return graph, walked, string
 
 
 def _merge_graph(coords: np.ndarray, n: np.ndarray) -> _MergeGraph | None:
@@ -301,15 +356,20 @@ def _merge_graph(coords: np.ndarray, n: np.ndarray) -> _MergeGraph | None:
     del codes, node_xy, node_order
     # Each node's out-edges in GEOS's order: by quadrant, then counter-clockwise (orientation),
     # ties in the order they were added. The angle from east, in [0, 2 pi), sorts them so (to
-    # be checked); the stable sort keeps ties in the order added.
+    # be checked), ties in the order added.
     dx = toward.real - xy.real
     dy = toward.imag - xy.imag
     quadrant = np.where(dx >= 0, np.where(dy >= 0, 0, 3), np.where(dy >= 0, 1, 2))
     angle = np.arctan2(dy + 0.0, dx + 0.0)
     del dx, dy
     angle[angle < 0] += 2 * np.pi
-    star = np.argsort(node * 8.0 + angle, kind="stable")
+    key = node * 8.0 + angle
     del angle
+    star = np.argsort(key)
+    ordered = key[star]
+    if (ordered[1:] == ordered[:-1]).any():  # ties: the order added (a stable sort is slower)
+        star = np.argsort(key, kind="stable")
+    del key, ordered
     rank = np.empty(n_de, dtype=np.int64)
     rank[star] = np.arange(n_de)
     return _MergeGraph(
@@ -417,10 +477,11 @@ def _star_order_holds(g: _MergeGraph, check: np.ndarray) -> bool:
     return not ((o > 0) | ((o == 0) & ((a > b) | (g.degree[g.node[a]] > _STABLE_SORT_MAX)))).any()
 
 
-def _merged_lines(lines, coords, n, g: _MergeGraph, walked, string) -> np.ndarray:
+def _merged_lines(lines, coords, n, g: _MergeGraph | None, walked, string) -> np.ndarray:
     """The strings as LineStrings: a string of one line without repeated points is that line,
-    as it is; the others are their lines' coordinates, repeated points dropped, reversed where
-    more lines were walked backwards than forwards."""
+    as it is; the others are made from :func:`_string_coords`."""
+    if g is None:
+        return np.empty(0, dtype=object)
     n_strings = int(string[-1]) + 1
     size = np.bincount(string, minlength=n_strings)
     first_line = g.edge_line[walked[np.cumsum(size) - size] >> 1]
@@ -428,15 +489,28 @@ def _merged_lines(lines, coords, n, g: _MergeGraph, walked, string) -> np.ndarra
     out = np.empty(n_strings, dtype=object)
     out[as_is] = lines[first_line[as_is]]
     todo = ~as_is[string]
-    if not todo.any():
-        return out
-    walked, string = walked[todo], string[todo]
+    if todo.any():
+        seq, seq_string = _string_coords(coords, n, g, walked[todo], string[todo])
+        shapely.linestrings(seq.view(np.float64).reshape(-1, 2), indices=seq_string, out=out)
+    return out
+
+
+def _string_coords(
+    coords, n, g: _MergeGraph | None, walked, string
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (complex) coordinates of the strings, laid end to end, and the string of each: each
+    string's lines' coordinates, repeated points dropped, reversed where more lines were
+    walked backwards than forwards."""
+    if g is None:
+        return np.zeros(0, dtype=np.complex128), np.zeros(0, dtype=np.int64)
+    n_strings = int(string[-1]) + 1
     line = g.edge_line[walked >> 1]
     forward = (walked & 1) == 0
     e, pos = _spans(n[line])
     starts = (np.cumsum(n) - n)[line]
     seq = coords[starts[e] + np.where(forward[e], pos, n[line][e] - 1 - pos)]
     seq_string = string[e]
+    del e, pos, starts
     keep = np.ones(len(seq), dtype=bool)
     keep[1:] = ~((seq[1:] == seq[:-1]) & (seq_string[1:] == seq_string[:-1]))
     seq, seq_string = seq[keep], seq_string[keep]
@@ -446,9 +520,7 @@ def _merged_lines(lines, coords, n, g: _MergeGraph, walked, string) -> np.ndarra
     count = np.diff(np.append(start_at, len(seq)))
     s, pos = _spans(count)
     flipped = reverse[seq_string[start_at]][s]
-    seq = seq[start_at[s] + np.where(flipped, count[s] - 1 - pos, pos)]
-    shapely.linestrings(seq.view(np.float64).reshape(-1, 2), indices=seq_string, out=out)
-    return out
+    return seq[start_at[s] + np.where(flipped, count[s] - 1 - pos, pos)], seq_string
 
 
 def stride_positions(lengths: np.ndarray, interval: float) -> tuple[np.ndarray, np.ndarray]:
@@ -484,6 +556,10 @@ def bearings(a: np.ndarray, b: np.ndarray, crs: object) -> np.ndarray:
     to_wgs = Transformer.from_crs(crs, C.WGS84, always_xy=True)
     lon1, lat1 = to_wgs.transform(shapely.get_x(a), shapely.get_y(a))
     lon2, lat2 = to_wgs.transform(shapely.get_x(b), shapely.get_y(b))
+    return _azimuths(lon1, lat1, lon2, lat2)
+
+
+def _azimuths(lon1, lat1, lon2, lat2) -> np.ndarray:
     azimuth, _, _ = _GEOD.inv(lon1, lat1, lon2, lat2)
     return np.mod(np.asarray(azimuth), 360.0)
 
@@ -559,22 +635,25 @@ def sample_points(
         raise InputError("The roads have no CRS.", hint="Give the road data a CRS.")
     crs = metric_crs(roads, roads.crs)
     lines, plain = _road_lines(np.asarray(roads.to_crs(crs).geometry.values))
-    lines, lengths = _unique_merged(lines, plain)
+    paths = _unique_merged(lines, plain)
+    del lines, plain
 
+    lengths = paths.lengths
     line, dist = stride_positions(lengths, float(interval))
-    on_line = lines[line]
-    points = shapely.line_interpolate_point(on_line, dist)
+    x, y = paths.locate(line, dist)
+    points = shapely.points(x, y)
     keep = merge_close_points(points, float(merge_tolerance))
-    on_line, dist, points = on_line[keep], dist[keep], points[keep]
+    line, dist, x, y, points = line[keep], dist[keep], x[keep], y[keep], points[keep]
 
-    lengths = lengths[line][keep]
+    lengths = lengths[line]
     step = np.minimum(HEADING_STEP_M, lengths / 2)
-    behind = shapely.line_interpolate_point(on_line, np.clip(dist - step, 0, lengths))
-    ahead = shapely.line_interpolate_point(on_line, np.clip(dist + step, 0, lengths))
-    heading = bearings(behind, ahead, crs)
-
+    x0, y0 = paths.locate(line, np.clip(dist - step, 0, lengths))
+    x1, y1 = paths.locate(line, np.clip(dist + step, 0, lengths))
     to_wgs = Transformer.from_crs(crs, C.WGS84, always_xy=True)
-    lon, lat = to_wgs.transform(shapely.get_x(points), shapely.get_y(points))
+    lon, lat = to_wgs.transform(np.concatenate([x, x0, x1]), np.concatenate([y, y0, y1]))
+    lon, lon0, lon1 = np.split(np.asarray(lon), 3)
+    lat, lat0, lat1 = np.split(np.asarray(lat), 3)
+    heading = _azimuths(lon0, lat0, lon1, lat1)
     region_id = (
         assign_regions(points, regions.to_crs(crs))
         if regions is not None
