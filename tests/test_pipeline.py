@@ -200,6 +200,31 @@ def test_unknown_stage_and_unknown_keys(tmp_path):
         resolve_config({"grid": {"city": "atlantis"}})
 
 
+def test_bad_settings_are_refused_before_any_work(tmp_path):
+    with pytest.raises(InputError, match="interval must be a positive"):
+        run_pipeline(tmp_path / "neg", config=TINY, sample__interval=-5)
+    assert not (tmp_path / "neg").exists()  # not even the grid was made
+    with pytest.raises(InputError, match="merge tolerance must be 0 or more"):
+        resolve_config({"sample": {"merge_tolerance": -1}})
+    with pytest.raises(InputError, match="are metres"):
+        resolve_config({"sample": {"interval": "far"}})
+
+
+def test_a_new_run_that_fails_at_once_leaves_no_folder(tmp_path):
+    config = {"grid": {"boundary_file": str(tmp_path / "no-such-boundary.gpkg")}}
+    with pytest.raises(InputError, match="does not exist") as info:
+        run_pipeline(tmp_path / "runs" / "new", config=config)
+    assert "current folder" in info.value.hint
+    assert not (tmp_path / "runs").exists()
+    # a folder that was there before keeps what it holds, and the run's settings
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="does not exist"):
+        run_pipeline(old, config=config)
+    assert (old / "notes.txt").read_text() == "mine" and (old / C.RUN_TOML).exists()
+
+
 def test_run_folder_from_an_incompatible_version(tmp_path):
     run_dir = tmp_path / "old"
     run_dir.mkdir()

@@ -32,8 +32,9 @@ from urbangeo import __version__
 from urbangeo import constants as C
 from urbangeo.errors import InputError, OutputError
 from urbangeo.geo.boundary import get_city
+from urbangeo.geo.sampling import check_sampling_settings
 from urbangeo.geo.stages import grid_stage, sample_stage
-from urbangeo.io.files import write_text_atomic
+from urbangeo.io.files import new_folders_removed_on_error, write_text_atomic
 from urbangeo.io.runs import StageResult, read_stage_records
 from urbangeo.progress import message
 
@@ -195,6 +196,13 @@ def resolve_config(
             )
     if resolved["grid"].get("city"):
         get_city(resolved["grid"]["city"])  # an unknown city fails here, listing the options
+    sample = resolved["sample"]
+    try:
+        interval = float(sample.get("interval", C.DEFAULT_INTERVAL_M))
+        tolerance = float(sample.get("merge_tolerance", C.DEFAULT_MERGE_TOLERANCE_M))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"[sample] interval and merge_tolerance are metres: {exc}.") from exc
+    check_sampling_settings(interval=interval, merge_tolerance=tolerance)  # before any work
     return resolved
 
 
@@ -345,18 +353,35 @@ def run_pipeline(
     settings = resolve_config(config, **overrides)
     city = settings["grid"].get("city")
     run_dir = Path(run_dir if run_dir is not None else (city or "urbangeo-run"))
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"Cannot create the run folder {run_dir}: {exc.strerror}.",
-            hint="Choose a folder you can write to (-o).",
-        ) from exc
+    new = not run_dir.exists()
+    with new_folders_removed_on_error(run_dir / C.RUN_GPKG):
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(
+                f"Cannot create the run folder {run_dir}: {exc.strerror}.",
+                hint="Choose a folder you can write to (-o).",
+            ) from exc
+        state: dict[str, Any] = {}
+        try:
+            return _run_stages(run_dir, settings, from_stage, state)
+        except BaseException:
+            if new and not any(e.get("status") == "done" for e in state.get("stages", {}).values()):
+                # A new run that did nothing leaves no folder behind (as a failed grid).
+                for name in (C.RUN_TOML, STATE_JSON):
+                    (run_dir / name).unlink(missing_ok=True)
+            raise
+
+
+def _run_stages(
+    run_dir: Path, settings: dict[str, dict[str, Any]], from_stage: str | None, state: dict
+) -> list[StageResult]:
+    """The stages of :func:`run_pipeline`; ``state`` is filled with the run's state as read."""
     gpkg = run_dir / C.RUN_GPKG
     functions = _stage_functions()
     results: list[StageResult] = []
     with run_lock(run_dir):
-        state = read_state(run_dir)
+        state.update(read_state(run_dir))
         write_text_atomic(run_dir / C.RUN_TOML, dump_config(settings))
         stages = state.setdefault("stages", {})
         previous = ""

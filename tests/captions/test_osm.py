@@ -156,19 +156,21 @@ def test_places_not_pixels_identify_osm_calls(tmp_path):
 def test_osm_stage_end_to_end(tmp_path):
     gpkg = make_run(tmp_path, n_regions=2, n_points=1, missing=("sv_p0",))
     result = caption_stage(gpkg, select="first")  # the city's extract from the boundary
-    # osm describes places, so the image without a file is captioned too.
+    # osm describes places, but a caption without its image makes no training pair: the
+    # street-view image whose download failed is skipped, as with the other captioners.
     assert result.counts == {
         "images": 3,
-        "captioned": 3,
-        "captions": 9,
+        "captioned": 2,
+        "captions": 6,
         "cached": 0,
         "failed": 0,
-        "skipped": 0,
+        "skipped": 1,
     }
     table = gpd.read_file(gpkg, layer=C.LAYER_CAPTIONS)
     assert set(table[C.BACKEND]) == {"osm"} and set(table[C.MODEL]) == set(STYLES)
+    assert "sv_p0" not in set(table[C.IMAGE_ID])
     again = caption_stage(gpkg, select="first", overwrite=True)
-    assert again.counts["cached"] == 9
+    assert again.counts["cached"] == 6
 
 
 def test_unknown_style_and_missing_extract(tmp_path):

@@ -71,7 +71,7 @@ def test_missing_images_layer_names_the_stage(tmp_path):
         con.execute("DELETE FROM gpkg_contents WHERE table_name = 'images'")
     with pytest.raises(MissingLayerError) as info:
         caption_stage(gpkg)
-    assert "imagery stage" in info.value.hint
+    assert "urbangeo tiles" in info.value.hint and "urbangeo streetview" in info.value.hint
 
 
 def test_caption_command(tmp_path, loopback, monkeypatch):

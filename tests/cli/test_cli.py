@@ -50,9 +50,10 @@ def test_console_script_is_installed_and_helps():
 def test_every_command_explains_itself(runner, command):
     result = invoke(runner, command, "--help")
     assert result.exit_code == 0
+    assert "--quiet" in result.output
     if command != "cities":
         assert "Example" in result.output
-        assert "--quiet" in result.output and "--progress" in result.output
+        assert "--progress" in result.output
         assert "default" in result.output
 
 
@@ -60,6 +61,8 @@ def test_cities(runner):
     result = invoke(runner, "cities")
     assert result.exit_code == 0
     assert "kotka" in result.output and "helsinki" in result.output and "(default)" in result.output
+    quiet = invoke(runner, "cities", "--quiet")
+    assert quiet.exit_code == 0 and quiet.output.split() == ["kotka", "helsinki"]
 
 
 def test_grid_for_a_bundled_city(runner, tmp_path):
@@ -144,6 +147,21 @@ def test_sample_needs_a_grid_first(runner, tmp_path):
     result = invoke(runner, "sample", "--gpkg", tmp_path / "run.gpkg")
     assert result.exit_code == 1
     assert "does not exist" in result.output and "urbangeo grid" in result.output
+
+
+def test_sample_checks_its_settings_before_reading_anything(runner, tmp_path, monkeypatch):
+    from urbangeo.geo import stages
+
+    def no_roads(*args, **kwargs):
+        raise AssertionError("roads were read before the interval was checked")
+
+    monkeypatch.setattr(stages, "load_roads", no_roads)
+    out = tmp_path / "k.gpkg"
+    assert invoke(runner, "grid", "--city", "kotka", "-o", out, "--quiet").exit_code == 0
+    result = invoke(runner, "sample", "--gpkg", out, "--interval", "-100")
+    assert result.exit_code == 1
+    assert "interval must be a positive number" in result.output
+    assert "--interval 500" in result.output
 
 
 def test_sample_from_a_roads_file_with_a_bbox_grid(runner, tmp_path):

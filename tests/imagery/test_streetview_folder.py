@@ -174,7 +174,9 @@ def test_truncated_image_is_a_failed_row(run, tmp_path):
     lon, lat = offset(sv, 0)
     data = jpeg_bytes(size=(256, 256))
     (folder / f"1_{lon:.6f},{lat:.6f}_202001_3.jpg").write_bytes(data[: len(data) // 2])
-    result = streetview_stage(gpkg, folder=folder)
+    failed = r"1 streetview images failed \(none succeeded\); the most common reason"
+    with pytest.warns(UserWarning, match=failed):
+        result = streetview_stage(gpkg, folder=folder)
     assert result.counts[C.STATUS_FAILED] == 1
     assert "unreadable image" in _images(gpkg).loc["sv_0_3", C.REASON]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import socket
 import time
 
 import numpy as np
@@ -20,7 +21,13 @@ from tests.imagery.helpers import (
 )
 from urbangeo import constants as C
 from urbangeo.errors import InputError
-from urbangeo.imagery.http import AccessDeniedError, HttpClient, HttpError
+from urbangeo.imagery.http import (
+    UNREACHABLE_TRIES,
+    AccessDeniedError,
+    HttpClient,
+    HttpError,
+    UnreachableError,
+)
 from urbangeo.imagery.satellite import auto_zoom, resolve_xyz
 from urbangeo.imagery.stages import tiles_stage
 from urbangeo.io.gpkg import read_layer
@@ -167,6 +174,42 @@ def test_forbidden_stops_at_once_without_leaking_the_key(tmp_path, header_server
     assert 1 <= len(server.requests) <= 4
 
 
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_server_stops_the_stage_quickly(tmp_path):
+    """Offline, or a typo in the host: a few quick tries, then one clear error (not minutes
+    of backoff per tile and a run that reports only failed images)."""
+    gpkg = make_run(tmp_path, grid(3, 2))
+    client = HttpClient(concurrency=4, backoff=0.01, rate_limit=0, service="The tile server")
+    with pytest.raises(UnreachableError, match=r"Cannot reach 127\.0\.0\.1:") as err:
+        tiles_stage(
+            gpkg,
+            xyz=f"http://127.0.0.1:{_closed_port()}/{{z}}/{{x}}/{{y}}.png",
+            zoom=15,
+            client=client,
+        )
+    assert "internet connection" in err.value.hint and "continues" in err.value.hint
+    # Each thread's request tried UNREACHABLE_TRIES times at most, not retries + 1 = 6 times.
+    assert UNREACHABLE_TRIES <= client.requests_sent <= UNREACHABLE_TRIES * client.concurrency
+
+
+def test_a_server_that_answered_is_retried_in_full_when_it_goes_down(header_server):
+    server = header_server(lambda path, query, headers: (200, {}, b"ok"))
+    client = HttpClient(backoff=0.01, retries=4, rate_limit=0)
+    with client:
+        assert client.get(server.url + "/x").content == b"ok"
+        # the service is down now (its keep-alive connection would still answer: a closed port)
+        before = client.requests_sent
+        with pytest.raises(HttpError, match="after 5 tries"):
+            client.get(f"http://127.0.0.1:{_closed_port()}/y")
+        assert client.requests_sent - before == 5
+
+
 def test_retries_honour_retry_after(header_server):
     calls = []
 
@@ -224,7 +267,10 @@ def test_server_errors_make_failed_rows_that_a_rerun_retries(tmp_path, header_se
     server = header_server(handler)
     gpkg = make_run(tmp_path, grid(2, 1))
     url = server.url + "/{z}/{x}/{y}.png"
-    result = tiles_stage(gpkg, xyz=url, zoom=14, size=32, retries=0, rate_limit=0)
+    with pytest.warns(UserWarning, match=r"2 satellite images failed \(none succeeded\)") as warned:
+        result = tiles_stage(gpkg, xyz=url, zoom=14, size=32, retries=0, rate_limit=0)
+    failed = next(str(w.message) for w in warned if "images failed" in str(w.message))
+    assert "HTTP 500" in failed and "Rerun" in failed
     assert result.counts == {"ok": 0, "missing": 0, "failed": 2}
     reasons = read_layer(gpkg, C.LAYER_IMAGES)[C.REASON]
     assert all("HTTP 500" in r for r in reasons)

@@ -238,7 +238,7 @@ def test_download_failure_names_offline_options(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(PretrainedWeightsError, match="name resolution") as err:
         create_model("ViT-B-32", pretrained="openai")
     assert isinstance(err.value, RuntimeError)
-    assert "checkpoint=PATH" in str(err.value) and "cache_dir" in str(err.value)
+    assert "--checkpoint FILE" in str(err.value) and "cache_dir" in str(err.value)
 
 
 def test_custom_text_clip_is_stretched_too() -> None:

@@ -104,7 +104,7 @@ def test_empty_or_missing_inputs_fail_clearly(run: Path, tmp_path: Path) -> None
     write_layers(only_images, {C.LAYER_IMAGES: images})
     with pytest.raises(MissingLayerError, match="captions") as err:
         load_pairs(only_images)
-    assert "urbangeo captions" in err.value.hint
+    assert "`urbangeo caption` on this GeoPackage" in err.value.hint
     with pytest.raises(InputError, match="does not exist"):
         load_pairs(tmp_path / "nothing.gpkg")
     with pytest.raises(InputError, match="unknown file type"):

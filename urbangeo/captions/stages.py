@@ -61,7 +61,9 @@ def read_images(gpkg: str | os.PathLike) -> tuple[list[ImageItem], pd.DataFrame]
         if "does not exist" in exc.message:
             raise
         raise MissingLayerError(
-            exc.message, hint="Run the imagery stage on this GeoPackage first (layer 'images')."
+            exc.message,
+            hint="Fetch images first: `urbangeo tiles` and/or `urbangeo streetview` on this "
+            "GeoPackage (they write layer 'images').",
         ) from exc
     missing = [c for c in (C.IMAGE_ID, C.KIND, C.PATH, C.STATUS) if c not in images]
     if missing:
@@ -269,7 +271,9 @@ def caption_stage(
         )
     cache = CaptionCache(cache_path_for(path))
     try:
-        eligible = [i for i in items if i.path is not None or not captioner.needs_image]
+        # A caption is half of an image-text pair: no image, nothing to caption (even for
+        # captioners that describe the place rather than the pixels).
+        eligible = [i for i in items if i.path is not None]
         skipped = len(items) - len(eligible)
         if hasattr(captioner, "prepare"):
             captioner.prepare(eligible)

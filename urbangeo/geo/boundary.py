@@ -90,7 +90,11 @@ def boundary_from_file(path: str | os.PathLike, *, layer: str | None = None) -> 
     """The union of the polygons in a vector file of any CRS (invalid geometries repaired)."""
     path = Path(path)
     if not path.exists():
-        raise InputError(f"Boundary file {path} does not exist.")
+        raise InputError(
+            f"Boundary file {path} does not exist.",
+            hint=f"Check the path (a relative one is read from the current folder, {Path.cwd()}, "
+            "also when it comes from a configuration file).",
+        )
     try:
         frame = gpd.read_file(path, layer=layer, engine="pyogrio")
     except Exception as exc:

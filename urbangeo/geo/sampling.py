@@ -611,6 +611,21 @@ def _lines_2d(geoms: np.ndarray) -> np.ndarray:
     return geoms
 
 
+def check_sampling_settings(*, interval: float, merge_tolerance: float) -> None:
+    """Refuse an interval or merge tolerance :func:`sample_points` cannot use (checked before
+    any slow work, such as reading roads, by the stages that sample)."""
+    if not (math.isfinite(interval) and interval > 0):
+        raise InputError(
+            f"The sampling interval must be a positive number of metres, not {interval!r}.",
+            hint=f"Try the default, --interval {C.DEFAULT_INTERVAL_M:g}.",
+        )
+    if not (math.isfinite(merge_tolerance) and merge_tolerance >= 0):
+        raise InputError(
+            f"The merge tolerance must be 0 or more metres, not {merge_tolerance!r}.",
+            hint=f"Try the default, --merge-tolerance {C.DEFAULT_MERGE_TOLERANCE_M:g}.",
+        )
+
+
 def sample_points(
     roads: gpd.GeoDataFrame | gpd.GeoSeries,
     *,
@@ -624,13 +639,7 @@ def sample_points(
     the roads' metric CRS with ``point_id``, ``region_id`` (when ``regions`` are given, else
     None), ``heading``, ``lon`` and ``lat``.
     """
-    if not (math.isfinite(interval) and interval > 0):
-        raise InputError(
-            f"The sampling interval must be a positive number of metres, not {interval!r}.",
-            hint=f"Try the default, --interval {C.DEFAULT_INTERVAL_M:g}.",
-        )
-    if not (math.isfinite(merge_tolerance) and merge_tolerance >= 0):
-        raise InputError(f"merge_tolerance must be >= 0 metres, not {merge_tolerance!r}.")
+    check_sampling_settings(interval=interval, merge_tolerance=merge_tolerance)
     if roads.crs is None:
         raise InputError("The roads have no CRS.", hint="Give the road data a CRS.")
     crs = metric_crs(roads, roads.crs)

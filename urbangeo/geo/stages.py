@@ -16,7 +16,7 @@ from urbangeo import constants as C
 from urbangeo.geo.boundary import get_city, load_boundary
 from urbangeo.geo.grid import make_grid
 from urbangeo.geo.roads import load_roads
-from urbangeo.geo.sampling import sample_points
+from urbangeo.geo.sampling import check_sampling_settings, sample_points
 from urbangeo.io.files import new_folders_removed_on_error
 from urbangeo.io.gpkg import check_can_write, read_layer, write_layers
 from urbangeo.io.runs import StageRecord, StageResult, downstream_of, stage_table
@@ -62,7 +62,11 @@ def grid_stage(
                 overwrite=True,  # checked before the work began
             )
             bar.update(1)
-        message(f"Wrote {len(regions):,} regions of {cell_size:g} m to {path} (layer regions).")
+        centre = boundary.to_crs(C.WGS84).union_all().centroid
+        message(
+            f"Wrote {len(regions):,} regions of {cell_size:g} m to {path} (layer regions; "
+            f"{regions.crs.name}, centred on lon {centre.x:.4f}, lat {centre.y:.4f})."
+        )
         return StageResult("grid", path, counts)
 
 
@@ -98,6 +102,7 @@ def sample_stage(
 
     Reads ``boundary`` and ``regions`` from ``gpkg`` (written by :func:`grid_stage`).
     """
+    check_sampling_settings(interval=interval, merge_tolerance=merge_tolerance)
     path = check_can_write(gpkg, [C.LAYER_ROADS, C.LAYER_SV_POINTS], overwrite=overwrite)
     started = time.perf_counter()
     with progress(4, task="sample", unit="step") as bar:

@@ -5,6 +5,9 @@
 - retries with exponential backoff and jitter on 429, 5xx, timeouts and dropped connections,
   waiting at least as long as the server's ``Retry-After`` says;
 - 401 and 403 stop the whole client at once (no retry storm): :class:`AccessDeniedError`;
+- a server that cannot be reached at all (no name, connection refused, no route) stops the
+  whole client after a few quick tries, as long as it never answered:
+  :class:`UnreachableError` (offline, a typo in the URL), not a long storm of backoffs;
 - a User-Agent naming urbangeo;
 - secrets (API keys) never leave it: they are replaced by ``***`` in every error message and
   in urllib3's debug log, and :func:`redact_url` strips key parameters from URLs.
@@ -22,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from urbangeo.errors import InputError
@@ -32,6 +36,8 @@ DEFAULT_RATE_LIMIT = 10.0
 DEFAULT_CONCURRENCY = 4
 DEFAULT_RETRIES = 5
 DEFAULT_TIMEOUT_S = 30.0
+#: Tries before giving up on a server that never answered and cannot be connected to.
+UNREACHABLE_TRIES = 3
 #: Longest wait between two tries, whatever Retry-After says.
 MAX_BACKOFF_S = 120.0
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -44,6 +50,20 @@ REDACTED = "***"
 
 class AccessDeniedError(InputError):
     """The server refused the credentials (HTTP 401/403 or the API's own 'denied' status)."""
+
+
+class UnreachableError(InputError):
+    """The server could not be connected to (and never answered this client)."""
+
+
+def _cannot_connect(exc: requests.RequestException) -> bool:
+    """Whether ``exc`` means no connection was made at all (name, refusal, connect timeout)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(
+        reason, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
+    )
 
 
 class HttpError(Exception):
@@ -117,6 +137,8 @@ class HttpClient:
         self._lock = threading.Lock()
         self._next_slot = 0.0
         self._denied: AccessDeniedError | None = None
+        self._unreachable: UnreachableError | None = None
+        self._answered = False  # the server has sent a response (of any status)
         self.requests_sent = 0
         self._filter = _SecretFilter(self)
         self._loggers = [logging.getLogger("urllib3.connectionpool"), logging.getLogger("urllib3")]
@@ -188,17 +210,23 @@ class HttpClient:
     ) -> requests.Response:
         """GET ``url``; returns responses whose status is in ``ok_statuses`` or is 404.
 
-        Retries what is worth retrying; raises :class:`AccessDeniedError` on 401/403 and
-        :class:`HttpError` (secret-free message) when the tries are used up or the status is
-        another error.
+        Retries what is worth retrying; raises :class:`AccessDeniedError` on 401/403,
+        :class:`UnreachableError` when a server that never answered cannot be connected to,
+        and :class:`HttpError` (secret-free message) when the tries are used up or the status
+        is another error.
         """
         ok = set(ok_statuses) | {404}
         last = ""
         last_url = url
         status: int | None = None
+        no_connection = True  # every try so far failed before connecting
         for attempt in range(self.retries + 1):
             if self._denied is not None:
                 raise self._denied
+            if self._unreachable is not None:
+                raise self._unreachable
+            if no_connection and attempt >= UNREACHABLE_TRIES and not self._answered:
+                self._give_up_on(url, last)
             self._wait_for_slot()
             retry_after = None
             try:
@@ -210,9 +238,12 @@ class HttpClient:
             except (requests.Timeout, requests.ConnectionError) as exc:
                 last = f"{type(exc).__name__}: {self.scrub(str(exc))}"
                 status = None
+                no_connection = no_connection and _cannot_connect(exc)
             except requests.RequestException as exc:
                 raise HttpError(self.scrub(f"{type(exc).__name__}: {exc}")) from None
             else:
+                no_connection = False
+                self._answered = True
                 status = response.status_code
                 last_url = response.url
                 if status in (401, 403):
@@ -236,5 +267,22 @@ class HttpClient:
                 response.close()
             if attempt < self.retries:
                 time.sleep(self._delay(attempt, retry_after))
+        if no_connection and not self._answered:
+            self._give_up_on(url, last)
         target = self.scrub(redact_url(last_url))
         raise HttpError(f"{last} for {target} after {self.retries + 1} tries", status=status)
+
+    def _give_up_on(self, url: str, last: str) -> None:
+        """Stop every further request: the server cannot be reached."""
+        host = urlsplit(url).netloc or url
+        error = UnreachableError(
+            f"Cannot reach {self.scrub(host)}: no connection could be made "
+            f"({last.split(' (Caused by ')[-1].rstrip(')') if last else 'no answer'}).",
+            hint="Check the internet connection (and HTTPS_PROXY if you need a proxy) and the "
+            "server address (--xyz, --base-url). Nothing is lost: images fetched before are "
+            "kept, and the same command continues from there.",
+        )
+        with self._lock:
+            if self._unreachable is None:
+                self._unreachable = error
+        raise self._unreachable

@@ -12,7 +12,9 @@ from __future__ import annotations
 import io
 import struct
 import time
+import warnings
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ import shapely
 from PIL import Image
 
 from urbangeo import constants as C
-from urbangeo.errors import OutputError
+from urbangeo.errors import OutputError, UrbangeoWarning
 from urbangeo.io.files import sha256_bytes, sha256_file, write_bytes_atomic
 from urbangeo.io.gpkg import list_layers, read_layer, write_layers
 from urbangeo.io.runs import StageRecord, read_stage_records, stage_table
@@ -214,8 +216,8 @@ class Manifest:
                 raise OutputError(
                     f"{len(previous):,} {kind} images in {gpkg} were made with other settings "
                     f"({', '.join(changed)} differ).",
-                    hint="Pass --overwrite (overwrite=True) to replace them, or rerun with the "
-                    "same settings to continue.",
+                    hint="Pass --overwrite (Python: overwrite=True) to replace them, or rerun "
+                    "with the same settings to continue.",
                 )
             if not overwrite:
                 self.rows = previous
@@ -304,6 +306,28 @@ class Manifest:
         """Images by status."""
         statuses = [r[C.STATUS] for r in self.rows.values()]
         return {s: statuses.count(s) for s in (C.STATUS_OK, C.STATUS_MISSING, C.STATUS_FAILED)}
+
+    def warn_failures(self) -> None:
+        """Warn when images failed, with the most common reason: a run where every image
+        failed should not read like a success."""
+        reasons = [
+            r[C.REASON] or "no reason given"
+            for r in self.rows.values()
+            if r[C.STATUS] == C.STATUS_FAILED
+        ]
+        if not reasons:
+            return
+        reason, times = Counter(reasons).most_common(1)[0]
+        ok = sum(r[C.STATUS] == C.STATUS_OK for r in self.rows.values())
+        warnings.warn(
+            f"{len(reasons):,} {self.kind} images failed"
+            + (" (none succeeded)" if ok == 0 else "")
+            + f"; the most common reason ({times:,} of them): {reason}. "
+            "Rerun the same command to retry only those (each one's reason is in column "
+            f"'{C.REASON}' of layer {C.LAYER_IMAGES}).",
+            UrbangeoWarning,
+            stacklevel=2,
+        )
 
     def flush(self, *, pending: int = 0, order: Callable[[str], object] | None = None) -> None:
         """Write the ``images`` layer and this stage's record in one atomic write."""

@@ -267,6 +267,7 @@ def _make_tiles(
             finally:
                 manifest.flush(pending=remaining, order=order.get)
     counts = manifest.counts()
+    manifest.warn_failures()
     seconds = time.perf_counter() - started
     rate = f", {len(todo) / seconds:,.0f} tiles/s" if todo and seconds > 0 else ""
     message(
@@ -389,6 +390,7 @@ def _make_streetview(
             finally:
                 manifest.flush(pending=remaining, order=order.get)
     counts = manifest.counts()
+    manifest.warn_failures()
     message(
         f"Street-view images ({provider.name}): {counts[C.STATUS_OK]:,} ok, "
         f"{counts[C.STATUS_MISSING]:,} missing, {counts[C.STATUS_FAILED]:,} failed "

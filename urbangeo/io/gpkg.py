@@ -75,7 +75,8 @@ def check_can_write(path: str | os.PathLike, layers: list[str], *, overwrite: bo
     if clashes and not overwrite:
         raise OutputError(
             f"Layer(s) {', '.join(clashes)} already exist in {path}.",
-            hint="Pass --overwrite (overwrite=True) to replace them, or choose another file.",
+            hint="Pass --overwrite (Python: overwrite=True) to replace them, or choose another "
+            "file.",
         )
     return path
 

@@ -223,8 +223,10 @@ def trained_encoder(
     if not path.is_file():
         raise InputError(
             f"No trained model at {path}.",
-            hint="Run `urbangeo train --gpkg RUN.gpkg` first, pass --checkpoint PATH (e.g. a "
-            "model trained on another city), or choose another --encoder.",
+            hint="Train one first (`urbangeo train --gpkg RUN.gpkg --model urbangeo-tiny-vit "
+            "--lr 1e-3 --epochs 5` trains in seconds on a CPU; the default ViT-B-16 wants a GPU), "
+            "pass --checkpoint PATH (e.g. a model trained on another city), or choose another "
+            "--encoder.",
         )
     meta = checkpoint_metadata(path)
     recorded = meta.get("model")

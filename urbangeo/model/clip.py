@@ -347,7 +347,8 @@ def _check_pretrained(name: str, pretrained: str) -> dict[str, Any]:
         listed = ", ".join(tags) if tags else "none (random init only)"
         raise ModelConfigError(
             f"Unknown pretrained tag {pretrained!r} for architecture {name!r}.",
-            hint=f"Known tags: {listed}. For weights in a local file pass checkpoint=PATH.",
+            hint=f"Known tags: {listed}. For weights in a local file use --checkpoint FILE "
+            "(Python: checkpoint=PATH).",
         )
     return cfg
 
@@ -480,10 +481,11 @@ def create_model(
         except Exception as exc:
             raise PretrainedWeightsError(
                 f"Could not load pretrained weights {pretrained!r} for {name!r}: {exc}",
-                hint="Downloads need internet. Offline, pass checkpoint=PATH to a local weights "
-                "file (e.g. open_clip_pytorch_model.bin fetched elsewhere), point cache_dir at a "
-                "cache that already holds the weights (with HF_HUB_OFFLINE=1), or drop "
-                "pretrained for a random init.",
+                hint="Downloads need internet. Offline, give a local weights file with "
+                "--checkpoint FILE (embed: --weights FILE; Python: checkpoint=PATH), e.g. "
+                "open_clip_pytorch_model.bin fetched elsewhere; or use a cache that already "
+                "holds the weights (HF_HOME with HF_HUB_OFFLINE=1; Python: cache_dir=PATH); or "
+                "leave out --pretrained for a random init.",
             ) from exc
     else:
         # A random init is what was asked for here: open_clip's warning about it is noise.

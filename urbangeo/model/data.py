@@ -101,15 +101,16 @@ def _require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> 
     if missing:
         raise InputError(
             f"{what} lacks column(s) {', '.join(missing)}; it has {', '.join(frame.columns)}.",
-            hint="The images layer and the captions table are written by the imagery and "
-            "captions stages; their columns are listed in urbangeo.constants.",
+            hint="The images layer is written by `urbangeo tiles` and `urbangeo streetview`, "
+            "the captions table by `urbangeo caption`; their columns are listed in "
+            "urbangeo.constants.",
         )
 
 
 def read_images(gpkg: str | os.PathLike) -> pd.DataFrame:
     """The ``images`` layer of a run (no geometry), with ``path`` made absolute."""
     gpkg = Path(gpkg)
-    images = _read_table(gpkg, C.LAYER_IMAGES, "urbangeo images")
+    images = _read_table(gpkg, C.LAYER_IMAGES, "urbangeo tiles` or `urbangeo streetview")
     _require_columns(images, [C.IMAGE_ID, C.KIND, C.PATH, C.STATUS], f"Layer images of {gpkg}")
     if C.REGION_ID not in images:
         images[C.REGION_ID] = None
@@ -119,7 +120,7 @@ def read_images(gpkg: str | os.PathLike) -> pd.DataFrame:
 
 def _pairs_from_gpkg(gpkg: Path) -> pd.DataFrame:
     images = read_images(gpkg)
-    captions = _read_table(gpkg, C.LAYER_CAPTIONS, "urbangeo captions")
+    captions = _read_table(gpkg, C.LAYER_CAPTIONS, "urbangeo caption")
     _require_columns(captions, [C.IMAGE_ID, C.CAPTION, C.SELECTED], f"Table captions of {gpkg}")
     ok = images[images[C.STATUS] == C.STATUS_OK]
     selected = captions[captions[C.SELECTED].fillna(False).astype(bool)]

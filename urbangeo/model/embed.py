@@ -144,7 +144,8 @@ def _select_images(images: pd.DataFrame, kind: str) -> tuple[pd.DataFrame, str]:
         raise InputError(
             f"No {' or '.join(missing)} images with status 'ok' and a region_id in the images "
             f"layer (kinds present: {', '.join(sorted(kinds)) or 'none'}).",
-            hint="Fetch those images first (urbangeo images), or choose another --kind.",
+            hint="Fetch those images first (`urbangeo tiles` for satellite, `urbangeo streetview` "
+            "for street view), or choose another --kind.",
         )
     return ok[ok[C.KIND].isin(wanted)].reset_index(drop=True), kind
 
