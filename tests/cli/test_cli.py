@@ -164,6 +164,14 @@ def test_sample_checks_its_settings_before_reading_anything(runner, tmp_path, mo
     assert "--interval 500" in result.output
 
 
+def test_a_missing_boundary_file_is_named_before_a_clash_of_outputs(runner, tmp_path):
+    out = tmp_path / "run.gpkg"
+    assert invoke(runner, "grid", "--city", "kotka", "-o", out, "--quiet").exit_code == 0
+    result = invoke(runner, "grid", "--boundary", tmp_path / "district.gpkg", "-o", out)
+    assert result.exit_code == 1
+    assert "district.gpkg does not exist" in result.output and "already exist" not in result.output
+
+
 def test_sample_from_a_roads_file_with_a_bbox_grid(runner, tmp_path):
     from tests.geo.test_roads import osm_xml
 

@@ -86,8 +86,8 @@ def city_boundary(name: str) -> gpd.GeoDataFrame:
     return _one_row(frame.geometry, name=city.name, source=f"city:{city.name}")
 
 
-def boundary_from_file(path: str | os.PathLike, *, layer: str | None = None) -> gpd.GeoDataFrame:
-    """The union of the polygons in a vector file of any CRS (invalid geometries repaired)."""
+def check_boundary_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path, or a clear error when there is no such file."""
     path = Path(path)
     if not path.exists():
         raise InputError(
@@ -95,6 +95,12 @@ def boundary_from_file(path: str | os.PathLike, *, layer: str | None = None) -> 
             hint=f"Check the path (a relative one is read from the current folder, {Path.cwd()}, "
             "also when it comes from a configuration file).",
         )
+    return path
+
+
+def boundary_from_file(path: str | os.PathLike, *, layer: str | None = None) -> gpd.GeoDataFrame:
+    """The union of the polygons in a vector file of any CRS (invalid geometries repaired)."""
+    path = check_boundary_file(path)
     try:
         frame = gpd.read_file(path, layer=layer, engine="pyogrio")
     except Exception as exc:

@@ -152,7 +152,8 @@ def _read_online(area: shapely.Geometry, network: str) -> gpd.GeoDataFrame:
         raise InputError(
             f"Could not download the road network ({type(exc).__name__}: {exc}).",
             hint="Downloading needs the internet. Offline, pass --roads FILE "
-            "(.osm.pbf, .osm, .osm.bz2 or a line vector file) or use a bundled --city.",
+            "(.osm.pbf, .osm, .osm.bz2 or a line vector file) or use a bundled --city "
+            "(Python: load_roads(FILE, ...), e.g. get_city('kotka').osm_path()).",
         ) from exc
     return ox.graph_to_gdfs(graph, nodes=False).reset_index(drop=True)
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from urbangeo import constants as C
-from urbangeo.geo.boundary import get_city, load_boundary
+from urbangeo.geo.boundary import check_boundary_file, get_city, load_boundary
 from urbangeo.geo.grid import make_grid
 from urbangeo.geo.roads import load_roads
 from urbangeo.geo.sampling import check_sampling_settings, sample_points
@@ -36,6 +36,8 @@ def grid_stage(
     overwrite: bool = False,
 ) -> StageResult:
     """Write layers ``boundary`` and ``regions`` (the square grid) to ``gpkg``."""
+    if boundary_file is not None:
+        check_boundary_file(boundary_file)  # a missing input before a clash of outputs
     with new_folders_removed_on_error(gpkg):
         path = check_can_write(gpkg, [C.LAYER_BOUNDARY, C.LAYER_REGIONS], overwrite=overwrite)
         started = time.perf_counter()
