@@ -96,7 +96,7 @@ def status(run_dir: Path, as_json: bool) -> None:
     click.echo(f"{'stage':<11} {'status':<8} {'seconds':>8}  counts")
     for row in rows:
         seconds = f"{row['seconds']:.1f}" if row["seconds"] is not None else "-"
-        counts = ", ".join(f"{k} {v}" for k, v in row["counts"].items()) or row["reason"] or ""
-        if row["status"] == "changed":
-            counts = row["reason"]
+        counts = ", ".join(f"{k} {v}" for k, v in row["counts"].items())
+        if row["status"] == "changed" or not counts:
+            counts = row["reason"] or ""
         click.echo(f"{row['stage']:<11} {row['status']:<8} {seconds:>8}  {counts}")
