@@ -28,12 +28,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from urbangeo import constants as C
-from urbangeo.captions.backends import ImageItem, OpenAICaptioner, RetryPolicy
 from urbangeo.captions.cache import CaptionCache, call_key, sha256_bytes
+from urbangeo.captions.captioners import ImageItem
+from urbangeo.captions.captioners.openai import OpenAICaptioner
 from urbangeo.captions.capture import CaptureScorer
 from urbangeo.captions.scenegraph import CachedParser, RuleParser
 from urbangeo.captions.stages import Call, run_calls
 from urbangeo.captions.wordnet import wordnet_available
+from urbangeo.io.http import RetryPolicy
 from urbangeo.progress import set_mode
 
 OBJECTS = [

@@ -48,11 +48,11 @@ from rasterio.transform import from_origin
 from urbangeo import constants as C
 from urbangeo.geo.boundary import get_city
 from urbangeo.geo.grid import make_grid
-from urbangeo.imagery.http import HttpClient
-from urbangeo.imagery.render import OsmRenderSource
-from urbangeo.imagery.satellite import XyzSource
+from urbangeo.imagery.sources.render import OsmRenderSource
+from urbangeo.imagery.sources.xyz import XyzSource
 from urbangeo.imagery.stages import tiles_stage
 from urbangeo.io.gpkg import write_layers
+from urbangeo.io.http import HttpClient
 from urbangeo.progress import set_mode
 
 SIZE = 256

@@ -1,7 +1,7 @@
 """Model benchmarks: UrbanLN training-step cost and embedding throughput.
 
 1. Training step (targets: UrbanLN <= 1.6x plain CLIP). One optimizer step of the real
-   trainer (``urbangeo.model.train.Trainer``: 248-token IPSI text, EMA teacher forward, two
+   trainer (``urbangeo.model.training.Trainer``: 248-token IPSI text, EMA teacher forward, two
    4096-feature queues, distillation loss, AdamW, schedule, metrics row) against plain
    open_clip contrastive training of the same architecture and batch (77 tokens, ``ClipLoss``,
    the same AdamW), on the same decoded images and the same long captions, measured
@@ -99,7 +99,7 @@ def bench_training(model: str, batch: int, reps: int, warmup: int, words: int, t
     import open_clip
 
     from urbangeo.model.clip import create_model
-    from urbangeo.model.train import DistInfo, TrainConfig, Trainer, param_groups
+    from urbangeo.model.training import DistInfo, TrainConfig, Trainer, param_groups
 
     n = batch * (reps + warmup)
     folder = tmp / f"train-{model}"
@@ -183,8 +183,8 @@ def bench_embedding(
     model: str, n: int, batch: int, workers: list[int], reps: int, size: int, tmp: Path
 ) -> dict:
     """Images per second: the embed pipeline from JPEG files vs the bare forward."""
-    from urbangeo.model.baselines import build_encoder
     from urbangeo.model.embed import embed_images
+    from urbangeo.model.encoders import build_encoder
 
     paths = synthetic_images(tmp / f"embed-{model}", n, size, seed=1)
     encoder = build_encoder("random", model=model)

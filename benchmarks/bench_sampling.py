@@ -14,7 +14,9 @@ Run from the repository root (not part of the test suite)::
         --sao-paulo ../shared/data/sao_paulo/spo_osm.pbf --synthetic-km 100000 --repeat 3
 
 ``--reference-rev REV`` also times ``sample_points`` from sampling.py at git revision REV (such
-as the version before an optimisation) and checks that its output is identical.
+as the version before an optimisation) and checks that its output is identical. Only
+sampling.py comes from REV: where it imports ``urbangeo.geo.linemerge`` (since the dedupe and
+merge moved there), that module is the working tree's.
 """
 
 from __future__ import annotations
@@ -186,7 +188,7 @@ def bench_sao_paulo(args, reference) -> dict:
     import osmnx as ox
     from pyrosm import OSM
 
-    from urbangeo.geo.sampling import unique_undirected
+    from urbangeo.geo.linemerge import unique_undirected
 
     pbf = Path(args.sao_paulo)
     result: dict = {"source": str(pbf)}

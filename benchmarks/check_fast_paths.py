@@ -1,6 +1,6 @@
-"""Check the fast paths of sampling.py and grid.py against shapely and the versions before them.
+"""Check the geo fast paths (linemerge, sampling, grid) against shapely and their old versions.
 
-``urbangeo.geo.sampling`` dedupes and merges lines on coordinate arrays, repeating what
+``urbangeo.geo.linemerge`` dedupes and merges lines on coordinate arrays, repeating what
 ``shapely.normalize`` + WKB and ``shapely.line_merge`` (GEOS's LineMerger) give, and falls back
 to those calls where it cannot be sure; ``urbangeo.geo.grid`` runs its spatial predicates only on
 cells near the boundary's rings. This script compares, on random inputs:
@@ -9,9 +9,10 @@ cells near the boundary's rings. This script compares, on random inputs:
    with ``shapely.line_merge`` (the same lines, coordinates and order), on lines sharing end
    points on a small integer grid (ties, collinear edges, loops, repeated points) and on random
    float coordinates, with duplicated and reversed lines;
-2. ``sample_points`` with ``urbangeo/geo/sampling.py`` at ``--reference-rev`` (from git; mixed
-   geometry types, 3D, empty and missing geometries, regions), column for column (points to a
-   micrometre: they are found on coordinate arrays, no longer by GEOS);
+2. ``sample_points`` with ``urbangeo/geo/sampling.py`` at ``--reference-rev`` (from git, with
+   the working tree's ``linemerge.py`` where that version imports it; mixed geometry types, 3D,
+   empty and missing geometries, regions), column for column (points to a micrometre: they are
+   found on coordinate arrays, no longer by GEOS);
 3. ``make_grid`` with ``urbangeo/geo/grid.py`` at that revision (discs, grid-aligned boxes, holes,
    multipolygons, star polygons, diamonds with corners on grid lines).
 
@@ -34,6 +35,7 @@ import numpy as np
 import shapely
 from git_reference import load_at  # the script's folder is on sys.path
 
+from urbangeo.geo import linemerge as LM
 from urbangeo.geo import sampling as S
 from urbangeo.geo.grid import make_grid
 
@@ -94,11 +96,11 @@ def check_merge(rng, cases: int) -> None:
             [lines, shapely.reverse(lines[dup]), lines[rng.random(len(lines)) < 0.1]]
         )
         lines = lines[rng.permutation(len(lines))]
-        keep = S._unique_undirected_fast(lines)
+        keep = LM._unique_undirected_fast(lines)
         assert keep is not None and np.array_equal(keep, geos_unique(lines)), ("unique", i)
         for subset in (lines, lines[keep]):
             n += 1
-            merged = S._line_merge_fast(subset)
+            merged = LM._line_merge_fast(subset)
             if merged is None:
                 fallbacks += 1
             elif not same_geoms(merged, geos_merge(subset)):

@@ -51,7 +51,7 @@ def check_training(model: str, batch: int, steps: int, device: torch.device, tmp
 
     from urbangeo.model.clip import create_model
     from urbangeo.model.data import autocast, resolve_precision
-    from urbangeo.model.train import DistInfo, TrainConfig, Trainer, param_groups
+    from urbangeo.model.training import DistInfo, TrainConfig, Trainer, param_groups
 
     n = batch * (steps + 2)
     folder = tmp / "train"
@@ -88,7 +88,7 @@ def check_training(model: str, batch: int, steps: int, device: torch.device, tmp
 
     urbanln = run_trainer(trainer)
     tokens77 = open_clip.get_tokenizer(model)(
-        trainer.train_pairs["caption"].tolist(), context_length=77
+        trainer.pairs.train["caption"].tolist(), context_length=77
     )
     del trainer
     torch.manual_seed(0)
@@ -123,9 +123,9 @@ def check_embedding(
     model: str, n: int, batch: int, workers: int, device: torch.device, tmp: Path
 ) -> dict:
     """Images/s of the embed pipeline (files → vectors) and of the bare forward."""
-    from urbangeo.model.baselines import build_encoder
     from urbangeo.model.data import autocast, resolve_precision
     from urbangeo.model.embed import embed_images
+    from urbangeo.model.encoders import build_encoder
 
     paths = synthetic_images(tmp / "embed", n, 256, seed=1)
     encoder = build_encoder("random", model=model).to(device)
@@ -158,7 +158,7 @@ def check_embedding(
 
 def ddp_worker(gpkg: str, out: str) -> None:
     """One rank of the smoke run (started by torchrun through ``--ddp-worker``)."""
-    from urbangeo.model.train import train
+    from urbangeo.model.training import train
 
     result = train(
         gpkg, run_dir=out, model="urbangeo-tiny-vit", epochs=2, batch_size=8, lr=1e-3,

@@ -8,10 +8,12 @@ from pathlib import Path
 import click
 
 from urbangeo import constants as C
-from urbangeo.captions.backends import BACKENDS, DEFAULT_API_KEY_ENV, RetryPolicy
-from urbangeo.captions.osm import DEFAULT_RADIUS_M, STYLES
+from urbangeo.captions.captioners import BACKENDS
+from urbangeo.captions.captioners.openai import DEFAULT_API_KEY_ENV
+from urbangeo.captions.osm import DEFAULT_CONTEXT_RADIUS_M, STYLES
 from urbangeo.captions.scenegraph import PARSERS
 from urbangeo.captions.stages import SELECT_MODES, caption_stage
+from urbangeo.io.http import RetryPolicy
 from urbangeo_cli._common import overwrite_option, stage_command
 
 
@@ -92,7 +94,7 @@ from urbangeo_cli._common import overwrite_option, stage_command
 @click.option(
     "--radius",
     type=float,
-    default=DEFAULT_RADIUS_M,
+    default=DEFAULT_CONTEXT_RADIUS_M,
     show_default=True,
     metavar="METRES",
     help="osm: street-view points are described from the features this close.",

@@ -1,17 +1,27 @@
-"""Commands of the downstream layer: indicators, predict, cluster, map."""
+"""Commands of the downstream layer: indicators, predict, cluster, map.
+
+Their options are the settings of :mod:`urbangeo.settings.downstream`; only the run's
+GeoPackage, the transfer inputs of ``predict`` and the spellings a generated option cannot take
+(``-o`` beside ``--output``, ``--k-range MIN MAX``, ``--osm [FILE]``) are declared here.
+"""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
-from urbangeo.errors import InputError
+from urbangeo.errors import InputError, UrbangeoWarning
 from urbangeo.progress import get_mode, message
+from urbangeo.settings import ClusterSettings, IndicatorsSettings, MapSettings, PredictSettings
+from urbangeo.settings._base import Field, StageSettings
 from urbangeo_cli._common import overwrite_option, stage_command
+from urbangeo_cli._options import gpkg_option, settings_from, settings_options
 
 FILE = click.Path(dir_okay=False, path_type=Path)
-EXISTING = click.Path(dir_okay=False, exists=True, path_type=Path)
 
 
 def _show(text: str) -> None:
@@ -23,70 +33,115 @@ def _show(text: str) -> None:
         click.echo(text)
 
 
-def _seed_choice(value: str) -> int | None:
-    if value == "ensemble":
-        return None
-    try:
-        return int(value)
-    except ValueError as exc:
-        raise InputError(
-            f"--predictions-from must be 'ensemble' or a seed number, not {value!r}."
-        ) from exc
+def _field(cls: type[StageSettings], name: str) -> Field:
+    return next(f for f in cls.fields() if f.name == name)
+
+
+def _options(
+    cls: type[StageSettings], **custom: Callable[[Any], Any]
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``settings_options(cls)``, with the settings named in ``custom`` declared by their own
+    decorator (a spelling the generated option cannot take), in declaration order."""
+    names = cls.names()
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for f in reversed(cls.fields()):
+            if f.name in custom:
+                func = custom[f.name](func)
+            else:
+                others = [n for n in names if n != f.name]
+                func = settings_options(cls, exclude=others, with_profile=False)(func)
+        return settings_options(cls, exclude=names)(func)  # --profile
+
+    return decorate
+
+
+def _output_option(cls: type[StageSettings]) -> Callable[[Any], Any]:
+    """The setting ``output`` as ``-o/--output`` (its declaration, plus the short flag)."""
+    f = _field(cls, "output")
+    return click.option("-o", f.flag, f.name, type=FILE, metavar=f.spec.unit, help=f.spec.help)
+
+
+def _k_range_option(func: Any) -> Any:
+    """The setting ``k_range`` as ``--k-range MIN MAX`` (two numbers, as it always was)."""
+    f = _field(ClusterSettings, "k_range")
+    return click.option(
+        f.flag,
+        f.name,
+        nargs=2,
+        type=click.IntRange(None if f.spec.min is None else int(f.spec.min)),
+        default=f.default,
+        show_default=True,
+        metavar=f.spec.unit,
+        help=f.spec.help,
+    )(func)
+
+
+def _log_option(func: Any) -> Any:
+    """The setting ``log`` (default on) as ``--log/--no-log``.
+
+    Declared here while ``settings_options`` cannot make a flag whose default is True.
+    """
+    f = _field(PredictSettings, "log")
+    return click.option(
+        f"{f.flag}/--no-{f.flag[2:]}",
+        f.name,
+        default=f.default,
+        show_default=True,
+        help=f.spec.help,
+    )(func)
+
+
+class _OsmValue(click.ParamType):
+    """The value of ``--osm``: 'run' when bare, a file name in the deprecated ``--osm FILE``."""
+
+    name = "file"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return value
+
+
+def _osm_option(func: Any) -> Any:
+    """The setting ``osm`` as ``--osm``; ``--osm FILE`` (now ``--osm-file FILE``) still works."""
+    f = _field(IndicatorsSettings, "osm")
+    return click.option(
+        f.flag,
+        f.name,
+        type=_OsmValue(),
+        is_flag=False,
+        flag_value="run",
+        default=f.default,
+        metavar=" ",
+        help=f.spec.help,
+    )(func)
+
+
+def _with_osm(settings: IndicatorsSettings, value: Any) -> IndicatorsSettings:
+    """``settings`` with what ``--osm`` (bare, or the old ``--osm FILE``) asked for."""
+    if value in (None, False):
+        return settings
+    if value == "run":
+        return settings.replace(osm=True)
+    warnings.warn(
+        "--osm FILE is deprecated; use --osm-file FILE (the old spelling goes in the next "
+        "release).",
+        UrbangeoWarning,
+        stacklevel=2,
+    )
+    path = Path(value)
+    if not path.is_file():
+        raise InputError(f"The OSM extract {path} (--osm) does not exist.")
+    return settings.replace(osm=True, osm_file=path)
 
 
 @click.command()
-@click.option(
-    "--gpkg",
-    "gpkg",
-    type=FILE,
-    help="A run's GeoPackage: region polygons, embeddings (embeddings.parquet beside it or "
+@gpkg_option(
+    "A run's GeoPackage: region polygons, embeddings (embeddings.parquet beside it or "
     "the region_embeddings layer) and indicators (the indicators table or regions' "
     "columns). Predictions are written back as the layer 'predictions'.",
+    required=False,
 )
-@click.option(
-    "--embeddings",
-    type=EXISTING,
-    help="Embeddings table (.parquet or .csv): region_id plus numeric feature columns "
-    "(or one column holding a vector per row).",
-)
-@click.option(
-    "--indicators",
-    type=EXISTING,
-    help="Indicator table (.csv, .parquet or a .gpkg): region_id plus indicator columns; "
-    "lon/lat (WGS84) or x/y (metres) columns give coordinates.",
-)
-@click.option(
-    "--target",
-    "targets",
-    multiple=True,
-    metavar="NAME",
-    help="Indicator to predict (repeat for several). Default: every numeric column with "
-    "at least 10 regions that is not constant.",
-)
-@click.option(
-    "--seeds",
-    type=click.IntRange(1),
-    default=5,
-    show_default=True,
-    help="Number of random splits (seeds 0..N-1); metrics are mean ± std over them.",
-)
-@click.option(
-    "--split",
-    type=click.Choice(["random", "block"]),
-    default="random",
-    show_default=True,
-    help="'random': 6:2:2 over regions. 'block': whole squares of --block-size metres go to "
-    "train, val or test (honest when neighbours share values).",
-)
-@click.option(
-    "--block-size",
-    type=float,
-    metavar="METRES",
-    help="Side of the blocks of --split block, e.g. 5000 for 1 km regions.",
-)
-@click.option(
-    "--no-log", "no_log", is_flag=True, help="Fit the values as they are instead of ln(1 + y)."
-)
+@_options(PredictSettings, log=_log_option, output=_output_option(PredictSettings))
 @click.option(
     "--train-on",
     metavar="RUN.gpkg|E,I",
@@ -94,39 +149,14 @@ def _seed_choice(value: str) -> int | None:
     "separated by a comma) ...",
 )
 @click.option("--test-on", metavar="RUN.gpkg|E,I", help="... and test on all regions of this one.")
-@click.option(
-    "--predictions-from",
-    default="ensemble",
-    show_default=True,
-    metavar="ensemble|SEED",
-    help="Which model's predictions go into the 'predictions' layer: the mean of every "
-    "seed's model, or one seed's (then a column tells each region's split).",
-)
-@click.option(
-    "--model",
-    type=click.Choice(["mlp", "ridge"]),
-    default="mlp",
-    show_default=True,
-    help="Model whose predictions are written to the layer.",
-)
-@click.option("-o", "--output", type=FILE, metavar="FILE.json", help="Write the metrics as JSON.")
 @overwrite_option
 @stage_command
 def predict(
-    gpkg,
-    embeddings,
-    indicators,
-    targets,
-    seeds,
-    split,
-    block_size,
-    no_log,
-    train_on,
-    test_on,
-    predictions_from,
-    model,
-    output,
-    overwrite,
+    gpkg: Path | None,
+    train_on: str | None,
+    test_on: str | None,
+    overwrite: bool,
+    **values: Any,
 ) -> None:
     """Predict urban indicators from region embeddings and score it honestly.
 
@@ -154,137 +184,29 @@ def predict(
     """
     from urbangeo.downstream.stages import predict_stage, transfer_stage
 
+    settings = settings_from(PredictSettings, values)
     if train_on or test_on:
         if not (train_on and test_on):
             raise InputError("Transfer needs both --train-on and --test-on.")
         result = transfer_stage(
-            train_on, test_on, targets=targets or None, seeds=seeds, log=not no_log, output=output
+            train_on,
+            test_on,
+            targets=settings.targets,
+            seeds=settings.seeds,
+            log=settings.log,
+            output=settings.output,
         )
     else:
-        result = predict_stage(
-            gpkg,
-            embeddings=embeddings,
-            indicators=indicators,
-            targets=targets or None,
-            seeds=seeds,
-            split=split,
-            block_size=block_size,
-            log=not no_log,
-            output=output,
-            predictions_seed=_seed_choice(predictions_from),
-            model=model,
-            overwrite=overwrite,
-        )
-    _show(result.report.table())  # type: ignore[union-attr]
+        result = predict_stage(gpkg, settings, overwrite=overwrite)
+    _show(result.report.table())  # type: ignore[attr-defined]
 
 
 @click.command()
-@click.option(
-    "--gpkg",
-    "gpkg",
-    required=True,
-    type=FILE,
-    help="The run's GeoPackage, with 'regions' from `urbangeo grid`.",
-)
-@click.option(
-    "--table",
-    type=EXISTING,
-    metavar="FILE.csv",
-    help="A table keyed by region_id: its numeric columns are joined as they are.",
-)
-@click.option(
-    "--points",
-    type=EXISTING,
-    metavar="FILE.csv",
-    help="Points with lon/lat (WGS84): each goes to the region containing it; values are "
-    "aggregated with --agg, or the points counted when the table has no value column.",
-)
-@click.option(
-    "--agg",
-    type=click.Choice(["sum", "mean"]),
-    default="sum",
-    show_default=True,
-    help="How --points values combine per region (sum: 0 where none; mean: empty).",
-)
-@click.option("--lon-col", default="lon", show_default=True, help="Longitude column of --points.")
-@click.option("--lat-col", default="lat", show_default=True, help="Latitude column of --points.")
-@click.option(
-    "--polygons",
-    type=EXISTING,
-    metavar="FILE",
-    help="A polygon file (any CRS) whose values are interpolated by area: an extensive "
-    "value (a count) is split by the share of each polygon's area in each region.",
-)
-@click.option("--layer", "polygon_layer", metavar="NAME", help="Layer of --polygons.")
-@click.option(
-    "--kind",
-    type=click.Choice(["extensive", "intensive"]),
-    default="extensive",
-    show_default=True,
-    help="extensive: counts split by area; intensive: densities or shares averaged, "
-    "weighted by overlap area.",
-)
-@click.option(
-    "--raster",
-    type=EXISTING,
-    metavar="FILE.tif",
-    help="A raster (e.g. a WorldPop GeoTIFF): zonal --stat of the pixels whose centre lies "
-    "in each region; nodata pixels skipped.",
-)
-@click.option(
-    "--band", type=click.IntRange(1), default=1, show_default=True, help="Band of --raster."
-)
-@click.option(
-    "--stat",
-    type=click.Choice(["sum", "mean"]),
-    default="sum",
-    show_default=True,
-    help="Zonal statistic of --raster.",
-)
-@click.option(
-    "--osm",
-    "osm",
-    is_flag=False,
-    flag_value="run",
-    default=None,
-    metavar="[FILE.osm.pbf]",
-    help="OSM counts per region: osm_buildings, osm_building_area_m2, osm_pois, "
-    "osm_road_length_m; from FILE or (bare --osm) the run's bundled city extract. The "
-    "default when no other source is given.",
-)
-@click.option(
-    "--columns",
-    "columns",
-    multiple=True,
-    metavar="COL",
-    help="Use only these columns of --table/--points/--polygons (repeatable).",
-)
-@click.option(
-    "--name",
-    metavar="COL",
-    help="Column name of --raster (default: the file's "
-    "name) or of the --points count (default point_count).",
-)
+@gpkg_option("The run's GeoPackage, with 'regions' from `urbangeo grid`.")
+@_options(IndicatorsSettings, osm=_osm_option)
 @overwrite_option
 @stage_command
-def indicators(
-    gpkg,
-    table,
-    points,
-    agg,
-    lon_col,
-    lat_col,
-    polygons,
-    polygon_layer,
-    kind,
-    raster,
-    band,
-    stat,
-    osm,
-    columns,
-    name,
-    overwrite,
-) -> None:
+def indicators(gpkg: Path, osm: Any, overwrite: bool, **values: Any) -> None:
     """Attach ground-truth indicators to the regions (the table 'indicators').
 
     \b
@@ -293,7 +215,8 @@ def indicators(
       --points FILE.csv     lon/lat points in the region containing them (--agg sum|mean)
       --polygons FILE       area-weighted interpolation (--kind extensive|intensive)
       --raster FILE.tif     zonal sum or mean (--stat), regions reprojected to the raster
-      --osm [FILE.osm.pbf]  building, POI and road counts from OpenStreetMap
+      --osm                 building, POI and road counts from OpenStreetMap
+                            (--osm-file FILE.osm.pbf: from that extract)
     With no source: the OSM counts of the run's bundled city (offline).
     Output: the attribute table 'indicators' (region_id + one column per indicator) in the
     GeoPackage; columns from earlier calls are kept, and replacing one needs --overwrite.
@@ -308,92 +231,16 @@ def indicators(
     """
     from urbangeo.downstream.stages import indicators_stage
 
-    indicators_stage(
-        gpkg,
-        table=table,
-        points=points,
-        polygons=polygons,
-        raster=raster,
-        osm=True if osm == "run" else (osm or False),
-        columns=columns or None,
-        agg=agg,
-        lon=lon_col,
-        lat=lat_col,
-        polygon_layer=polygon_layer,
-        kind=kind,
-        band=band,
-        stat=stat,
-        name=name,
-        overwrite=overwrite,
-    )
-
-
-def _k_value(value: str) -> int | str:
-    if value == "auto":
-        return value
-    try:
-        return int(value)
-    except ValueError as exc:
-        raise InputError(f"--k must be a number of clusters or 'auto', not {value!r}.") from exc
+    settings = _with_osm(settings_from(IndicatorsSettings, values), osm)
+    indicators_stage(gpkg, settings, overwrite=overwrite)
 
 
 @click.command()
-@click.option(
-    "--gpkg", "gpkg", type=FILE, help="A run's GeoPackage: clusters go to its layer 'clusters'."
-)
-@click.option(
-    "--embeddings",
-    type=EXISTING,
-    help="Embeddings table (region_id + features) instead of the run's own.",
-)
-@click.option(
-    "--indicators",
-    type=EXISTING,
-    help="Indicator table for the density plot (default: the run's indicators).",
-)
-@click.option(
-    "--k",
-    "k",
-    default="3",
-    show_default=True,
-    metavar="N|auto",
-    help="Number of clusters; 'auto' takes the best silhouette of --k-range.",
-)
-@click.option(
-    "--k-range",
-    nargs=2,
-    type=click.IntRange(2),
-    default=(2, 8),
-    show_default=True,
-    metavar="MIN MAX",
-    help="The k whose silhouette is reported.",
-)
-@click.option(
-    "--components",
-    type=click.IntRange(1),
-    default=10,
-    show_default=True,
-    help="Principal components kept before KMeans.",
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of PCA and KMeans.")
-@click.option(
-    "-o",
-    "--output",
-    type=FILE,
-    metavar="FILE.csv",
-    help="Also write region_id, cluster, pc1, pc2 as CSV (or .parquet).",
-)
-@click.option(
-    "--plot",
-    type=FILE,
-    metavar="FILE.png",
-    help="Density plot path. Default with --gpkg: maps/cluster_density.png beside it.",
-)
+@gpkg_option("A run's GeoPackage: clusters go to its layer 'clusters'.", required=False)
+@_options(ClusterSettings, k_range=_k_range_option, output=_output_option(ClusterSettings))
 @overwrite_option
 @stage_command
-def cluster(
-    gpkg, embeddings, indicators, k, k_range, components, seed, output, plot, overwrite
-) -> None:
+def cluster(gpkg: Path | None, overwrite: bool, **values: Any) -> None:
     """Cluster regions by their embeddings: PCA, then KMeans.
 
     \b
@@ -414,46 +261,15 @@ def cluster(
     """
     from urbangeo.downstream.stages import cluster_stage
 
-    result = cluster_stage(
-        gpkg,
-        embeddings=embeddings,
-        indicators=indicators,
-        k=_k_value(k),
-        k_range=tuple(k_range),
-        components=components,
-        seed=seed,
-        output=output,
-        plot=plot,
-        overwrite=overwrite,
-    )
-    _show(result.report.table())  # type: ignore[union-attr]
+    result = cluster_stage(gpkg, settings_from(ClusterSettings, values), overwrite=overwrite)
+    _show(result.report.table())  # type: ignore[attr-defined]
 
 
 @click.command("map")
-@click.option(
-    "--gpkg",
-    "gpkg",
-    required=True,
-    type=FILE,
-    help="The run's GeoPackage (regions, and whatever products it has).",
-)
-@click.option(
-    "-o",
-    "--output",
-    type=FILE,
-    metavar="FILE.html",
-    help="Where to write the map. Default: maps/map.html beside the GeoPackage.",
-)
-@click.option(
-    "--tiles",
-    type=click.Choice(["osm", "none"]),
-    default="osm",
-    show_default=True,
-    help="Base map: OpenStreetMap tiles (shown when online), or none (the page then "
-    "fetches nothing at all).",
-)
+@gpkg_option("The run's GeoPackage (regions, and whatever products it has).")
+@_options(MapSettings, output=_output_option(MapSettings))
 @stage_command
-def map_command(gpkg, output, tiles) -> None:
+def map_command(gpkg: Path, **values: Any) -> None:
     """Write an interactive map of the run's products (folium, works offline).
 
     \b
@@ -472,4 +288,4 @@ def map_command(gpkg, output, tiles) -> None:
     """
     from urbangeo.downstream.stages import map_stage
 
-    map_stage(gpkg, output=output, tiles=tiles)
+    map_stage(gpkg, settings_from(MapSettings, values))

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
 from urbangeo import constants as C
 from urbangeo.geo.boundary import list_cities
 from urbangeo.geo.stages import grid_stage, sample_stage
-from urbangeo_cli._common import interval_options, overwrite_option, stage_command
+from urbangeo.settings import GridSettings, SampleSettings
+from urbangeo_cli._common import overwrite_option, stage_command
+from urbangeo_cli._options import gpkg_option, resolve_gpkg, settings_from, settings_options
 
 
 @click.command()
@@ -43,48 +46,22 @@ def cities(as_json: bool, quiet: bool) -> None:
 
 
 @click.command()
-@click.option("--city", metavar="NAME", help="A bundled city (see `urbangeo cities`).")
+@settings_options(GridSettings)
 @click.option(
-    "--boundary",
-    "boundary_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="A polygon file GDAL reads (GeoPackage, GeoJSON, Shapefile...), any CRS.",
-)
-@click.option("--bbox", metavar="W,S,E,N", help="A rectangle in WGS84 degrees.")
-@click.option("--place", metavar="NAME", help="A place name geocoded with OSM (online).")
-@click.option(
-    "--cell-size",
-    type=float,
-    default=C.DEFAULT_CELL_SIZE_M,
-    show_default=True,
-    metavar="METRES",
-    help="Side of the square cells.",
-)
-@click.option(
-    "--crs",
-    metavar="CRS",
-    help="Projected CRS of the grid (e.g. EPSG:3067). Default: the local UTM zone.",
-)
-@click.option(
-    "--force",
-    is_flag=True,
-    help=f"Build grids with more than {C.MAX_CELLS:,} cells in the bounding box.",
-)
-@click.option(
-    "-o",
     "--gpkg",
+    "-o",
     "gpkg",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Output GeoPackage. Default: NAME/run.gpkg for a city, else grid.gpkg.",
+    help="Output GeoPackage (the run's). Default: NAME/run.gpkg for a city, else grid.gpkg.",
 )
 @overwrite_option
 @stage_command
-def grid(city, boundary_file, bbox, place, cell_size, crs, force, gpkg, overwrite) -> None:
+def grid(gpkg: Path | None, overwrite: bool, **values: Any) -> None:
     """Build a square region grid over a boundary.
 
     \b
     Input: one boundary source, --city, --boundary, --bbox or --place.
-    Output: layers 'boundary' and 'regions' in the GeoPackage (-o). Each region is a
+    Output: layers 'boundary' and 'regions' in the GeoPackage (--gpkg). Each region is a
     square of --cell-size metres in the local UTM zone, on a lattice snapped to multiples of
     the cell size, so that region_id "{col}_{row}" names the same square in every run.
     Columns: region_id, col, row, area_m2, inside_share (part of the cell inside the
@@ -93,43 +70,21 @@ def grid(city, boundary_file, bbox, place, cell_size, crs, force, gpkg, overwrit
     \b
     Examples:
       urbangeo grid --city kotka
-      urbangeo grid --bbox 24.93,60.16,24.96,60.18 --cell-size 250 -o helsinki.gpkg
-      urbangeo grid --boundary district.gpkg -o district/run.gpkg
+      urbangeo grid --bbox 24.93,60.16,24.96,60.18 --cell-size 250 --gpkg helsinki.gpkg
+      urbangeo grid --boundary district.gpkg --gpkg district/run.gpkg
     """
+    settings = settings_from(GridSettings, values)
     if gpkg is None:
-        gpkg = Path(city.lower(), "run.gpkg") if city else Path("grid.gpkg")
-    grid_stage(
-        gpkg,
-        city=city,
-        boundary_file=boundary_file,
-        bbox=bbox,
-        place=place,
-        cell_size=cell_size,
-        crs=crs,
-        force=force,
-        overwrite=overwrite,
-    )
+        gpkg = Path(settings.city.lower(), "run.gpkg") if settings.city else Path("grid.gpkg")
+    grid_stage(gpkg, settings, overwrite=overwrite)
 
 
 @click.command()
-@click.option(
-    "-o",
-    "--gpkg",
-    "gpkg",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The run's GeoPackage, with 'regions' from `urbangeo grid`.",
-)
-@click.option("--city", metavar="NAME", help="Take roads from this bundled city's extract.")
-@click.option(
-    "--roads",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Road source: an OSM extract (.osm.pbf, .osm, .osm.bz2) or a line vector file.",
-)
-@interval_options
+@gpkg_option("The run's GeoPackage, with 'regions' from `urbangeo grid`.", legacy_o=True)
+@settings_options(SampleSettings)
 @overwrite_option
 @stage_command
-def sample(gpkg, city, roads, network, interval, merge_tolerance, overwrite) -> None:
+def sample(gpkg: Path | None, legacy_gpkg: Path | None, overwrite: bool, **values: Any) -> None:
     """Place street-view sample points every --interval metres along the roads.
 
     \b
@@ -145,12 +100,5 @@ def sample(gpkg, city, roads, network, interval, merge_tolerance, overwrite) -> 
       urbangeo sample --gpkg kotka/run.gpkg
       urbangeo sample --gpkg run.gpkg --roads city.osm.pbf --interval 250
     """
-    sample_stage(
-        gpkg,
-        roads=roads,
-        city=city,
-        network=network,
-        interval=interval,
-        merge_tolerance=merge_tolerance,
-        overwrite=overwrite,
-    )
+    settings = settings_from(SampleSettings, values)
+    sample_stage(resolve_gpkg(gpkg, legacy_gpkg), settings, overwrite=overwrite)

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from urbangeo.imagery.http import DEFAULT_CONCURRENCY, DEFAULT_RATE_LIMIT, DEFAULT_RETRIES
-from urbangeo.imagery.satellite import DEFAULT_MIN_VALID, DEFAULT_RESAMPLING, RESAMPLING
+from urbangeo.imagery.sources import DEFAULT_MIN_VALID, DEFAULT_RESAMPLING, RESAMPLING
 from urbangeo.imagery.stages import (
     DEFAULT_TILE_SIZE,
     RENDER_STYLES,
@@ -18,10 +17,11 @@ from urbangeo.imagery.stages import (
 from urbangeo.imagery.streetview import (
     DEFAULT_FOV,
     DEFAULT_MAX_ANGLE,
-    DEFAULT_RADIUS_M,
     ENV_URLS,
     PROVIDERS,
 )
+from urbangeo.imagery.streetview import DEFAULT_MATCH_RADIUS_M as DEFAULT_RADIUS_M
+from urbangeo.io.http import DEFAULT_CONCURRENCY, DEFAULT_RATE_LIMIT, DEFAULT_RETRIES
 from urbangeo_cli._common import overwrite_option, stage_command
 
 

@@ -215,7 +215,7 @@ def train(
       urbangeo train --gpkg run.gpkg --resume
     """
     from urbangeo.model.stages import train_stage
-    from urbangeo.model.train import TrainConfig
+    from urbangeo.model.training.config import TrainConfig
 
     config = TrainConfig(
         model=model,

@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
 from urbangeo import constants as C
 from urbangeo.pipeline import run_pipeline, run_status
+from urbangeo.settings import (
+    DEFAULT_PROFILE,
+    PROFILES,
+    GridSettings,
+    SampleSettings,
+    TrainSettings,
+)
 from urbangeo_cli._common import stage_command
+from urbangeo_cli._options import override_options
 
 
 @click.command()
 @click.option(
-    "--city", metavar="NAME", help="A bundled city (see `urbangeo cities`). [default: kotka]"
+    "--profile",
+    "profile_name",
+    type=click.Choice((*PROFILES, "none")),
+    help=f"Named settings to start from [default: {DEFAULT_PROFILE}]; 'none': each stage's "
+    "declared defaults. --config and the options below override it.",
 )
 @click.option(
     "--config",
@@ -34,20 +47,28 @@ from urbangeo_cli._common import stage_command
     type=click.Choice(C.STAGES),
     help="Redo this stage and every later one, even if done.",
 )
-@click.option("--cell-size", type=float, metavar="METRES", help="Side of the square regions.")
-@click.option("--interval", type=float, metavar="METRES", help="Street-view point spacing.")
-@click.option("--network", type=click.Choice(C.NETWORK_TYPES), help="Road network.")
-@click.option("--epochs", type=int, help="Pre-training epochs.")
+@override_options(GridSettings, ("city", "boundary_file", "bbox", "place", "cell_size"))
+@override_options(SampleSettings, ("roads", "interval", "network"))
+@override_options(TrainSettings, ("epochs",))
 @stage_command
-def run(city, config, run_dir, from_stage, cell_size, interval, network, epochs) -> None:
+def run(
+    profile_name: str | None,
+    config: Path | None,
+    run_dir: Path | None,
+    from_stage: str | None,
+    **overrides: Any,
+) -> None:
     """Run the whole pipeline for a city into one run folder, offline by default.
 
     \b
     Stages: grid, sample, tiles, streetview, caption, train, embed, indicators, predict,
-    cluster, map. Without arguments: the default city (kotka, 250 m regions) with rendered
-    OpenStreetMap tiles, the OSM-grounded captioner in three styles with CAPTURE consensus,
-    a tiny CLIP pre-trained from scratch with UrbanLN (248-token text, momentum
-    distillation), OSM-derived indicators, prediction heads, clusters and a map.
+    cluster, map. Without arguments: the profile 'offline-demo', the default city (kotka,
+    250 m regions) with rendered OpenStreetMap tiles, the OSM-grounded captioner in three
+    styles with CAPTURE consensus, a tiny CLIP pre-trained from scratch with UrbanLN
+    (248-token text, momentum distillation), OSM-derived indicators, prediction heads,
+    clusters and a map. The profile 'paper' is the paper's setting (pretrained ViT-B/16,
+    captions from an OpenAI-compatible endpoint; online, a GPU). Any stage command takes
+    --profile too.
 
     \b
     Output (RUN_DIR): run.gpkg (layers boundary, regions, roads, sv_points, images,
@@ -65,16 +86,10 @@ def run(city, config, run_dir, from_stage, cell_size, interval, network, epochs)
       urbangeo run --city helsinki -o runs/helsinki
       urbangeo run --config my-city.toml -o runs/my-city
       urbangeo run -o kotka --from embed        # redo embeddings and what follows
+      urbangeo run --bbox 26.90,60.45,26.96,60.48 --roads kotka.osm.pbf -o kotka-centre
     """
     run_pipeline(
-        run_dir,
-        config=config,
-        from_stage=from_stage,
-        grid__city=city,
-        grid__cell_size=cell_size,
-        sample__interval=interval,
-        sample__network=network,
-        train__epochs=epochs,
+        run_dir, config=config, from_stage=from_stage, profile_name=profile_name, **overrides
     )
 
 

@@ -202,13 +202,14 @@ class UrbangeoDock(QDockWidget):
             layer = self.layer.currentLayer()
             if layer is None:
                 raise ValueError("Choose a polygon layer of the project as the area.")
-            return {"BOUNDARY": export_layer(layer, selected_only=self.selected_only.isChecked())}
+            selected = self.selected_only.isChecked()
+            return {"BOUNDARY_FILE": export_layer(layer, selected_only=selected)}
         if index == 2:
             from .provider import extent_to_bbox
 
             canvas = self.iface.mapCanvas()
             crs = canvas.mapSettings().destinationCrs()
-            return {"EXTENT": extent_to_bbox(canvas.extent(), crs)}
+            return {"BBOX": extent_to_bbox(canvas.extent(), crs)}
         if not self.place.text().strip():
             raise ValueError("Type a place name, e.g. 'Kotka, Finland'.")
         return {"PLACE": self.place.text().strip()}

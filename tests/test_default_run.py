@@ -13,8 +13,9 @@ import torch
 
 from urbangeo import constants as C
 from urbangeo.io.runs import read_stage_records
-from urbangeo.pipeline import DEFAULTS, read_state, run_pipeline
+from urbangeo.pipeline import read_state, run_pipeline
 from urbangeo.progress import set_mode
+from urbangeo.settings import DEFAULT_PROFILE, PROFILES
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_default_run_finishes_every_offline_stage(default_run: Path) -> None:
     offline = [s for s in C.STAGES if s != "streetview"]  # no provider works offline
     assert all(stages.get(s, {}).get("finished") for s in offline), stages
     records = read_stage_records(default_run / C.RUN_GPKG)
-    assert DEFAULTS["grid"]["city"] == C.DEFAULT_CITY == "kotka"
+    assert PROFILES[DEFAULT_PROFILE]["grid"]["city"] == C.DEFAULT_CITY == "kotka"
     assert records["grid"].counts["regions"] == records["embed"].counts["regions"] == 100
 
 

@@ -1,6 +1,10 @@
 import configparser
+import importlib.util
+import json
+import sys
 import zipfile
 
+import pytest
 from click.testing import CliRunner
 
 from urbangeo.qgisplugin import build_plugin_zip, install_plugin, plugin_source
@@ -50,10 +54,29 @@ def test_install_into_an_unwritable_place(tmp_path):
     assert "Cannot create" in result.output and "--profile" in result.output
 
 
-def test_plugin_stages_use_only_flags_the_cli_has():
+@pytest.fixture(scope="module")
+def plugin_stages(tmp_path_factory):
+    """The plugin's ``stages`` module as installed (its stages.json is written at install)."""
+    target = install_plugin(tmp_path_factory.mktemp("profile"), executable="/x/urbangeo")
+    spec = importlib.util.spec_from_file_location("installed_stages", target / "stages.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["installed_stages"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_zip_carries_the_generated_parameters(tmp_path):
+    from urbangeo.qgisplugin import plugin_stages
+
+    path = build_plugin_zip(tmp_path)
+    data = json.loads(zipfile.ZipFile(path).read("urbangeo_qgis/stages.json"))
+    assert data == json.loads(json.dumps(plugin_stages()))
+
+
+def test_plugin_stages_use_only_flags_the_cli_has(plugin_stages):
     import click
 
-    from urbangeo_qgis.stages import STAGES, build_args
+    STAGES, build_args = plugin_stages.STAGES, plugin_stages.build_args
 
     for name, stage in STAGES.items():
         command = cli.commands[name]
@@ -66,8 +89,8 @@ def test_plugin_stages_use_only_flags_the_cli_has():
         assert build_args(stage, {"GPKG": "run.gpkg", "CITY": "kotka"})[0] == name
 
 
-def test_list_parameters_repeat_their_flag():
-    from urbangeo_qgis.stages import STAGES, build_args
+def test_list_parameters_repeat_their_flag(plugin_stages):
+    STAGES, build_args = plugin_stages.STAGES, plugin_stages.build_args
 
     args = build_args(STAGES["caption"], {"GPKG": "r.gpkg", "MODELS": "a, b"})
     assert args == [

@@ -14,16 +14,11 @@ skips what is done. A stage that was interrupted is started again and resumes by
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import inspect
 import json
 import os
-import socket
 import time
 import tomllib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,125 +26,60 @@ from typing import Any
 from urbangeo import __version__
 from urbangeo import constants as C
 from urbangeo.errors import InputError, OutputError
-from urbangeo.geo.boundary import get_city
-from urbangeo.geo.sampling import check_sampling_settings
-from urbangeo.geo.stages import grid_stage, sample_stage
 from urbangeo.io.files import new_folders_removed_on_error, write_text_atomic
+from urbangeo.io.lock import holder_alive, read_lock, run_lock
 from urbangeo.io.runs import StageResult, read_stage_records
 from urbangeo.progress import message
+from urbangeo.settings import DEFAULT_PROFILE, STAGE_SETTINGS, StageSettings, profile
+from urbangeo.settings.model import MODES
+from urbangeo.stage import stage_function
 
 #: Version of the run folder's layout; a folder written with another one is refused.
 RUN_FORMAT = 1
 STATE_JSON = "stages.json"
-LOCK_FILE = ".urbangeo.lock"
 
-#: The settings of each stage for the default city, run fully offline: a 250 m grid (the
-#: bundled extracts are about 2 km across), rendered OSM tiles, three styles of the
-#: OSM-grounded captioner with CAPTURE consensus, a tiny CLIP pre-trained from scratch,
-#: OSM-derived indicators.
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "grid": {"city": C.DEFAULT_CITY, "cell_size": 250.0},
-    "sample": {"network": C.DEFAULT_NETWORK, "interval": C.DEFAULT_INTERVAL_M},
-    "tiles": {"render": "osm", "size": 64},
-    "streetview": {"provider": None},
-    "caption": {"backend": "osm", "models": ["planner", "observer", "analyst"]},
-    "train": {
-        "model": "urbangeo-tiny-vit",
-        "mode": "urbanln",
-        "epochs": 40,
-        "batch_size": 16,
-        "lr": 3e-4,
-        "queue_size": 64,
-        "kind": "satellite",
-        "checkpoint_every": 10,
-    },
-    "embed": {"encoder": "trained"},
-    "indicators": {"osm": True},
-    "predict": {"seeds": 3, "split": "random"},
-    "cluster": {"k": 3},
-    "map": {},
-}
+#: A default source that gives way when the user names another: the profile's city when an
+#: area is given.
+_GIVES_WAY = {"grid": ("city", ("boundary_file", "bbox", "place"))}
+
+#: Keys at the top of run.toml besides the stage sections.
+_TOP_KEYS = ("format", "urbangeo", "profile")
 
 
-# ---- configuration ------------------------------------------------------------------------
-
-
-def _stage_functions() -> dict[str, Callable[..., Any]]:
-    """Each stage's library function (imported lazily: most pull in heavy stacks)."""
-    from urbangeo.captions.stages import caption_stage
-    from urbangeo.downstream.stages import cluster_stage, indicators_stage, map_stage, predict_stage
-    from urbangeo.imagery.stages import streetview_stage, tiles_stage
-    from urbangeo.model.stages import embed_stage, train_stage
-
-    return {
-        "grid": grid_stage,
-        "sample": sample_stage,
-        "tiles": tiles_stage,
-        "streetview": streetview_stage,
-        "caption": caption_stage,
-        "train": train_stage,
-        "embed": embed_stage,
-        "indicators": indicators_stage,
-        "predict": predict_stage,
-        "cluster": cluster_stage,
-        "map": map_stage,
-    }
-
-
-#: A default source that gives way when the user names another: the default city when an
-#: area is given, the rendered OSM map when a raster or an XYZ service is.
-_GIVES_WAY = {
-    "grid": ("city", ("boundary_file", "bbox", "place")),
-    "tiles": ("render", ("raster", "xyz")),
-}
-
-#: Training modes without the momentum teacher, which take no queue.
-_NO_TEACHER_MODES = ("urbanclip", "no-distill")
-
-#: Keyword arguments the runner passes itself, not settable from a configuration.
-_RUNNER_ARGS = {"gpkg", "overwrite", "resume", "run_dir", "config", "pairs", "max_steps"}
-
-
-def _allowed_keys(stage: str, func: Callable[..., Any]) -> set[str]:
-    params = inspect.signature(func).parameters
-    keys = {
-        name
-        for name, p in params.items()
-        if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and name != "gpkg")
-    }
-    if stage == "train":
-        from urbangeo.model.train import TrainConfig
-
-        keys |= {f.name for f in dataclasses.fields(TrainConfig)}
-    if stage == "caption":
-        keys |= {"base_url", "api_key_env", "timeout", "max_tokens", "temperature", "osm"}
-        keys |= {"city", "seed", "radius", "device"}
-    if stage == "streetview":
-        keys.add("provider")
-    return keys - _RUNNER_ARGS - {"client", "source", "mlp"}
+def _read_config(config: str | os.PathLike | dict | None) -> dict[str, Any]:
+    if isinstance(config, dict):
+        return json.loads(json.dumps(config, default=str))
+    if config is None:
+        return {}
+    path = Path(config)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise InputError(f"Configuration {path} does not exist.") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"Configuration {path} is not valid TOML: {exc}.") from exc
 
 
 def resolve_config(
-    config: str | os.PathLike | dict | None = None, **overrides: Any
+    config: str | os.PathLike | dict | None = None,
+    *,
+    profile_name: str | None = None,
+    **overrides: Any,
 ) -> dict[str, dict[str, Any]]:
-    """The full configuration: defaults, then ``config`` (a run.toml or a dict), then overrides.
+    """The settings each stage is given: a profile, then ``config`` (a run.toml or a dict),
+    then ``overrides``; checked against each stage's declaration before any work.
 
+    The profile is ``profile_name``, else the configuration's ``profile`` key, else
+    :data:`~urbangeo.settings.DEFAULT_PROFILE` (``"none"``: the declared defaults alone).
     ``overrides`` are ``stage__key=value`` (e.g. ``grid__city="helsinki"``); ``None`` values
-    are ignored. Unknown stages or keys are an error that names them.
+    are ignored. Unknown stages, keys, values of the wrong type or out of range are an error
+    that names them. Returns, per stage, the values chosen (the rest are declared defaults).
     """
-    data: dict[str, Any] = {}
-    if isinstance(config, dict):
-        data = json.loads(json.dumps(config))
-    elif config is not None:
-        path = Path(config)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise InputError(f"Configuration {path} does not exist.") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise InputError(f"Configuration {path} is not valid TOML: {exc}.") from exc
+    data = _read_config(config)
     fmt = data.pop("format", RUN_FORMAT)
     data.pop("urbangeo", None)
+    chosen_profile = profile_name or data.pop("profile", None) or DEFAULT_PROFILE
+    data.pop("profile", None)
     if fmt != RUN_FORMAT:
         raise InputError(
             f"The configuration is run-folder format {fmt}; this urbangeo ({__version__}) "
@@ -160,9 +90,11 @@ def resolve_config(
     if unknown:
         raise InputError(
             f"Unknown section(s) in the configuration: {', '.join(unknown)}.",
-            hint=f"Sections are the stages: {', '.join(C.STAGES)}.",
+            hint=f"Sections are the stages: {', '.join(C.STAGES)}; above them: "
+            f"{', '.join(_TOP_KEYS)}.",
         )
-    resolved = {stage: dict(DEFAULTS[stage]) for stage in C.STAGES}
+    base = {} if chosen_profile == "none" else profile(chosen_profile)
+    resolved = {stage: dict(base.get(stage, {})) for stage in C.STAGES}
     for stage, section in data.items():
         if not isinstance(section, dict):
             raise InputError(f"[{stage}] must be a table of settings, not {section!r}.")
@@ -172,38 +104,32 @@ def resolve_config(
         if value is None:
             continue
         stage, _, name = key.partition("__")
+        if stage not in resolved:
+            raise InputError(f"Unknown stage {stage!r} in the override {key}.")
         resolved[stage][name] = value
         given.setdefault(stage, set()).add(name)
     for stage, (default_key, alternatives) in _GIVES_WAY.items():
         mine = given.get(stage, set())
         if default_key not in mine and mine & set(alternatives):
             resolved[stage].pop(default_key, None)
-    no_teacher = resolved["train"].get("mode") in _NO_TEACHER_MODES
-    if no_teacher and "queue_size" not in given.get("train", set()):
-        resolved["train"].pop("queue_size", None)  # the default queue is the teacher's
+    train = resolved["train"]
+    teacher = MODES.get(train.get("mode", "urbanln"), MODES["urbanln"]).distill
+    if not teacher and "queue_size" not in given.get("train", set()):
+        train.pop("queue_size", None)  # the profile's queue is the teacher's
     if "name" not in resolved["embed"]:
         # embed the model this run trains (checkpoints/<name>/, named after the mode by default)
-        train = resolved["train"]
         resolved["embed"]["name"] = train.get("name") or train.get("mode", "urbanln")
-    functions = _stage_functions()
     for stage in C.STAGES:
-        bad = sorted(set(resolved[stage]) - _allowed_keys(stage, functions[stage]))
-        if bad:
-            allowed = ", ".join(sorted(_allowed_keys(stage, functions[stage])))
-            raise InputError(
-                f"Unknown setting(s) in [{stage}]: {', '.join(bad)}.",
-                hint=f"[{stage}] takes: {allowed}.",
-            )
-    if resolved["grid"].get("city"):
-        get_city(resolved["grid"]["city"])  # an unknown city fails here, listing the options
-    sample = resolved["sample"]
-    try:
-        interval = float(sample.get("interval", C.DEFAULT_INTERVAL_M))
-        tolerance = float(sample.get("merge_tolerance", C.DEFAULT_MERGE_TOLERANCE_M))
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"[sample] interval and merge_tolerance are metres: {exc}.") from exc
-    check_sampling_settings(interval=interval, merge_tolerance=tolerance)  # before any work
-    return resolved
+        STAGE_SETTINGS[stage].from_mapping(resolved[stage], where=f"[{stage}]")
+    return {
+        stage: {k: v for k, v in values.items() if v is not None}
+        for stage, values in resolved.items()
+    }
+
+
+def stage_settings(config: dict[str, dict[str, Any]]) -> dict[str, StageSettings]:
+    """Each stage's settings object for a resolved configuration."""
+    return {stage: STAGE_SETTINGS[stage].from_mapping(config[stage]) for stage in C.STAGES}
 
 
 def _toml_value(value: Any) -> str:
@@ -223,9 +149,11 @@ def _toml_value(value: Any) -> str:
 def dump_config(config: dict[str, dict[str, Any]]) -> str:
     """``config`` as run.toml text (settings that are None are left out)."""
     lines = [
-        "# urbangeo run configuration, fully resolved: `urbangeo run --config run.toml`",
+        "# urbangeo run configuration: `urbangeo run --config run.toml` reproduces the run.",
+        "# Each stage's other settings keep their declared defaults (`urbangeo COMMAND --help`).",
         f"format = {RUN_FORMAT}",
         f'urbangeo = "{__version__}"',
+        'profile = "none"  # the values below already include the profile the run started from',
     ]
     for stage in C.STAGES:
         lines += ["", f"[{stage}]"]
@@ -238,9 +166,10 @@ def dump_config(config: dict[str, dict[str, Any]]) -> str:
 # ---- state --------------------------------------------------------------------------------
 
 
-def fingerprint(stage: str, settings: dict[str, Any], previous: str) -> str:
-    """Hash of a stage's settings and the fingerprint of the stage before it."""
-    blob = json.dumps([stage, settings, previous], sort_keys=True, default=str)
+def stage_fingerprint(stage: str, settings: StageSettings, previous: str) -> str:
+    """Hash of a stage's settings (all of them, defaults included, but not how it runs:
+    threads, device, checkpoint spacing) and the fingerprint of the stage before it."""
+    blob = json.dumps([stage, settings.to_dict(runtime=False), previous], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -268,69 +197,12 @@ def _write_state(run_dir: Path, state: dict[str, Any]) -> None:
     )
 
 
-@contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold the run folder for this process; a second run writing it refuses clearly."""
-    path = run_dir / LOCK_FILE
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                other = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                other = {}
-            if other.get("host") == me["host"] and not _alive(int(other.get("pid", -1))):
-                path.unlink(missing_ok=True)  # left by a run that was killed
-                continue
-            raise OutputError(
-                f"Another urbangeo run (pid {other.get('pid', '?')} on "
-                f"{other.get('host', '?')}) is writing {run_dir}.",
-                hint="Wait for it to finish, or write this run to another folder (-o). If "
-                f"no run is going on, delete {path}.",
-            ) from None
-        with os.fdopen(fd, "w") as handle:
-            json.dump(me, handle)
-        break
-    try:
-        yield
-    finally:
-        path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # ---- running --------------------------------------------------------------------------------
 
 
-def _stage_kwargs(
-    func: Callable[..., Any], stage: str, settings: dict[str, Any], run_dir: Path, resume: bool
-) -> dict:
-    """A stage's settings as keyword arguments. The runner owns the run folder's outputs, so
-    a stage that runs replaces what an older run of it wrote; training resumes instead when it
-    was interrupted with the same settings."""
-    kwargs = {k: v for k, v in settings.items() if v is not None}
-    if stage == "train":
-        kwargs.update(resume=resume, overwrite=not resume, run_dir=run_dir)
-    elif "overwrite" in inspect.signature(func).parameters:
-        kwargs["overwrite"] = True
-    return kwargs
-
-
-def _skipped(stage: str, settings: dict[str, Any]) -> str | None:
+def _skipped(stage: str, config: dict[str, Any]) -> str | None:
     """Why a stage does not apply to this configuration (None: it runs)."""
-    if stage == "streetview" and not settings.get("provider"):
+    if stage == "streetview" and not (config.get("provider") or config.get("folder")):
         return "no street-view provider configured"
     return None
 
@@ -340,18 +212,20 @@ def run_pipeline(
     *,
     config: str | os.PathLike | dict | None = None,
     from_stage: str | None = None,
+    profile_name: str | None = None,
     **overrides: Any,
 ) -> list[StageResult]:
     """Run every stage into ``run_dir`` (default: a folder named after the city).
 
-    ``config`` is a run.toml (or a dict of sections); ``overrides`` are ``stage__key=value``
-    settings on top. Stages already done with the same settings are skipped;
-    ``from_stage`` redoes that stage and every later one.
+    ``config`` is a run.toml (or a dict of sections) on top of a profile (``profile_name``, by
+    default the offline demo); ``overrides`` are ``stage__key=value`` settings on top. Stages
+    already done with the same settings are skipped; ``from_stage`` redoes that stage and
+    every later one.
     """
     if from_stage is not None and from_stage not in C.STAGES:
         raise InputError(f"Unknown stage '{from_stage}'.", hint=f"Stages: {', '.join(C.STAGES)}.")
-    settings = resolve_config(config, **overrides)
-    city = settings["grid"].get("city")
+    config_values = resolve_config(config, profile_name=profile_name, **overrides)
+    city = config_values["grid"].get("city")
     run_dir = Path(run_dir if run_dir is not None else (city or "urbangeo-run"))
     new = not run_dir.exists()
     with new_folders_removed_on_error(run_dir / C.RUN_GPKG):
@@ -364,7 +238,7 @@ def run_pipeline(
             ) from exc
         state: dict[str, Any] = {}
         try:
-            return _run_stages(run_dir, settings, from_stage, state)
+            return _run_stages(run_dir, config_values, from_stage, state)
         except BaseException:
             if new and not any(e.get("status") == "done" for e in state.get("stages", {}).values()):
                 # A new run that did nothing leaves no folder behind (as a failed grid).
@@ -374,21 +248,21 @@ def run_pipeline(
 
 
 def _run_stages(
-    run_dir: Path, settings: dict[str, dict[str, Any]], from_stage: str | None, state: dict
+    run_dir: Path, config: dict[str, dict[str, Any]], from_stage: str | None, state: dict
 ) -> list[StageResult]:
     """The stages of :func:`run_pipeline`; ``state`` is filled with the run's state as read."""
     gpkg = run_dir / C.RUN_GPKG
-    functions = _stage_functions()
+    settings = stage_settings(config)
     results: list[StageResult] = []
-    with run_lock(run_dir):
+    with run_lock(run_dir, command="urbangeo run"):
         state.update(read_state(run_dir))
-        write_text_atomic(run_dir / C.RUN_TOML, dump_config(settings))
+        write_text_atomic(run_dir / C.RUN_TOML, dump_config(config))
         stages = state.setdefault("stages", {})
         previous = ""
         forced = False
         records = _record_marks(gpkg)
         for stage in C.STAGES:
-            fp = fingerprint(stage, settings[stage], previous)
+            fp = stage_fingerprint(stage, settings[stage], previous)
             previous = fp
             forced = forced or stage == from_stage
             entry = stages.get(stage, {})
@@ -402,29 +276,37 @@ def _run_stages(
                 results.append(StageResult(stage, gpkg, entry.get("counts", {}), skipped=True))
                 message(f"Stage {stage}: already done with these settings, skipped.")
                 continue
-            reason = _skipped(stage, settings[stage])
+            reason = _skipped(stage, config[stage])
             if reason:
                 stages[stage] = {"status": "not run", "fingerprint": fp, "reason": reason}
                 _write_state(run_dir, state)
                 results.append(StageResult(stage, gpkg, {}, skipped=True))
                 continue
-            resume = entry.get("status") == "running" and entry.get("fingerprint") == fp
-            resume = resume and not forced
+            interrupted = entry.get("status") in ("running", "interrupted", "failed")
+            resume = interrupted and entry.get("fingerprint") == fp and not forced
             stages[stage] = {"status": "running", "fingerprint": fp, "started": _now()}
             for later in C.STAGES[C.STAGES.index(stage) + 1 :]:
                 stages.pop(later, None)
             _write_state(run_dir, state)
             started = time.perf_counter()
-            result = functions[stage](
-                gpkg, **_stage_kwargs(functions[stage], stage, settings[stage], run_dir, resume)
-            )
+            extra: dict[str, Any] = {"overwrite": True}
+            if stage == "train":
+                # the runner owns the outputs: a stage that runs replaces what an older run of
+                # it wrote; training resumes instead when it was interrupted, same settings
+                extra = {"resume": resume, "overwrite": not resume, "run_dir": run_dir}
+            try:
+                result = _call(stage, gpkg, settings[stage], extra)
+            except BaseException as exc:
+                stages[stage].update(_failure(exc))
+                _write_state(run_dir, state)
+                raise
             stages[stage] = {
                 "status": "done",
                 "fingerprint": fp,
                 "started": stages[stage]["started"],
                 "finished": _now(),
                 "seconds": round(time.perf_counter() - started, 3),
-                "counts": _plain(getattr(result, "counts", {})),
+                "counts": _plain(result.counts),
             }
             mark = _record_marks(gpkg).get(stage)
             if mark is not None:
@@ -432,6 +314,53 @@ def _run_stages(
             _write_state(run_dir, state)
             results.append(StageResult(stage, gpkg, stages[stage]["counts"]))
     return results
+
+
+def _call(stage: str, gpkg: Path, settings: StageSettings, extra: dict[str, Any]) -> StageResult:
+    """Run one stage with its settings object.
+
+    Stages not yet on :func:`urbangeo.stage.stage` take their settings as keyword arguments
+    (the ones that differ from the declaration; their own defaults equal it).
+    """
+    func = stage_function(stage)
+    if hasattr(func, "settings_class"):
+        return func(gpkg, settings, **extra)
+    kwargs = settings.changed()
+    if stage == "tiles" and not (kwargs.get("raster") or kwargs.get("xyz")):
+        kwargs.setdefault("render", "osm")
+    if stage == "train":
+        from urbangeo.model.training import TrainConfig
+
+        values = settings.to_dict()
+        values.pop("from_scratch", None)
+        return func(gpkg, config=TrainConfig(**values), **extra)
+    if stage == "indicators":
+        kwargs["osm"] = kwargs.pop("osm_file", None) or kwargs.get("osm", False)
+    if stage == "predict" and "predictions_from" in kwargs:
+        kwargs["predictions_seed"] = getattr(settings, "predictions_seed", None)
+        kwargs.pop("predictions_from")
+    if stage == "cluster" and "k" in kwargs:
+        kwargs["k"] = getattr(settings, "k_value", kwargs["k"])
+    if stage == "caption":
+        kwargs.pop("retries", None)  # the captioner's client keeps its own default
+    for key in ("models", "kinds", "headings", "bands", "k_range", "targets", "columns"):
+        if isinstance(kwargs.get(key), list):
+            kwargs[key] = tuple(kwargs[key])
+    result = func(gpkg, **kwargs, **extra)
+    return StageResult(
+        stage,
+        gpkg,
+        dict(getattr(result, "counts", {}) or {}),
+        report=getattr(result, "report", None),
+    )
+
+
+def _failure(exc: BaseException) -> dict[str, Any]:
+    """How a stage ended when it raised: interrupted (Ctrl-C) or failed, with the error."""
+    if isinstance(exc, KeyboardInterrupt):
+        return {"status": "interrupted", "finished": _now()}
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return {"status": "failed", "finished": _now(), "error": text}
 
 
 def _record_marks(gpkg: Path) -> dict[str, str]:
@@ -468,20 +397,25 @@ def run_status(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
         )
     stages = read_state(run_dir).get("stages", {})
     records = _record_marks(run_dir / C.RUN_GPKG)
+    holder = read_lock(run_dir)
+    live = holder is not None and holder_alive(holder)
     rows = []
     for stage in C.STAGES:
         entry = stages.get(stage, {})
         changed = _changed_by_hand(stage, entry, records)
+        status = entry.get("status", "pending")
+        if status == "running" and not live:
+            status = "interrupted"  # killed (kill -9, a crash): no process holds the run
         rows.append(
             {
                 "stage": stage,
-                "status": "changed" if changed else entry.get("status", "pending"),
+                "status": "changed" if changed else status,
                 "seconds": entry.get("seconds"),
                 "finished": entry.get("finished"),
                 "counts": entry.get("counts", {}),
                 "reason": "redone or removed by a stage command since; the next run redoes it"
                 if changed
-                else entry.get("reason"),
+                else entry.get("error") or entry.get("reason"),
             }
         )
     return rows

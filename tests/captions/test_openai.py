@@ -14,16 +14,12 @@ import pytest
 from tests.captions.helpers import first_region_id, make_run, png_bytes
 from tests.conftest import json_reply
 from urbangeo import constants as C
-from urbangeo.captions.backends import (
-    CaptionError,
-    ImageItem,
-    OpenAICaptioner,
-    RetryPolicy,
-    _retry_after,
-)
+from urbangeo.captions.captioners import CaptionError, ImageItem
+from urbangeo.captions.captioners.openai import OpenAICaptioner
 from urbangeo.captions.prompts import SATELLITE_PROMPT, STREETVIEW_PROMPT
 from urbangeo.captions.stages import caption_stage
 from urbangeo.errors import InputError, OutputError
+from urbangeo.io.http import RetryPolicy, retry_after_seconds
 
 FAST = RetryPolicy(max_retries=4, backoff=0.01, max_wait=0.05)
 
@@ -135,11 +131,11 @@ def test_retry_after_is_honoured(loopback):
         return chat_reply("ok caption")
 
     # The Retry-After header: the LoopbackServer sends none, so test the policy and parser.
-    assert _retry_after("2") == 2.0
-    assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
-    assert _retry_after("soon") is None
-    assert RetryPolicy(backoff=1, max_wait=5).delay(0, retry_after=3.0) == 3.0
-    assert RetryPolicy(backoff=1, max_wait=5).delay(0, retry_after=30.0) == 5.0
+    assert retry_after_seconds("2") == 2.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    assert retry_after_seconds("soon") is None
+    assert RetryPolicy(backoff=1, max_wait=5).delay(0, retry_after="3") == 3.0
+    assert RetryPolicy(backoff=1, max_wait=5).delay(0, retry_after="30") == 5.0
     delays = [RetryPolicy(backoff=1, max_wait=100).delay(k) for k in range(4)]
     assert all(0.5 * 2**k <= d <= 2**k for k, d in enumerate(delays))
     server = loopback(handler)

@@ -11,17 +11,17 @@ import shapely
 from tests.captions.helpers import make_run
 from tests.conftest import UTM35
 from urbangeo import constants as C
-from urbangeo.captions.backends import ImageItem
+from urbangeo.captions.captioners import ImageItem
+from urbangeo.captions.captioners.osm import OSMCaptioner
 from urbangeo.captions.osm import (
     MAX_WORDS,
     MIN_WORDS,
     STYLES,
-    OSMCaptioner,
     PlaceFeatures,
     describe,
     place_features,
 )
-from urbangeo.captions.stages import caption_stage, read_images
+from urbangeo.captions.stages import caption_stage, read_caption_items
 from urbangeo.errors import InputError
 
 
@@ -127,7 +127,7 @@ def test_paragraph_length_and_style(style):
 
 def test_styles_and_seeds_vary_the_wording(tmp_path):
     gpkg = make_run(tmp_path, n_regions=2, n_points=1)
-    items, _ = read_images(gpkg)
+    items, _ = read_caption_items(gpkg)
     captioner = OSMCaptioner(osm_path=_kotka())
     captioner.prepare(items)
     texts = {s: captioner.caption(None, "", s, items[0]) for s in STYLES}
@@ -145,7 +145,7 @@ def test_styles_and_seeds_vary_the_wording(tmp_path):
 
 def test_places_not_pixels_identify_osm_calls(tmp_path):
     gpkg = make_run(tmp_path, n_regions=2, n_points=0)
-    items, _ = read_images(gpkg)
+    items, _ = read_caption_items(gpkg)
     captioner = OSMCaptioner(osm_path=_kotka())
     same_pixels = b"identical tile"
     assert captioner.input_sha256(items[0], same_pixels) != captioner.input_sha256(

@@ -6,7 +6,8 @@ import pytest
 
 from tests.captions.helpers import make_run, png_bytes
 from urbangeo import constants as C
-from urbangeo.captions.backends import CaptionError, ImageItem, TransformersCaptioner
+from urbangeo.captions.captioners import CaptionError, ImageItem
+from urbangeo.captions.captioners.transformers import TransformersCaptioner
 from urbangeo.captions.stages import caption_stage
 from urbangeo.errors import InputError
 

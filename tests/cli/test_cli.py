@@ -113,9 +113,12 @@ def test_bad_values(runner, tmp_path):
     result = invoke(
         runner, "grid", "--city", "kotka", "--cell-size", "0", "-o", tmp_path / "a.gpkg"
     )
-    assert result.exit_code == 1 and "Cell size must be a positive number" in result.output
+    assert result.exit_code == 1
+    assert "cell_size (--cell-size) must be more than 0, not 0" in result.output
     result = invoke(runner, "grid", "--bbox", "1,2", "-o", tmp_path / "a.gpkg")
-    assert result.exit_code == 1 and "Cannot parse bbox" in result.output
+    assert result.exit_code == 1 and "bbox needs 4 numbers W,S,E,N, not 2" in result.output
+    result = invoke(runner, "grid", "--bbox", "1,2,x,4", "-o", tmp_path / "a.gpkg")
+    assert result.exit_code == 1 and "must be a number, not 'x'" in result.output
     result = invoke(
         runner, "grid", "--city", "kotka", "--bbox", "1,2,3,4", "-o", tmp_path / "a.gpkg"
     )
@@ -160,7 +163,7 @@ def test_sample_checks_its_settings_before_reading_anything(runner, tmp_path, mo
     assert invoke(runner, "grid", "--city", "kotka", "-o", out, "--quiet").exit_code == 0
     result = invoke(runner, "sample", "--gpkg", out, "--interval", "-100")
     assert result.exit_code == 1
-    assert "interval must be a positive number" in result.output
+    assert "interval (--interval) must be more than 0" in result.output
     assert "--interval 500" in result.output
 
 
@@ -236,18 +239,19 @@ def test_status_of_a_folder_that_is_not_a_run(runner, tmp_path):
 def test_ctrl_c_keeps_finished_stages(runner, tmp_path, monkeypatch):
     import functools
 
+    import urbangeo.geo.stages as geo_stages
     import urbangeo.pipeline as pipeline
 
-    @functools.wraps(pipeline.sample_stage)  # same settings as the real stage
+    @functools.wraps(geo_stages.sample_stage)  # same settings as the real stage
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # as if Ctrl-C were pressed while sampling
 
-    monkeypatch.setattr(pipeline, "sample_stage", interrupted)
+    monkeypatch.setattr(geo_stages, "sample_stage", interrupted)
     result = invoke(runner, "run", "-o", tmp_path / "k")
     assert result.exit_code == 130
     assert "Interrupted" in result.output and "rerun the same command" in result.output
     stages = pipeline.read_state(tmp_path / "k")["stages"]
-    assert stages["grid"]["status"] == "done" and stages["sample"]["status"] == "running"
+    assert stages["grid"]["status"] == "done" and stages["sample"]["status"] == "interrupted"
     assert set(list_layers(tmp_path / "k" / "run.gpkg")) >= {"boundary", "regions"}
     assert not (tmp_path / "k" / ".urbangeo.lock").exists()
 

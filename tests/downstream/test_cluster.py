@@ -55,7 +55,7 @@ def test_stage_writes_layer_and_density_plot(tmp_path):
     assert len(layer) == 120 and set(layer["cluster"]) == {0, 1, 2}
     assert {"pc1", "pc2", C.REGION_ID} <= set(layer.columns)
     png = tmp_path / "run" / C.MAPS_DIR / "cluster_density.png"
-    assert result.files == [png]
+    assert result.files == (png,)
     image = Image.open(png).convert("RGB")
     assert image.size[0] > 400 and len(image.getcolors(1 << 24)) > 50
 
@@ -87,3 +87,18 @@ def test_cli_cluster_on_files(tmp_path):
     assert (tmp_path / "d.png").stat().st_size > 10_000
     bad = CliRunner().invoke(cluster, ["--embeddings", str(tmp_path / "e.parquet"), "--k", "x"])
     assert bad.exit_code == 1 and "--k" in bad.output
+
+
+def test_cli_k_range_is_min_max_and_refused_reversed(tmp_path):
+    """Issue #14: `--k-range 8 2` is refused by the settings, before any work."""
+    features, _ = blobs()
+    features.reset_index().to_parquet(tmp_path / "e.parquet")
+    base = ["--embeddings", str(tmp_path / "e.parquet"), "-q"]
+    bad = CliRunner().invoke(cluster, [*base, "--k-range", "8", "2", "-o", str(tmp_path / "c.csv")])
+    assert bad.exit_code == 1, bad.output
+    assert "--k-range" in bad.output and "MIN <= MAX" in bad.output
+    assert "Traceback" not in bad.output and not (tmp_path / "c.csv").exists()
+    good = CliRunner().invoke(cluster, [*base, "--k-range", "2", "4", "--k", "auto"])
+    assert good.exit_code == 0, good.output
+    with pytest.raises(InputError, match="MIN <= MAX"):
+        cluster_stage(None, embeddings=tmp_path / "e.parquet", k_range=(8, 2))

@@ -19,9 +19,9 @@ from urbangeo.downstream.indicators import (
 )
 from urbangeo.downstream.stages import indicators_stage
 from urbangeo.errors import InputError, OutputError
-from urbangeo.io.gpkg import read_layer, write_layers
+from urbangeo.geo.stages import grid_stage
+from urbangeo.io.gpkg import list_layers, read_layer, write_layers
 from urbangeo.io.runs import read_stage_records
-from urbangeo.pipeline import grid_stage
 from urbangeo_cli.downstream import indicators
 
 
@@ -195,3 +195,58 @@ def test_cli_indicators(tmp_path):
     help_text = CliRunner().invoke(indicators, ["--help"]).output
     for word in ("Example", "area", "--raster", "region_id", "default"):
         assert word in help_text
+
+
+def test_header_only_tables_are_refused_clearly(tmp_path):
+    """Issue #14: a CSV with a header and no rows is an InputError, not an IndexError."""
+    from click.testing import CliRunner
+
+    gpkg = tmp_path / "run.gpkg"
+    write_layers(gpkg, {C.LAYER_REGIONS: two_regions(1000)})
+    (tmp_path / "t.csv").write_text("region_id,gdp\n")
+    (tmp_path / "p.csv").write_text("lon,lat,jobs\n")
+    with pytest.raises(InputError, match="no rows"):
+        indicators_stage(gpkg, table=tmp_path / "t.csv")
+    with pytest.raises(InputError, match="no rows"):
+        indicators_stage(gpkg, points=tmp_path / "p.csv")
+    result = CliRunner().invoke(
+        indicators, ["--gpkg", str(gpkg), "--table", str(tmp_path / "t.csv")]
+    )
+    assert result.exit_code == 1 and "no rows" in result.output
+    assert "Traceback" not in result.output and "IndexError" not in result.output
+    assert C.LAYER_INDICATORS not in list_layers(gpkg)
+
+
+def test_a_dropped_non_numeric_column_is_named(tmp_path):
+    """Issue #14: a column left out because it is not numeric is said, by name."""
+    from urbangeo.errors import UrbangeoWarning
+
+    gpkg = tmp_path / "run.gpkg"
+    write_layers(gpkg, {C.LAYER_REGIONS: two_regions(1000)})
+    (tmp_path / "a.csv").write_text("region_id,gdp,district\n0_0,1.5,north\n1_0,2.5,south\n")
+    with pytest.warns(UrbangeoWarning, match="district") as caught:
+        indicators_stage(gpkg, table=tmp_path / "a.csv")
+    assert "gdp" not in str(caught[0].message)
+    assert list(read_layer(gpkg, C.LAYER_INDICATORS).columns) == [C.REGION_ID, "gdp"]
+    lon, lat = lonlat(500, 500)
+    (tmp_path / "p.csv").write_text(f"lon,lat,jobs,kind\n{lon},{lat},4,shop\n")
+    with pytest.warns(UrbangeoWarning, match="kind"):
+        indicators_stage(gpkg, points=tmp_path / "p.csv")
+
+
+def test_cli_osm_file_and_the_old_osm_file_spelling(tmp_path):
+    from click.testing import CliRunner
+
+    pbf = pyrosm.get_data("test_pbf")
+    gpkg = tmp_path / "run.gpkg"
+    grid_stage(gpkg, city="kotka")
+    args = ["--gpkg", str(gpkg)]
+    result = CliRunner().invoke(indicators, [*args, "--osm-file", pbf])
+    assert result.exit_code == 0, result.output
+    assert "deprecated" not in result.output
+    first = read_layer(gpkg, C.LAYER_INDICATORS)
+    result = CliRunner().invoke(indicators, [*args, "--osm", pbf, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert "--osm FILE is deprecated; use --osm-file" in result.output
+    assert read_layer(gpkg, C.LAYER_INDICATORS).equals(first)
+    assert read_stage_records(gpkg)["indicators"].params["sources"] == [f"osm:{pbf}"]

@@ -267,7 +267,7 @@ def test_predict_stage_writes_the_layer_and_record(tmp_path):
     )
     with pytest.raises(OutputError, match="already exist"):
         predict_stage(gpkg, seeds=1, mlp=FAST)
-    predict_stage(gpkg, seeds=[3], predictions_seed=3, overwrite=True, mlp=FAST)
+    predict_stage(gpkg, seeds=4, predictions_from=3, overwrite=True, mlp=FAST)
     layer = read_layer(gpkg, C.LAYER_PREDICTIONS)
     assert layer["population_split"].value_counts().to_dict() == {
         "train": 72,
@@ -361,3 +361,17 @@ def test_run_layer_embeddings_and_default_metrics_file(tmp_path):
     predict_stage(gpkg, targets=["population"], seeds=1, mlp=FAST)
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["protocol"]["features"] == X.shape[1]
+
+
+def test_cli_predict_head_and_the_deprecated_model_flag(tmp_path):
+    X, y = linear_data(60, 6)
+    ids = square_regions(6, 10)[C.REGION_ID].tolist()
+    embeddings_table(ids, X).to_parquet(tmp_path / "e.parquet")
+    pd.DataFrame({C.REGION_ID: ids, "pop": y}).to_csv(tmp_path / "i.csv", index=False)
+    files = ["--embeddings", str(tmp_path / "e.parquet"), "--indicators", str(tmp_path / "i.csv")]
+    for flag in ("--head", "--model"):
+        result = CliRunner().invoke(predict, [*files, "--seeds", "1", flag, "ridge", "--no-log"])
+        assert result.exit_code == 0, result.output
+        assert ("--model is deprecated; use --head" in result.output) == (flag == "--model")
+    bad = CliRunner().invoke(predict, [*files, "--predictions-from", "best"])
+    assert bad.exit_code == 1 and "--predictions-from" in bad.output

@@ -1,4 +1,4 @@
-"""The numpy fast paths of sampling.py agree with GEOS on random networks.
+"""The numpy fast paths of linemerge.py and sampling.py agree with GEOS on random networks.
 
 ``unique_undirected`` and ``merge_lines`` avoid GEOS's slow paths on large networks, and
 ``sample_points`` finds its points on coordinate arrays instead of with
@@ -13,15 +13,14 @@ import pytest
 import shapely
 
 from tests.conftest import UTM35
-from urbangeo.geo import sampling
+from urbangeo.geo import linemerge
+from urbangeo.geo.linemerge import merge_lines, unique_undirected
 from urbangeo.geo.sampling import (
     HEADING_STEP_M,
     bearings,
     merge_close_points,
-    merge_lines,
     sample_points,
     stride_positions,
-    unique_undirected,
 )
 
 
@@ -125,8 +124,8 @@ def test_sample_points_through_geos_give_the_same_points(slow_path, monkeypatch)
     roads = _in_metres(_float_network(rng, 60), rng)
     fast = sample_points(roads, interval=100.0)
     if slow_path == "geos_merge":
-        monkeypatch.setattr(sampling, "_star_order_holds", lambda *a: False)
+        monkeypatch.setattr(linemerge, "_star_order_holds", lambda *a: False)
     else:
-        monkeypatch.setattr(sampling, "_unique_undirected_fast", lambda *a: None)
+        monkeypatch.setattr(linemerge, "_unique_undirected_fast", lambda *a: None)
     slow = sample_points(roads, interval=100.0)
     _assert_same_sample(slow, shapely.get_coordinates(fast.geometry.values), fast["heading"])

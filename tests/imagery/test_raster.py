@@ -21,7 +21,7 @@ from tests.imagery.helpers import (
 )
 from urbangeo import constants as C
 from urbangeo.errors import InputError
-from urbangeo.imagery import satellite
+from urbangeo.imagery.sources import raster as satellite
 from urbangeo.imagery.stages import tiles_stage
 from urbangeo.io.files import sha256_file
 from urbangeo.io.gpkg import read_layer

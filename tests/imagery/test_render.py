@@ -12,7 +12,7 @@ import shapely
 from tests.imagery.helpers import UTM35, X0, Y0, grid, make_run, read_png
 from urbangeo import constants as C
 from urbangeo.geo.boundary import get_city
-from urbangeo.imagery.render import (
+from urbangeo.imagery.sources.render import (
     COLOURS,
     map_features,
     render_regions,

@@ -9,7 +9,7 @@ import pytest
 from tests.imagery.helpers import UTM35, X0, Y0, coded_raster, grid, make_run, points
 from urbangeo import constants as C
 from urbangeo.errors import OutputError
-from urbangeo.imagery import satellite
+from urbangeo.imagery.sources import raster as satellite
 from urbangeo.imagery.stages import tiles_stage
 from urbangeo.io.files import sha256_file
 from urbangeo.io.gpkg import list_layers, read_layer, write_layers

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from tests.imagery.helpers import X0, Y0, grid, jpeg_bytes, make_run, points
 from urbangeo import constants as C
 from urbangeo.imagery.coords import wgs84_to_bd09
-from urbangeo.imagery.http import AccessDeniedError
 from urbangeo.imagery.stages import streetview_stage
 from urbangeo.io.gpkg import read_layer
+from urbangeo.io.http import AccessDeniedError
 from urbangeo_cli.imagery import streetview
 
 KEY = "TOPSECRET-KEY-4711"

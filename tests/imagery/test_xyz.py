@@ -21,16 +21,16 @@ from tests.imagery.helpers import (
 )
 from urbangeo import constants as C
 from urbangeo.errors import InputError
-from urbangeo.imagery.http import (
+from urbangeo.imagery.sources.xyz import auto_zoom, resolve_xyz
+from urbangeo.imagery.stages import tiles_stage
+from urbangeo.io.gpkg import read_layer
+from urbangeo.io.http import (
     UNREACHABLE_TRIES,
     AccessDeniedError,
     HttpClient,
     HttpError,
     UnreachableError,
 )
-from urbangeo.imagery.satellite import auto_zoom, resolve_xyz
-from urbangeo.imagery.stages import tiles_stage
-from urbangeo.io.gpkg import read_layer
 
 TILE_PATH = re.compile(r"^/(\d+)/(\d+)/(\d+)\.png$")
 R = 6378137.0

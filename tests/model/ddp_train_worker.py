@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from urbangeo.model.train import train
+from urbangeo.model.training import train
 from urbangeo.progress import set_mode
 
 

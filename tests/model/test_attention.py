@@ -12,7 +12,7 @@ from urbangeo.model.attention import (
     transformer_forward,
 )
 from urbangeo.model.clip import create_model
-from urbangeo.model.train import encode_text
+from urbangeo.model.training import encode_text
 
 TINY = "urbangeo-tiny-vit"
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from tests.model.synthetic import make_run
 from urbangeo import constants as C
-from urbangeo.model import baselines, data, embed, train
+from urbangeo.model import data, embed, encoders, training
 from urbangeo.progress import set_mode
 from urbangeo_cli import model as cli_model
 
@@ -24,11 +24,11 @@ def _reset_progress():
 
 
 def test_choices_match_the_library() -> None:
-    assert set(cli_model.TRAIN_MODES) == set(train.MODES)
-    assert cli_model.TRAIN_PARTS == train.TRAIN_CHOICES
+    assert set(cli_model.TRAIN_MODES) == set(training.MODES)
+    assert cli_model.TRAIN_PARTS == training.TRAIN_CHOICES
     assert cli_model.PAIR_KINDS == data.KIND_CHOICES
     assert cli_model.PRECISIONS == data.PRECISIONS
-    assert cli_model.ENCODERS == baselines.ENCODERS
+    assert tuple(cli_model.ENCODERS) == encoders.ENCODERS.names()
     assert cli_model.EMBED_KINDS == embed.EMBED_KINDS
 
 

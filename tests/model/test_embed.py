@@ -19,10 +19,10 @@ from urbangeo import constants as C
 from urbangeo.errors import InputError, OutputError, UrbangeoWarning
 from urbangeo.io.gpkg import read_layer
 from urbangeo.io.runs import read_stage_records
-from urbangeo.model.baselines import build_encoder, image_statistics, resnet18_encoder
 from urbangeo.model.clip import ModelConfigError, create_model
-from urbangeo.model.data import load_pairs, read_images
+from urbangeo.model.data import load_pairs, read_image_rows
 from urbangeo.model.embed import embed_images, embed_regions, pool_by_region, read_parquet
+from urbangeo.model.encoders import build_encoder, image_statistics, resnet18_encoder
 from urbangeo.model.stages import embed_stage
 from urbangeo.progress import set_mode
 
@@ -71,7 +71,7 @@ def test_embeddings_equal_the_bare_encoder(run: Path, trained_checkpoint) -> Non
     path, model = trained_checkpoint
     encoder = build_encoder("trained", checkpoint=path)
     assert encoder.dim == 64 and encoder.info["model"] == TINY
-    images = read_images(run)
+    images = read_image_rows(run)
     paths = images[images[C.STATUS] == C.STATUS_OK][C.PATH].tolist()[:10]
     features, ok = embed_images(encoder, paths, batch_size=4)
     assert ok.all() and features.dtype == np.float32
@@ -87,7 +87,7 @@ def test_region_vectors_are_means_of_their_images(run: Path, trained_checkpoint)
     assert emb.kind == C.KIND_STREETVIEW and emb.dim == 64
     assert emb.counts["regions"] == 12 and emb.counts["images_embedded"] == 36
 
-    images = read_images(run)
+    images = read_image_rows(run)
     street = images[(images[C.KIND] == C.KIND_STREETVIEW) & (images[C.STATUS] == C.STATUS_OK)]
     direct = _direct_features(model, encoder.transform, street[C.PATH].tolist())
     frame = pd.DataFrame(direct.astype(np.float64))

@@ -12,14 +12,15 @@ import torch
 from PIL import Image
 
 from tests.model.synthetic import make_run
-from urbangeo.model.baselines import build_encoder, checkpoint_metadata
 from urbangeo.model.clip import (
     ModelConfigError,
+    checkpoint_metadata,
     create_model,
     unnormalized_transform,
     with_image_normalization,
 )
 from urbangeo.model.data import channel_stats, load_pairs, split_pairs
+from urbangeo.model.encoders import build_encoder
 from urbangeo.model.stages import train_stage
 from urbangeo.progress import set_mode
 
@@ -171,7 +172,7 @@ def test_bad_image_norm_setting(tmp_path: Path) -> None:
 
 
 def test_where_the_normalisation_comes_from() -> None:
-    from urbangeo.model.train import TrainConfig, image_norm_source
+    from urbangeo.model.training import TrainConfig, image_norm_source
 
     assert image_norm_source(TrainConfig(model=TINY)) == "data"  # a random init
     assert image_norm_source(TrainConfig(pretrained="openai")) == "model"

@@ -22,7 +22,7 @@ from urbangeo.model.clip import ModelConfigError, create_model
 from urbangeo.model.data import resolve_precision
 from urbangeo.model.distill import EMATeacher
 from urbangeo.model.stages import train_stage
-from urbangeo.model.train import (
+from urbangeo.model.training import (
     METRICS_CSV,
     MetricsLog,
     apply_freezing,

@@ -88,7 +88,7 @@ def test_processing_grid_from_a_geographic_polygon_layer(plugin, tmp_path):
     feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(26.93, 60.52, 26.95, 60.53)))
     layer.dataProvider().addFeatures([feature])
     out = tmp_path / "area.gpkg"
-    result = processing.run("urbangeo:grid", {"BOUNDARY": layer, "GPKG": str(out)})
+    result = processing.run("urbangeo:grid", {"BOUNDARY_FILE": layer, "GPKG": str(out)})
     regions = QgsVectorLayer(result["REGIONS"], "regions", "ogr")
     assert regions.isValid() and regions.crs().authid() == "EPSG:32635"  # metres, not degrees
     assert regions.featureCount() == 4

@@ -1,15 +1,66 @@
 """Captions: several captioners per image, CAPTURE consensus, divide-and-conquer refinement.
 
-Import the parts you need; heavy dependencies (transformers, spaCy, NLTK,
-sentence-transformers) load only when used, from the ``captions`` extra.
+Importing this package loads nothing: every name below is imported when first used, and
+heavy dependencies (transformers, spaCy, NLTK, sentence-transformers) load only when a
+captioner or scorer needs them, from the ``captions`` extra.
 
-- :mod:`urbangeo.captions.stages`: :func:`caption_stage` (the ``urbangeo caption`` command)
-- :mod:`urbangeo.captions.backends`: ``openai``, ``transformers`` captioners
-- :mod:`urbangeo.captions.osm`: the offline OpenStreetMap captioner
-- :mod:`urbangeo.captions.prompts`: the paper's prompts
-- :mod:`urbangeo.captions.scenegraph`: FACTUAL and rule-based scene-graph parsers
-- :mod:`urbangeo.captions.capture`: :func:`capture_score`, :class:`SceneGraph`
-- :mod:`urbangeo.captions.consensus`: :func:`select_caption`
-- :mod:`urbangeo.captions.refine`: SAM crops, maximal rectangles, OWLv2 phrase filter
-- :mod:`urbangeo.captions.wordnet`: offline WordNet setup for NLTK
+Layout:
+
+- :mod:`~urbangeo.captions.stages`: :func:`caption_stage` (the ``urbangeo caption`` command),
+  :func:`read_caption_items`, :func:`run_calls`
+- :mod:`~urbangeo.captions.captioners`: the :class:`Captioner` base
+  (:mod:`~urbangeo.captions.captioners.base`) and one module per backend (``osm``,
+  ``openai``, ``transformers``), registered by name in :data:`CAPTIONERS`;
+  :func:`make_captioner`
+- :mod:`~urbangeo.captions.osm`: OpenStreetMap features of a place and the captions written
+  from them (vocabulary, layers, features, writer, describe)
+- :mod:`~urbangeo.captions.cache`: the ``captions.jsonl`` cache of calls
+- :mod:`~urbangeo.captions.prompts`: the paper's prompts
+- :mod:`~urbangeo.captions.scenegraph`: FACTUAL and rule-based scene-graph parsers
+- :mod:`~urbangeo.captions.capture`: :func:`capture_score`, :class:`CaptureScorer`
+- :mod:`~urbangeo.captions.consensus`: :func:`select_caption`
+- :mod:`~urbangeo.captions.refine`: SAM crops, maximal rectangles, OWLv2 phrase filter
+- :mod:`~urbangeo.captions.wordnet`, :mod:`~urbangeo.captions.stopwords`: offline set-up of
+  WordNet and CAPTURE's stop words (``urbangeo captions setup``)
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: Public name -> the submodule that defines it, imported on first use.
+_EXPORTS = {
+    "caption_stage": "stages",
+    "read_caption_items": "stages",
+    "run_calls": "stages",
+    "BACKENDS": "captioners",
+    "CAPTIONERS": "captioners",
+    "make_captioner": "captioners",
+    "Captioner": "captioners.base",
+    "CaptionError": "captioners.base",
+    "ImageItem": "captioners.base",
+    "CaptionCache": "cache",
+    "Prompts": "prompts",
+    "load_prompts": "prompts",
+    "SceneGraph": "scenegraph",
+    "get_parser": "scenegraph",
+    "CaptureScorer": "capture",
+    "capture_score": "capture",
+    "select_caption": "consensus",
+    "setup_wordnet": "wordnet",
+    "setup_stop_words": "stopwords",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

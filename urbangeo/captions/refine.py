@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from urbangeo._optional import import_optional
-from urbangeo.captions.backends import Captioner, CaptionError
 from urbangeo.captions.cache import CaptionCache, call_key
+from urbangeo.captions.captioners import Captioner, CaptionError
 from urbangeo.captions.prompts import Prompts
 from urbangeo.errors import InputError
 from urbangeo.io.files import sha256_bytes

@@ -14,7 +14,6 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,13 @@ from typing import Any
 import pandas as pd
 
 from urbangeo import constants as C
-from urbangeo.captions.backends import Captioner, CaptionError, ImageItem, make_captioner
 from urbangeo.captions.cache import CaptionCache, cache_path_for, call_key
+from urbangeo.captions.captioners import Captioner, CaptionError, ImageItem, make_captioner
 from urbangeo.captions.prompts import Prompts, load_prompts
 from urbangeo.errors import InputError, MissingLayerError
 from urbangeo.io.files import sha256_bytes
 from urbangeo.io.gpkg import check_can_write, list_layers, read_layer, write_layers
+from urbangeo.io.pool import BoundedPool
 from urbangeo.io.runs import StageRecord, stage_table
 from urbangeo.progress import message, progress
 
@@ -52,7 +52,7 @@ class Call:
     error: str | None = None
 
 
-def read_images(gpkg: str | os.PathLike) -> tuple[list[ImageItem], pd.DataFrame]:
+def read_caption_items(gpkg: str | os.PathLike) -> tuple[list[ImageItem], pd.DataFrame]:
     """The run's images as :class:`ImageItem` (with their region or point), and the layer."""
     path = Path(gpkg)
     try:
@@ -137,10 +137,10 @@ def _captioner(
     if backend == "osm":
         osm, city = options.pop("osm", None), options.pop("city", None)
         if osm is None:
-            from urbangeo.geo.stages import roads_source_for
+            from urbangeo.io.osm import run_extract
 
             try:
-                osm = roads_source_for(path, roads=None, city=city)
+                osm = run_extract(path, roads=None, city=city)
             except MissingLayerError:
                 osm = None
         if osm is None:
@@ -203,20 +203,13 @@ def run_calls(
         bar.update(len(calls) - len(todo), status="cached")
         if not todo:
             return
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="urbangeo-caption")
-        try:
-            futures = {pool.submit(one, *args) for args in todo}
-            pending = futures
-            while pending:
-                done, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
-                for future in done:
-                    error = future.exception()
-                    if error is not None:
-                        raise error
-                    bar.update(1)
-        finally:
-            # Also on Ctrl-C: queued calls are dropped, running ones finish and are cached.
-            pool.shutdown(wait=True, cancel_futures=True)
+        # Each call is cached in its worker as it finishes; on an error or Ctrl-C the queued
+        # calls are dropped and the running ones finish (and are cached).
+        with BoundedPool(
+            workers, settle=lambda call, _: bar.update(1), name="urbangeo-caption"
+        ) as pool:
+            for call, image, prompt in todo:
+                pool.submit(call, one, call, image, prompt)
 
 
 def caption_stage(
@@ -252,7 +245,7 @@ def caption_stage(
         raise InputError(f"Unknown selection '{select}'.", hint=f"Choose {SELECT_MODES}.")
     started = time.perf_counter()
     prompts = prompts if isinstance(prompts, Prompts) else load_prompts(prompts)
-    items, _ = read_images(path)
+    items, _ = read_caption_items(path)
     if kinds:
         unknown = set(kinds) - {C.KIND_SATELLITE, C.KIND_STREETVIEW}
         if unknown:
@@ -275,8 +268,7 @@ def caption_stage(
         # captioners that describe the place rather than the pixels).
         eligible = [i for i in items if i.path is not None]
         skipped = len(items) - len(eligible)
-        if hasattr(captioner, "prepare"):
-            captioner.prepare(eligible)
+        captioner.prepare(eligible)
         calls: list[tuple[Call, bytes | None, str]] = []
         images: dict[str, bytes | None] = {}
         failed_inputs: list[tuple[ImageItem, str]] = []

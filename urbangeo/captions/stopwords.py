@@ -20,6 +20,7 @@ from functools import cache
 from pathlib import Path
 
 from urbangeo.errors import InputError
+from urbangeo.io.files import atomic_path
 
 CAPTURE_WHEEL = "capture-metric==0.1.13"
 FILE_NAME = "capture_stop_words.json"
@@ -70,10 +71,11 @@ def setup_stop_words(
     with tempfile.TemporaryDirectory(prefix="urbangeo-capture-") as tmp:
         words = extract_stop_words(wheel if wheel is not None else _download_wheel(tmp))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_suffix(".tmp")
-        staging.write_text(json.dumps({"source": CAPTURE_WHEEL, "stop_words": words}, indent=0))
-        os.replace(staging, path)
+        with atomic_path(path) as tmp:  # creates the folder; no partial list on a failure
+            tmp.write_text(
+                json.dumps({"source": CAPTURE_WHEEL, "stop_words": words}, indent=0),
+                encoding="utf-8",
+            )
     except OSError as exc:
         raise InputError(
             f"Cannot write {path}: {exc.strerror}.", hint="Choose another folder (--target)."

@@ -73,7 +73,7 @@ def cluster_embeddings(
     lo, hi = k_range
     if k != "auto" and (not isinstance(k, int) or k < 2):
         raise InputError(f"k must be 2 or more, or 'auto', not {k!r}.")
-    need = max(hi if k == "auto" else k, 2) + 1
+    need = max(k if isinstance(k, int) else hi, 2) + 1
     if n < need:
         raise InputError(
             f"{n} region(s) are too few for {k if k != 'auto' else hi} clusters.",

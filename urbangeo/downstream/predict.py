@@ -272,6 +272,7 @@ def evaluate(
             if split == "random":
                 parts = random_split(len(valid), seed)
             else:
+                assert xy is not None and block_size  # the block split checked both above
                 parts = block_split(xy[valid], float(block_size), seed)
             train, val, test = (valid[p] for p in parts)
             for k, rows in enumerate((train, val, test)):
@@ -327,7 +328,7 @@ def _collect(
         predictions: dict[str, np.ndarray] = {}
         chosen: dict[str, list[float]] = {}
         for model, model_fits in fits.items():
-            per_seed = {m: [] for m in METRICS}
+            per_seed: dict[str, list[float]] = {m: [] for m in METRICS}
             predictions[model] = np.empty((len(seed_list), n_predict))
             chosen[model] = []
             for i, s, test in entries:
@@ -339,17 +340,23 @@ def _collect(
                     per_seed[m].append(values[m])
             metrics[model] = {m: summarize(v) for m, v in per_seed.items()}
         set_rows = sets[name]
-        sizes = [tuple(int((row == k).sum()) for k in range(3)) for row in set_rows]
+        sizes = [_set_sizes(row) for row in set_rows]
         results[name] = TargetResult(
             name=name,
             n_regions=int((set_rows[0] >= 0).sum()),
-            sizes=sizes,  # type: ignore[arg-type]
+            sizes=sizes,
             metrics=metrics,
             predictions=predictions,
             sets=set_rows,
             chosen=chosen,
         )
     return results
+
+
+def _set_sizes(row: np.ndarray) -> tuple[int, int, int]:
+    """The number of regions in the train, validation and test sets (0, 1, 2) of one seed."""
+    train, val, test = (int((row == k).sum()) for k in range(3))
+    return train, val, test
 
 
 def transfer(
@@ -407,7 +414,7 @@ def transfer(
         ridge_fits = [fit_ridge(X, t, X_predict=Xt, cache=cache) for t in tasks]
         bar.update(1)
     mean_fits = [_MeanFit(np.full(n_test, t.y[t.train].mean())) for t in tasks]
-    fits = {"mlp": mlp_fits, "ridge": ridge_fits, "train_mean": mean_fits}
+    fits: dict[str, list] = {"mlp": mlp_fits, "ridge": ridge_fits, "train_mean": mean_fits}
     results = _collect(names, seed_list, plan, fits, ys, sets, n_test)
     for (name, _, test_rows), task in zip(plan, tasks, strict=True):
         if len(results[name].sizes) == len(seed_list):

@@ -1,43 +1,34 @@
 """Downstream stages on a run's GeoPackage: indicators, predict, cluster, map.
 
-Like the stages in :mod:`urbangeo.pipeline`, each checks that its outputs can be written before
-any work, reports progress, and writes its layers plus its record in ``urbangeo_stages`` in one
-atomic write. Heavy libraries (torch, scikit-learn, folium, matplotlib) are imported when a
-stage runs, so that importing this module (the CLI does) stays cheap.
+Each is a body run by :func:`urbangeo.stage.stage` (settings checked and outputs checked
+before any work, the run's lock, one atomic write of its layers and its record); its settings
+are :class:`~urbangeo.settings.IndicatorsSettings`, :class:`~urbangeo.settings.PredictSettings`,
+:class:`~urbangeo.settings.ClusterSettings` and :class:`~urbangeo.settings.MapSettings`.
+``predict`` and ``cluster`` also run on files alone (no GeoPackage: nothing is recorded);
+:func:`transfer_stage` (fit on one city, test on another) is not a pipeline stage. Heavy
+libraries (torch, scikit-learn, folium, matplotlib) are imported when a stage runs, so that
+importing this module (the CLI does) stays cheap.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import geopandas as gpd
 import pandas as pd
 
 from urbangeo import constants as C
-from urbangeo.errors import InputError, OutputError
-from urbangeo.io.files import ensure_writable_file, write_text_atomic
-from urbangeo.io.gpkg import check_can_write, list_layers, read_layer, write_layers
-from urbangeo.io.runs import StageRecord, stage_table
+from urbangeo.errors import InputError, OutputError, UrbangeoWarning
+from urbangeo.io.files import atomic_path, ensure_writable_file, write_text_atomic
+from urbangeo.io.gpkg import list_layers, read_layer
+from urbangeo.io.runs import StageResult
 from urbangeo.progress import message, progress
-
-STAGES_TABLE = "urbangeo_stages"
-#: The metrics of ``predict`` in a run folder (beside the GeoPackage).
-
-
-@dataclass
-class DownstreamResult:
-    """What a downstream stage wrote, and what it found."""
-
-    stage: str
-    path: Path | None
-    counts: dict = field(default_factory=dict)
-    files: list[Path] = field(default_factory=list)
-    report: object | None = None
+from urbangeo.settings import ClusterSettings, IndicatorsSettings, MapSettings, PredictSettings
+from urbangeo.stage import StageRun, stage
 
 
 def write_json(path: str | os.PathLike, obj: object) -> Path:
@@ -55,98 +46,79 @@ def _regions_frame(gpkg: Path, table: pd.DataFrame) -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame(joined, geometry=regions.geometry.name, crs=regions.crs)
 
 
+@stage(PredictSettings, outputs=(C.LAYER_PREDICTIONS,), gpkg_required=False)
 def predict_stage(
-    gpkg: str | os.PathLike | None = None,
-    *,
-    embeddings: str | os.PathLike | None = None,
-    indicators: str | os.PathLike | None = None,
-    targets: Sequence[str] | None = None,
-    seeds: int | Sequence[int] = 5,
-    split: str = "random",
-    block_size: float | None = None,
-    log: bool = True,
-    output: str | os.PathLike | None = None,
-    predictions_seed: int | None = None,
-    model: str = "mlp",
-    overwrite: bool = False,
-    mlp: object | None = None,
-) -> DownstreamResult:
+    run: StageRun, s: PredictSettings, *, overwrite: bool, mlp: object | None = None
+) -> StageResult:
     """Evaluate indicator prediction; with ``gpkg``, write the ``predictions`` layer.
 
     Inputs: a run's GeoPackage (embeddings from ``embeddings.parquet`` beside it or its
     ``region_embeddings`` layer; indicators from its ``indicators`` table or the regions'
     columns; ``embeddings``/``indicators`` files replace either), or an ``embeddings`` and an
     ``indicators`` file. ``output``: metrics JSON (default with ``gpkg``: ``metrics.json``
-    beside it). The layer holds the ``model``'s predictions
-    of the seed ``predictions_seed``, or the mean over the seeds' models (None).
+    beside it). The layer holds the ``model``'s predictions of the seed ``predictions_from``,
+    or the mean over the seeds' models ("ensemble"). ``mlp``: the MLP head's configuration
+    (:class:`~urbangeo.downstream.heads.MLPConfig`; default ``DEFAULT_MLP``).
     """
     from urbangeo.downstream.heads import DEFAULT_MLP
     from urbangeo.downstream.predict import evaluate
     from urbangeo.downstream.tables import dataset_from_files, dataset_from_gpkg
 
-    if model not in ("mlp", "ridge"):
-        raise InputError(f"Unknown model {model!r}.", hint="Choose mlp or ridge.")
-    path = None
-    if gpkg is not None:
-        path = check_can_write(gpkg, [C.LAYER_PREDICTIONS], overwrite=overwrite)
-    elif embeddings is None or indicators is None:
+    path = run.path
+    if path is None and (s.embeddings is None or s.indicators is None):
         raise InputError(
             "Nothing to predict from.",
             hint="Give a run's GeoPackage (--gpkg RUN.gpkg) or both --embeddings and "
             "--indicators files.",
         )
+    output = s.output
     if output is None and path is not None:
         output = path.parent / C.METRICS_JSON
     if output is not None:
         ensure_writable_file(output)
-    started = time.perf_counter()
     if path is not None:
-        dataset = dataset_from_gpkg(path, embeddings=embeddings, indicators=indicators)
+        dataset = dataset_from_gpkg(path, embeddings=s.embeddings, indicators=s.indicators)
     else:
-        dataset = dataset_from_files(embeddings, indicators)  # type: ignore[arg-type]
+        dataset = dataset_from_files(s.embeddings, s.indicators)  # type: ignore[arg-type]
     report = evaluate(
         dataset,
-        targets,
-        seeds=seeds,
-        split=split,
-        block_size=block_size,
-        log=log,
+        list(s.targets) if s.targets else None,
+        seeds=s.seeds,
+        split=s.split,
+        block_size=s.block_size,
+        log=s.log,
         mlp=mlp or DEFAULT_MLP,  # type: ignore[arg-type]
     )
-    summary = report.to_dict()
     counts: dict = {"regions": len(dataset.features), "targets": len(report.targets)}
-    for name, result in report.targets.items():
-        counts[f"r2_{model}_{name}"] = round(result.metrics[model]["r2"]["mean"], 4)
+    for name, target in report.targets.items():
+        counts[f"r2_{s.model}_{name}"] = round(target.metrics[s.model]["r2"]["mean"], 4)
     files = []
     if output is not None:
-        files.append(write_json(output, summary))
+        files.append(write_json(output, report.to_dict()))
+    layers = None
     if path is not None:
-        frame = report.prediction_frame(model=model, seed=predictions_seed)
-        layer = _regions_frame(path, frame)
-        params = {
-            "embeddings": str(embeddings) if embeddings else "run",
-            "indicators": str(indicators) if indicators else "run",
-            "targets": list(report.targets),
-            "seeds": report.protocol["seeds"],
-            "split": split,
-            "block_size": block_size,
-            "log": log,
-            "model": model,
-            "predictions": "ensemble" if predictions_seed is None else predictions_seed,
-        }
-        record = StageRecord("predict", params, counts, time.perf_counter() - started)
-        write_layers(
-            path,
-            {C.LAYER_PREDICTIONS: layer, STAGES_TABLE: stage_table(path, record)},
-            overwrite=True,  # checked before the work began
-        )
+        frame = report.prediction_frame(model=s.model, seed=s.predictions_seed)
+        layers = {C.LAYER_PREDICTIONS: _regions_frame(path, frame)}
+    params = {
+        "embeddings": str(s.embeddings) if s.embeddings else "run",
+        "indicators": str(s.indicators) if s.indicators else "run",
+        "targets": list(report.targets),
+        "seeds": report.protocol["seeds"],
+        "split": s.split,
+        "block_size": s.block_size,
+        "log": s.log,
+        "model": s.model,
+        "predictions": "ensemble" if s.predictions_seed is None else s.predictions_seed,
+    }
+    result = run.commit(layers, counts=counts, params=params, files=files, report=report)
+    if path is not None:
         message(
             f"Wrote predictions of {len(report.targets)} indicator(s) to {path} "
             f"(layer {C.LAYER_PREDICTIONS})."
         )
     if output is not None:
         message(f"Wrote metrics to {output}.")
-    return DownstreamResult("predict", path, counts, files, report)
+    return result
 
 
 def transfer_stage(
@@ -158,8 +130,12 @@ def transfer_stage(
     log: bool = True,
     output: str | os.PathLike | None = None,
     mlp: object | None = None,
-) -> DownstreamResult:
-    """Fit on one city, test on another; each a ``RUN.gpkg`` or ``EMBEDDINGS,INDICATORS``."""
+) -> StageResult:
+    """Fit on one city, test on another; each a ``RUN.gpkg`` or ``EMBEDDINGS,INDICATORS``.
+
+    Not a pipeline stage: nothing is written to either GeoPackage or recorded; ``output``
+    writes the metrics as JSON.
+    """
     from urbangeo.downstream.heads import DEFAULT_MLP
     from urbangeo.downstream.predict import transfer
     from urbangeo.downstream.tables import open_dataset
@@ -174,110 +150,136 @@ def transfer_stage(
         log=log,
         mlp=mlp or DEFAULT_MLP,  # type: ignore[arg-type]
     )
-    files = [write_json(output, report.to_dict())] if output is not None else []
+    files = (write_json(output, report.to_dict()),) if output is not None else ()
     counts = {name: round(r.metrics["mlp"]["r2"]["mean"], 4) for name, r in report.targets.items()}
-    return DownstreamResult("transfer", None, counts, files, report)
+    return StageResult("transfer", None, counts, files=files, report=report)
 
 
-def indicators_stage(
-    gpkg: str | os.PathLike,
-    *,
-    table: str | os.PathLike | None = None,
-    points: str | os.PathLike | None = None,
-    polygons: str | os.PathLike | None = None,
-    raster: str | os.PathLike | None = None,
-    osm: bool | str | os.PathLike = False,
-    columns: Sequence[str] | None = None,
-    agg: str = "sum",
-    lon: str = "lon",
-    lat: str = "lat",
-    polygon_layer: str | None = None,
-    kind: str = "extensive",
-    band: int = 1,
-    stat: str = "sum",
-    name: str | None = None,
-    overwrite: bool = False,
-) -> DownstreamResult:
+def _read_rows(path: Path, what: str, row: str) -> pd.DataFrame:
+    """The table of a ``--table``/``--points`` source, refused when it has no rows."""
+    from urbangeo.downstream.indicators import read_table
+
+    frame = read_table(path)
+    if frame.empty:
+        header = ", ".join(map(str, frame.columns))
+        raise InputError(
+            f"The {what} {path} has no rows" + (f" (only a header: {header})." if header else "."),
+            hint=f"Give a table with one row per {row}.",
+        )
+    return frame
+
+
+def _say_dropped(
+    frame: pd.DataFrame, columns: Sequence[str] | None, skip: set[str], what: str
+) -> None:
+    """Warn about the columns of a source that are left out because they are not numeric
+    (the indicator functions take the numeric ones when no --columns are given)."""
+    if columns:
+        return  # chosen columns that are not numeric are refused by the indicator functions
+    dropped = [
+        str(c)
+        for c in frame.columns
+        if c not in skip and not pd.api.types.is_numeric_dtype(frame[c])
+    ]
+    if dropped:
+        warnings.warn(
+            f"Column(s) {', '.join(dropped)} of the {what} are not numeric; left out of the "
+            "indicators.",
+            UrbangeoWarning,
+            stacklevel=3,
+        )
+
+
+def _osm_extract(path: Path, s: IndicatorsSettings, layers: list[str]) -> Path | None:
+    """The .osm.pbf extract the OSM counts come from (None: no OSM counts asked for)."""
+    if not s.use_osm:
+        return None
+    osm_path = s.osm_file
+    if osm_path is None and C.LAYER_BOUNDARY in layers:
+        from urbangeo.io.osm import run_extract
+
+        osm_path = run_extract(path, roads=None, city=None)
+    if osm_path is None or not str(osm_path).endswith(".pbf"):
+        raise InputError(
+            f"{path} was not built for a bundled city, so it has no OSM extract.",
+            hint="Give one with --osm-file FILE.osm.pbf, or another source (--table, --points, "
+            "--polygons, --raster).",
+        )
+    return Path(osm_path)
+
+
+@stage(IndicatorsSettings)
+def indicators_stage(run: StageRun, s: IndicatorsSettings, *, overwrite: bool) -> StageResult:
     """Attach ground-truth indicators to the run's regions: the ``indicators`` table.
 
     Sources (any number; see :mod:`urbangeo.downstream.indicators` for the rules): ``table``
     keyed by region_id, lon/lat ``points``, ``polygons`` (area-weighted), a ``raster`` (zonal
-    statistics), ``osm`` (True: the run's bundled city extract; or a ``.osm.pbf`` path). With
+    statistics), ``osm`` (the run's bundled city extract, or the ``osm_file`` given). With
     no source, OSM counts from the run's bundled city. New columns are added to an existing
-    ``indicators`` table; replacing columns it has needs ``overwrite``.
+    ``indicators`` table; replacing columns it has needs ``overwrite``. Non-numeric columns
+    of a table, points or polygons are left out with a warning naming them.
     """
     from urbangeo.downstream import indicators as ind
     from urbangeo.downstream.tables import indicators_frame
 
-    path = check_can_write(gpkg, [], overwrite=overwrite)
-    started = time.perf_counter()
+    path = run.path
+    assert path is not None  # the stage needs the GeoPackage
     regions = read_layer(path, C.LAYER_REGIONS)
-    if not any(x is not None for x in (table, points, polygons, raster)) and not osm:
-        osm = True
-    osm_path = None
-    if osm:
-        from urbangeo.geo.stages import roads_source_for
-
-        if osm is not True:
-            osm_path = Path(osm)
-        elif C.LAYER_BOUNDARY in list_layers(path):
-            osm_path = roads_source_for(path, roads=None, city=None)
-        if osm_path is None or not str(osm_path).endswith(".pbf"):
-            raise InputError(
-                f"{path} was not built for a bundled city, so it has no OSM extract.",
-                hint="Give one with --osm FILE.osm.pbf, or another source (--table, --points, "
-                "--polygons, --raster).",
-            )
+    layers = list_layers(path)
+    osm_path = _osm_extract(path, s, layers)
     existing = None
-    if C.LAYER_INDICATORS in list_layers(path):
+    if C.LAYER_INDICATORS in layers:
         existing = indicators_frame(
             pd.DataFrame(read_layer(path, C.LAYER_INDICATORS)), source=f"{path}"
         )
-    cols = list(columns) if columns else None
+    cols = list(s.columns) if s.columns else None
     parts: list[pd.DataFrame] = []
     sources: list[str] = []
-    steps = sum(x is not None for x in (table, points, polygons, raster)) + bool(osm_path) + 1
+    steps = s.sources + (osm_path is not None) + 1
     with progress(steps, task="indicators", unit="source") as bar:
-        if table is not None:
+        if s.table is not None:
             bar.update(0, status="table")
-            parts.append(ind.from_region_table(regions, ind.read_table(table), cols))
-            sources.append(f"table:{table}")
+            frame = _read_rows(s.table, "table", "region")
+            _say_dropped(frame, cols, {C.REGION_ID, "lon", "lat", "x", "y"}, f"table {s.table}")
+            parts.append(ind.from_region_table(regions, frame, cols))
+            sources.append(f"table:{s.table}")
             bar.update(1)
-        if points is not None:
+        if s.points is not None:
             bar.update(0, status="points")
+            frame = _read_rows(s.points, "points table", "point")
+            skip = {s.lon, s.lat, C.REGION_ID, "x", "y"}
+            _say_dropped(frame, cols, skip, f"points table {s.points}")
             frame = ind.from_points(
                 regions,
-                ind.read_table(points),
+                frame,
                 cols,
-                agg=agg,
-                lon=lon,
-                lat=lat,
-                count_name=name or "point_count",
+                agg=s.agg,
+                lon=s.lon,
+                lat=s.lat,
+                count_name=s.name or "point_count",
             )
             parts.append(frame)
-            sources.append(f"points:{points}:{agg}")
+            sources.append(f"points:{s.points}:{s.agg}")
             bar.update(1)
-        if polygons is not None:
+        if s.polygons is not None:
             bar.update(0, status="polygons")
             try:
-                src = gpd.read_file(polygons, layer=polygon_layer, engine="pyogrio")
+                src = gpd.read_file(s.polygons, layer=s.polygon_layer, engine="pyogrio")
             except Exception as exc:
-                raise InputError(f"Cannot read polygons {polygons}: {exc}") from exc
-            parts.append(ind.from_polygons(regions, src, cols, kind=kind))
-            sources.append(f"polygons:{polygons}:{kind}")
+                raise InputError(f"Cannot read polygons {s.polygons}: {exc}") from exc
+            attributes = pd.DataFrame(src.drop(columns=src.geometry.name))
+            _say_dropped(attributes, cols, {C.REGION_ID, "id", "fid"}, f"polygons {s.polygons}")
+            parts.append(ind.from_polygons(regions, src, cols, kind=s.kind))
+            sources.append(f"polygons:{s.polygons}:{s.kind}")
             bar.update(1)
-        if raster is not None:
+        if s.raster is not None:
             bar.update(0, status="raster")
-            parts.append(ind.from_raster(regions, raster, band=band, stat=stat, name=name))
-            sources.append(f"raster:{raster}:{stat}")
+            parts.append(ind.from_raster(regions, s.raster, band=s.band, stat=s.stat, name=s.name))
+            sources.append(f"raster:{s.raster}:{s.stat}")
             bar.update(1)
         if osm_path is not None:
             bar.update(0, status="OSM")
-            boundary = (
-                read_layer(path, C.LAYER_BOUNDARY)
-                if C.LAYER_BOUNDARY in list_layers(path)
-                else None
-            )
+            boundary = read_layer(path, C.LAYER_BOUNDARY) if C.LAYER_BOUNDARY in layers else None
             parts.append(ind.from_osm(regions, osm_path, boundary=boundary))
             sources.append(f"osm:{osm_path}")
             bar.update(1)
@@ -300,44 +302,26 @@ def indicators_stage(
             new = pd.concat([kept, new], axis=1)
         out = new.reset_index()
         bar.update(0, status="write")
-        counts = {"regions": len(out), "columns": len(new.columns)}
-        record = StageRecord(
-            "indicators",
-            {"sources": sources, "columns": list(map(str, new.columns))},
-            counts,
-            time.perf_counter() - started,
-        )
-        write_layers(
-            path,
-            {C.LAYER_INDICATORS: out, STAGES_TABLE: stage_table(path, record)},
-            overwrite=True,
+        result = run.commit(
+            {C.LAYER_INDICATORS: out},
+            counts={"regions": len(out), "columns": len(new.columns)},
+            params={"sources": sources, "columns": list(map(str, new.columns))},
+            report=new,
         )
         bar.update(1)
     message(
         f"Wrote indicators {', '.join(added)} for {len(out):,} regions to {path} "
         f"(table {C.LAYER_INDICATORS})."
     )
-    return DownstreamResult("indicators", path, counts, report=new)
+    return result
 
 
 #: The per-cluster indicator density plot, in the run's maps folder.
 DENSITY_PNG = "cluster_density.png"
 
 
-def cluster_stage(
-    gpkg: str | os.PathLike | None = None,
-    *,
-    embeddings: str | os.PathLike | None = None,
-    indicators: str | os.PathLike | None = None,
-    k: int | str = 3,
-    k_range: tuple[int, int] = (2, 8),
-    components: int = 10,
-    seed: int = 0,
-    output: str | os.PathLike | None = None,
-    plot: str | os.PathLike | None = None,
-    log: bool = True,
-    overwrite: bool = False,
-) -> DownstreamResult:
+@stage(ClusterSettings, outputs=(C.LAYER_CLUSTERS,), gpkg_required=False)
+def cluster_stage(run: StageRun, s: ClusterSettings, *, overwrite: bool) -> StageResult:
     """PCA + KMeans of region embeddings; the ``clusters`` layer and a density plot.
 
     With ``gpkg``: embeddings and indicators of the run (or the files given), the layer
@@ -355,22 +339,23 @@ def cluster_stage(
         load_indicators,
     )
 
-    path = None
-    if gpkg is not None:
-        path = check_can_write(gpkg, [C.LAYER_CLUSTERS], overwrite=overwrite)
-    elif embeddings is None:
+    path = run.path
+    if path is None and s.embeddings is None:
         raise InputError(
             "Nothing to cluster.",
             hint="Give a run's GeoPackage (--gpkg RUN.gpkg) or an --embeddings file.",
         )
-    for target in (output, plot):
+    for target in (s.output, s.plot):
         if target is not None:
             ensure_writable_file(target)
-    started = time.perf_counter()
-    features = load_embeddings(embeddings) if embeddings else gpkg_embeddings(path)
+    if s.embeddings is not None:
+        features = load_embeddings(s.embeddings)
+    else:
+        assert path is not None  # checked above
+        features = gpkg_embeddings(path)
     table = None
-    if indicators is not None:
-        table = load_indicators(indicators)
+    if s.indicators is not None:
+        table = load_indicators(s.indicators)
     elif path is not None:
         try:
             table = gpkg_indicators(path)
@@ -378,12 +363,17 @@ def cluster_stage(
             table = None  # clusters need no indicators; the plot is skipped
     with progress(2, task="cluster", unit="step") as bar:
         bar.update(0, status="PCA + KMeans")
-        result = cluster_embeddings(
-            features, k=k, k_range=k_range, components=components, seed=seed
+        clusters = cluster_embeddings(
+            features,
+            k=s.k_value,
+            k_range=(s.k_range[0], s.k_range[1]),
+            components=s.components,
+            seed=s.seed,
         )
         bar.update(1, status="write")
-        frame = result.frame()
+        frame = clusters.frame()
         files: list[Path] = []
+        plot = s.plot
         if plot is None and path is not None:
             plot = path.parent / C.MAPS_DIR / DENSITY_PNG
         if table is not None and plot is not None:
@@ -391,40 +381,32 @@ def cluster_stage(
             if names:
                 from urbangeo.viz.plots import cluster_density_plot
 
-                values = table[names].reindex(result.region_ids)
-                files.append(cluster_density_plot(values, result.labels, plot, log=log))
-        if output is not None:
-            out = Path(output)
-            tmp = out.with_name(f".{out.name}.tmp")
-            if out.suffix.lower() in (".parquet", ".pq"):
-                frame.reset_index().to_parquet(tmp, index=False)
-            else:
-                frame.reset_index().to_csv(tmp, index=False)
-            os.replace(tmp, out)
-            files.append(out)
-        counts = {"regions": len(frame), "k": result.k}
-        counts.update({f"silhouette_k{kk}": round(s, 4) for kk, s in result.silhouettes.items()})
-        if path is not None:
-            layer = _regions_frame(path, frame)
-            params = {
-                "embeddings": str(embeddings) if embeddings else "run",
-                "k": k,
-                "k_range": list(k_range),
-                "components": components,
-                "seed": seed,
-            }
-            record = StageRecord("cluster", params, counts, time.perf_counter() - started)
-            write_layers(
-                path,
-                {C.LAYER_CLUSTERS: layer, STAGES_TABLE: stage_table(path, record)},
-                overwrite=True,  # checked before the work began
-            )
+                values = table[names].reindex(clusters.region_ids)
+                files.append(cluster_density_plot(values, clusters.labels, plot, log=s.log))
+        if s.output is not None:
+            with atomic_path(s.output) as tmp:
+                if s.output.suffix.lower() in (".parquet", ".pq"):
+                    frame.reset_index().to_parquet(tmp, index=False)
+                else:
+                    frame.reset_index().to_csv(tmp, index=False)
+            files.append(s.output)
+        counts: dict[str, int | float] = {"regions": len(frame), "k": clusters.k}
+        counts.update({f"silhouette_k{kk}": round(v, 4) for kk, v in clusters.silhouettes.items()})
+        params = {
+            "embeddings": str(s.embeddings) if s.embeddings else "run",
+            "k": s.k_value,
+            "k_range": list(s.k_range),
+            "components": s.components,
+            "seed": s.seed,
+        }
+        layers = {C.LAYER_CLUSTERS: _regions_frame(path, frame)} if path is not None else None
+        result = run.commit(layers, counts=counts, params=params, files=files, report=clusters)
         bar.update(1)
     where = f" to {path} (layer {C.LAYER_CLUSTERS})" if path is not None else ""
-    message(f"Clustered {len(frame):,} regions into {result.k} clusters{where}.")
+    message(f"Clustered {len(frame):,} regions into {clusters.k} clusters{where}.")
     for file in files:
         message(f"Wrote {file}.")
-    return DownstreamResult("cluster", path, counts, files, result)
+    return result
 
 
 #: The map written by :func:`map_stage`, in the run's maps folder.
@@ -466,24 +448,19 @@ def _selected_captions(gpkg: Path) -> tuple[pd.Series | None, pd.Series | None]:
     return region, point
 
 
-def map_stage(
-    gpkg: str | os.PathLike,
-    *,
-    output: str | os.PathLike | None = None,
-    tiles: str = "osm",
-) -> DownstreamResult:
+@stage(MapSettings)
+def map_stage(run: StageRun, s: MapSettings, *, overwrite: bool) -> StageResult:
     """Write an offline folium map of the run's products (``maps/map.html`` beside it).
 
     Layers, each toggleable: clusters, per predicted indicator its prediction, ground truth
     and residual, ground truth of indicators without predictions, and the street-view points;
     tooltips show the region's values and its selected caption when there is a captions table.
     """
-    from urbangeo.viz.maps import TILES, build_map, write_map
+    from urbangeo.viz.maps import build_map, write_map
 
-    if tiles not in TILES:
-        raise InputError(f"Unknown tiles {tiles!r}.", hint=f"Choose one of: {', '.join(TILES)}.")
-    path = Path(gpkg)
-    out = Path(output) if output is not None else path.parent / C.MAPS_DIR / MAP_HTML
+    path = run.path
+    assert path is not None  # the stage needs the GeoPackage
+    out = s.output if s.output is not None else path.parent / C.MAPS_DIR / MAP_HTML
     ensure_writable_file(out)
     layers = list_layers(path)
     with progress(3, task="map", unit="step") as bar:
@@ -515,7 +492,7 @@ def map_stage(
             points=points,
             region_captions=region_captions,
             point_captions=point_captions,
-            tiles=tiles,
+            tiles=s.tiles,
             title=f"urbangeo: {path.parent.name or path.stem}",
         )
         bar.update(1, status="write")
@@ -531,5 +508,6 @@ def map_stage(
         )
         if frame is not None
     ]
+    result = run.commit(counts={"layers": len(shown)}, files=[out])
     message(f"Wrote the map of {', '.join(shown) or 'the regions'} to {out}.")
-    return DownstreamResult("map", path, {"layers": len(shown)}, [out])
+    return result

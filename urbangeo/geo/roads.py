@@ -25,7 +25,7 @@ import shapely
 from urbangeo import constants as C
 from urbangeo.errors import InputError, UrbangeoWarning
 from urbangeo.geo.crs import metric_crs
-from urbangeo.geo.sampling import first_undirected
+from urbangeo.geo.linemerge import first_undirected
 from urbangeo.io.osm import OSM_ID, open_extract
 
 _NOT_ROADS = frozenset(

@@ -12,8 +12,6 @@ import json
 import os
 import re
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import geopandas as gpd
@@ -21,13 +19,6 @@ import numpy as np
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError
-from urbangeo.geo.stages import roads_source_for
-from urbangeo.imagery.http import (
-    DEFAULT_CONCURRENCY,
-    DEFAULT_RATE_LIMIT,
-    DEFAULT_RETRIES,
-    HttpClient,
-)
 from urbangeo.imagery.manifest import (
     ImageJob,
     ImageResult,
@@ -35,30 +26,36 @@ from urbangeo.imagery.manifest import (
     encode_png,
     image_size,
 )
-from urbangeo.imagery.render import OsmRenderSource
-from urbangeo.imagery.satellite import (
+from urbangeo.imagery.sources import (
     DEFAULT_MIN_VALID,
     DEFAULT_RESAMPLING,
-    TILE_CACHE_DIR,
-    RasterSource,
+    TILE_KEY_ENV,
+    TileOptions,
     TileSource,
-    XyzSource,
+    make_tile_source,
 )
 from urbangeo.imagery.streetview import (
     DEFAULT_FOV,
+    DEFAULT_MATCH_RADIUS_M,
     DEFAULT_MAX_ANGLE,
-    DEFAULT_RADIUS_M,
     ProviderOptions,
     Shot,
     StreetViewProvider,
     make_provider,
 )
 from urbangeo.io.gpkg import check_can_write, read_layer
+from urbangeo.io.http import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_RATE_LIMIT,
+    DEFAULT_RETRIES,
+    HttpClient,
+)
+from urbangeo.io.osm import run_extract
+from urbangeo.io.pool import BoundedPool
 from urbangeo.io.runs import StageResult
 from urbangeo.progress import message, progress
 
 DEFAULT_TILE_SIZE = 256
-TILE_KEY_ENV = "URBANGEO_TILE_KEY"
 RENDER_STYLES = ("osm",)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -81,7 +78,7 @@ def satellite_jobs(regions: gpd.GeoDataFrame) -> list[ImageJob]:
 def _osm_source(path: Path, osm: str | os.PathLike | None) -> Path:
     if osm is not None:
         return Path(osm)
-    source = roads_source_for(path, roads=None, city=None)
+    source = run_extract(path, roads=None, city=None)
     if source is None:
         from urbangeo.io.runs import read_stage_records
 
@@ -128,15 +125,16 @@ def tiles_stage(
 
     Reads ``regions`` from ``gpkg``; writes ``size`` × ``size`` PNGs to ``images/satellite/``
     and rows of kind ``satellite`` to the ``images`` layer. See
-    :mod:`urbangeo.imagery.satellite` and :mod:`urbangeo.imagery.render` for the sources;
-    any other :class:`~urbangeo.imagery.satellite.TileSource` can be passed as ``source``
-    (for XYZ sources, call its ``choose_zoom`` first).
+    :mod:`urbangeo.imagery.sources` for the sources; any other
+    :class:`~urbangeo.imagery.sources.TileSource` can be passed as ``source`` (the caller
+    closes it).
     """
     path = check_can_write(gpkg, [])
     if source is not None:
         _check_size(size)
         regions = read_layer(path, C.LAYER_REGIONS)
         bounds = regions.geometry.bounds.to_numpy(dtype=float)
+        source.choose_zoom(bounds, size)
         return _make_tiles(path, regions, bounds, source, size, workers, overwrite)
     chosen = [name for name, v in (("raster", raster), ("xyz", xyz), ("render", render)) if v]
     if len(chosen) != 1:
@@ -149,50 +147,33 @@ def tiles_stage(
         raise InputError("min_valid must be between 0 and 1.", hint="e.g. --min-valid 0.5")
     regions = read_layer(path, C.LAYER_REGIONS)
     bounds = regions.geometry.bounds.to_numpy(dtype=float)
-    made: TileSource
+    location: str | os.PathLike | None
     if render is not None:
         if render not in RENDER_STYLES:
             raise InputError(
                 f"Unknown map style {render!r}.", hint=f"Choose one of: {', '.join(RENDER_STYLES)}."
             )
-        made = OsmRenderSource(_osm_source(path, osm), grid_crs=regions.crs)
+        name, location = render, _osm_source(path, osm)
     elif raster is not None:
-        made = RasterSource(
-            raster, grid_crs=regions.crs, bands=bands, resampling=resampling, min_valid=min_valid
-        )
-        try:
-            made.check_overlap(bounds)
-        except BaseException:
-            made.close()
-            raise
+        name, location = "raster", raster
     else:
-        key = os.environ.get(key_env) or None
-        if client is None:
-            client = HttpClient(
-                concurrency=concurrency,
-                rate_limit=rate_limit,
-                retries=retries,
-                user_agent=user_agent,
-                secrets=[key] if key else (),
-                service="The tile server",
-                key_hint=f"Check the tile service's API key (environment variable {key_env}) "
-                "and that it allows this service and area.",
-            )
-        try:
-            made = XyzSource(
-                xyz,
-                grid_crs=regions.crs,
-                cache_dir=path.parent / TILE_CACHE_DIR,
-                zoom=zoom,
-                client=client,
-                key=key,
-                resampling=resampling,
-                min_valid=min_valid,
-            )
-            made.choose_zoom(bounds, size)
-        except BaseException:
-            client.close()
-            raise
+        name, location = "xyz", xyz
+    options = TileOptions(
+        location=location,
+        grid_crs=regions.crs,
+        run_dir=path.parent,
+        bands=bands,
+        zoom=zoom,
+        resampling=resampling,
+        min_valid=min_valid,
+        concurrency=concurrency,
+        rate_limit=rate_limit,
+        retries=retries,
+        key_env=key_env,
+        user_agent=user_agent,
+        client=client,
+    )
+    made = make_tile_source(name, options, bounds=bounds, size=size)
     try:
         return _make_tiles(path, regions, bounds, made, size, workers, overwrite)
     finally:
@@ -223,49 +204,34 @@ def _make_tiles(
     todo = [i for i, job in enumerate(jobs) if not manifest.is_done(job, settings=settings)]
     order = {job.image_id: i for i, job in enumerate(jobs)}
 
-    photographic = getattr(source, "photographic", True)
-
     def save(job: ImageJob, image: np.ndarray) -> ImageResult:
         # In a worker thread: encoding, hashing and file I/O run in parallel.
-        data = encode_png(image, settings=settings, photographic=photographic)
+        data = encode_png(image, settings=settings, photographic=source.photographic)
         return manifest.write(job, data, source=source.source, size=(size, size))
 
     started = time.perf_counter()
     remaining = len(todo)
     with progress(len(jobs), task="tiles", unit="tile") as bar:
         bar.update(len(jobs) - len(todo), status="done before")
-        pool = ThreadPoolExecutor(max(1, workers))
-        queue: deque[tuple[ImageJob, Future[ImageResult]]] = deque()
 
-        def drain(limit: int, *, salvage: bool = False) -> None:
+        def settle(job: ImageJob, result: ImageResult) -> None:
+            # In this thread, in the regions' order.
             nonlocal remaining
-            while len(queue) > limit:
-                job, future = queue.popleft()
-                if salvage and (future.cancelled() or future.exception() is not None):
-                    continue
-                manifest.record(job, future.result())
-                remaining -= 1
-                bar.update(1)
+            manifest.record(job, result)
+            remaining -= 1
+            bar.update(1, status=None if result.status == C.STATUS_OK else result.status)
 
         try:
-            for k, tile in source.tiles(bounds[todo], size):
-                job = jobs[todo[k]]
-                if tile.status == C.STATUS_OK:
-                    queue.append((job, pool.submit(save, job, tile.image)))
-                    drain(2 * max(1, workers))
-                else:
-                    manifest.record(
-                        job, ImageResult(tile.status, reason=tile.reason, source=source.source)
-                    )
-                    remaining -= 1
-                    bar.update(1, status=tile.status)
-            drain(0)
+            with BoundedPool(workers, settle, name="tiles") as pool:
+                for k, tile in source.tiles(bounds[todo], size):
+                    job = jobs[todo[k]]
+                    if tile.status == C.STATUS_OK:
+                        pool.submit(job, save, job, tile.image)
+                    else:
+                        result = ImageResult(tile.status, reason=tile.reason, source=source.source)
+                        pool.settled(job, result)
         finally:
-            pool.shutdown(wait=True)  # encoding the few queued images is quick
-            try:
-                drain(0, salvage=True)  # keep what was encoded before an interruption
-            finally:
-                manifest.flush(pending=remaining, order=order.get)
+            manifest.flush(pending=remaining, order=order.get)
     counts = manifest.counts()
     manifest.warn_failures()
     seconds = time.perf_counter() - started
@@ -284,7 +250,7 @@ def streetview_stage(
     provider: str | StreetViewProvider = "folder",
     folder: str | os.PathLike | None = None,
     csv: str | os.PathLike | None = None,
-    radius: float = DEFAULT_RADIUS_M,
+    radius: float = DEFAULT_MATCH_RADIUS_M,
     coords: str = "wgs84",
     headings: tuple[float, ...] = (0.0,),
     panorama_views: int = 0,
@@ -353,42 +319,31 @@ def _make_streetview(
     order = {shot.job.image_id: i for i, shot in enumerate(shots)}
     todo = [shot for shot in shots if not manifest.is_done(shot.job)]
     remaining = len(todo)
-    workers = max(1, provider.concurrency)
+
+    def fetch_and_save(shot: Shot) -> ImageResult:
+        # In a worker thread: the fetch and the file I/O; the manifest stays in this one.
+        fetched = provider.fetch(shot)
+        if fetched.status == C.STATUS_OK and fetched.data is not None:
+            size = image_size(fetched.data)
+            return manifest.write(shot.job, fetched.data, source=fetched.source, size=size)
+        return ImageResult(fetched.status, reason=fetched.reason, source=fetched.source)
+
     with progress(len(shots), task=f"streetview ({provider.name})", unit="image") as bar:
         bar.update(len(shots) - len(todo), status="done before")
-        pool = ThreadPoolExecutor(workers)
-        queue: deque[tuple[Shot, Future]] = deque()
 
-        def fetch_and_save(shot: Shot) -> ImageResult:
-            # In a worker thread: the fetch and the file I/O; the manifest stays in this one.
-            fetched = provider.fetch(shot)
-            if fetched.status == C.STATUS_OK and fetched.data is not None:
-                size = image_size(fetched.data)
-                return manifest.write(shot.job, fetched.data, source=fetched.source, size=size)
-            return ImageResult(fetched.status, reason=fetched.reason, source=fetched.source)
-
-        def settle(shot: Shot, future: Future[ImageResult]) -> None:
+        def settle(shot: Shot, result: ImageResult) -> None:
+            # In this thread, in the shots' order.
             nonlocal remaining
-            result = future.result()
             manifest.record(shot.job, result)
             remaining -= 1
             bar.update(1, status=result.status)
 
         try:
-            for shot in todo:
-                queue.append((shot, pool.submit(fetch_and_save, shot)))
-                while len(queue) > 2 * workers:
-                    settle(*queue.popleft())
-            while queue:
-                settle(*queue.popleft())
+            with BoundedPool(provider.concurrency, settle, name="streetview") as pool:
+                for shot in todo:
+                    pool.submit(shot, fetch_and_save, shot)
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-            try:
-                for shot, future in queue:  # keep what arrived before an interruption
-                    if not future.cancelled() and future.exception() is None:
-                        settle(shot, future)
-            finally:
-                manifest.flush(pending=remaining, order=order.get)
+            manifest.flush(pending=remaining, order=order.get)
     counts = manifest.counts()
     manifest.warn_failures()
     message(

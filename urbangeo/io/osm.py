@@ -143,3 +143,31 @@ def open_extract(
             f"Cannot read {label} {path}: {type(exc).__name__}: {exc}", hint=hint
         ) from exc
     return OsmExtract(osm, path=path, label=label, hint=hint)
+
+
+def run_extract(
+    gpkg: str | os.PathLike, *, roads: str | os.PathLike | None = None, city: str | None = None
+) -> Path | None:
+    """A run's OSM data: ``roads`` (a file), a bundled city's extract, or None (online).
+
+    Every stage that reads OSM (sample, tiles, captions, indicators) finds it here. Without
+    ``roads`` or ``city``: the extract the run's ``sample`` stage read (``urbangeo sample
+    --roads FILE.osm.pbf``), else the bundled city the grid was built for.
+    """
+    from urbangeo.geo.boundary import get_city
+    from urbangeo.io.gpkg import list_layers, read_layer
+    from urbangeo.io.runs import read_stage_records
+
+    if roads is not None:
+        return Path(roads)
+    if city is None:
+        sampled = read_stage_records(gpkg).get("sample")
+        used = str(sampled.params.get("roads", "")) if sampled is not None else ""
+        if used.lower().endswith(PBF_SUFFIX) and Path(used).is_file():
+            return Path(used)
+        if C.LAYER_BOUNDARY in list_layers(gpkg):
+            boundary = read_layer(gpkg, C.LAYER_BOUNDARY)
+            source = str(boundary[C.SOURCE].iloc[0]) if C.SOURCE in boundary else ""
+            if source.startswith("city:"):
+                city = source.removeprefix("city:")
+    return get_city(city).osm_path() if city else None

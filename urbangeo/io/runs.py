@@ -24,16 +24,21 @@ STAGES_TABLE = "urbangeo_stages"
 
 @dataclass(frozen=True)
 class StageResult:
-    """What a stage wrote (or found already done)."""
+    """What a stage wrote (or found already done): the one result type of every stage."""
 
     stage: str
-    path: Path
+    path: Path | None
     counts: dict = field(default_factory=dict)
     skipped: bool = False
+    #: Files written beside the GeoPackage (metrics, plots, maps...).
+    files: tuple[Path, ...] = ()
+    #: The stage's own report object (e.g. prediction metrics), for the caller to show.
+    report: object | None = None
 
 
 def downstream_of(stage: str) -> tuple[str, ...]:
-    """The stages after ``stage`` (whose inputs change when it is redone)."""
+    """The stages after ``stage``: each may read what ``stage`` wrote, so redoing ``stage``
+    makes every one of them stale."""
     return C.STAGES[C.STAGES.index(stage) + 1 :] if stage in C.STAGES else ()
 
 

@@ -3,9 +3,11 @@
 ``urbangeo.model.clip`` builds open_clip models (pretrained tag, local checkpoint or random init)
 and stretches their text context with Long-CLIP's interpolation (IPSI); ``urbangeo.model.distill``
 holds the EMA teacher, the feature queues and the distillation loss; ``data`` reads image–caption
-pairs, ``train`` pre-trains (``train.train``), ``baselines`` and ``embed`` turn a run's images
-into region embeddings, and ``stages`` wraps both as GeoPackage stages for the CLI. Importing
-this package pulls in torch; open_clip is only imported when a name that needs it is used.
+pairs, ``training`` pre-trains (``training.train``), ``encoders`` (the trained model and the
+baselines) and ``embed`` turn a run's images into region embeddings, and ``stages`` wraps both
+as GeoPackage stages for the CLI. ``defaults``, ``training.config`` and ``encoders`` (its
+registry) import without torch; the rest pull it in, and open_clip only when a name that needs
+it is used.
 """
 
 from __future__ import annotations
@@ -31,13 +33,13 @@ _EXPORTS = {
     "momentum_distillation_loss": "distill",
     "load_pairs": "data",
     "split_pairs": "data",
-    "MODES": "train",
-    "TrainConfig": "train",
-    "TrainResult": "train",
-    "Trainer": "train",
-    "ENCODERS": "baselines",
-    "ImageEncoder": "baselines",
-    "build_encoder": "baselines",
+    "MODES": "training.config",
+    "TrainConfig": "training.config",
+    "TrainResult": "training.trainer",
+    "Trainer": "training.trainer",
+    "ENCODERS": "encoders",
+    "ImageEncoder": "encoders.base",
+    "build_encoder": "encoders",
     "RegionEmbeddings": "embed",
     "embed_images": "embed",
     "embed_regions": "embed",

@@ -32,15 +32,13 @@ from torch.utils.data import Dataset, DistributedSampler
 from urbangeo import constants as C
 from urbangeo.errors import InputError, MissingLayerError, UrbangeoWarning
 from urbangeo.io.gpkg import list_layers
+from urbangeo.model.defaults import KIND_CHOICES, PRECISIONS
 
-KINDS = (C.KIND_SATELLITE, C.KIND_STREETVIEW)
-KIND_CHOICES = ("all", *KINDS)
 PAIR_COLUMNS = (C.IMAGE_ID, C.PATH, C.CAPTION, C.REGION_ID, C.KIND)
 #: Accepted spellings of the columns of a user's pairs file.
 PATH_ALIASES = ("path", "image_path", "image", "filepath", "file")
 CAPTION_ALIASES = ("caption", "text", "description")
 VAL_SALT = "urbangeo-val"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: Errors PIL raises for files that are not (complete) images.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -107,7 +105,7 @@ def _require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> 
         )
 
 
-def read_images(gpkg: str | os.PathLike) -> pd.DataFrame:
+def read_image_rows(gpkg: str | os.PathLike) -> pd.DataFrame:
     """The ``images`` layer of a run (no geometry), with ``path`` made absolute."""
     gpkg = Path(gpkg)
     images = _read_table(gpkg, C.LAYER_IMAGES, "urbangeo tiles` or `urbangeo streetview")
@@ -119,7 +117,7 @@ def read_images(gpkg: str | os.PathLike) -> pd.DataFrame:
 
 
 def _pairs_from_gpkg(gpkg: Path) -> pd.DataFrame:
-    images = read_images(gpkg)
+    images = read_image_rows(gpkg)
     captions = _read_table(gpkg, C.LAYER_CAPTIONS, "urbangeo caption")
     _require_columns(captions, [C.IMAGE_ID, C.CAPTION, C.SELECTED], f"Table captions of {gpkg}")
     ok = images[images[C.STATUS] == C.STATUS_OK]
@@ -230,7 +228,7 @@ def split_pairs(pairs: pd.DataFrame, val_fraction: float) -> tuple[pd.DataFrame,
     return pairs[~is_val].reset_index(drop=True), pairs[is_val].reset_index(drop=True)
 
 
-def fingerprint(pairs: pd.DataFrame) -> str:
+def pairs_fingerprint(pairs: pd.DataFrame) -> str:
     """A short hash of the pairs (ids, paths and captions), to refuse resuming on other data."""
     digest = hashlib.sha1()
     for row in pairs[[C.IMAGE_ID, C.PATH, C.CAPTION]].itertuples(index=False):

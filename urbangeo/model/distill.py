@@ -40,9 +40,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DEFAULT_MOMENTUM = 0.995
-DEFAULT_QUEUE_SIZE = 4096
-DEFAULT_MU = 0.5
+from urbangeo.model.defaults import DEFAULT_MOMENTUM, DEFAULT_MU, DEFAULT_QUEUE_SIZE
+
 MAX_LOGIT_SCALE = 100.0
 
 

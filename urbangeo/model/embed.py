@@ -32,18 +32,19 @@ from torch.utils.data import DataLoader
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError
-from urbangeo.model.baselines import ImageEncoder
+from urbangeo.io.files import atomic_path
 from urbangeo.model.data import (
     ImageDataset,
     autocast,
     collate_images,
     pick_device,
-    read_images,
+    read_image_rows,
     resolve_precision,
 )
+from urbangeo.model.defaults import EMBED_KINDS
+from urbangeo.model.encoders.base import ImageEncoder
 from urbangeo.progress import progress
 
-EMBED_KINDS = ("auto", C.KIND_STREETVIEW, C.KIND_SATELLITE, "concat")
 N_IMAGES = "n_images"
 #: Above this many vector columns the layer stores the vector as one JSON text column instead
 #: (SQLite allows 2000 columns per table).
@@ -167,7 +168,7 @@ def embed_regions(
     """
     if kind not in EMBED_KINDS:
         raise InputError(f"kind must be one of {EMBED_KINDS}; got {kind!r}")
-    images, kind = _select_images(read_images(gpkg), kind)
+    images, kind = _select_images(read_image_rows(gpkg), kind)
     if encoder.fit is not None:
         encoder = encoder.fit(images[C.PATH].tolist())
     features, ok = embed_images(
@@ -228,12 +229,8 @@ def write_parquet(emb: RegionEmbeddings, path: str | os.PathLike) -> Path:
         columns[name] = pa.array(vectors[:, i], type=pa.float32())
     meta = {"kind": emb.kind, "dim": emb.dim, **emb.info, **emb.counts}
     table = pa.table(columns).replace_schema_metadata({"urbangeo": json.dumps(meta)})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -39,7 +39,7 @@ def train_stage(
     With a GeoPackage the finished run is recorded as stage ``train`` (its settings, counts
     and final validation retrieval); checkpoints and ``train_metrics.csv`` go beside it.
     """
-    from urbangeo.model.train import TrainConfig, train
+    from urbangeo.model.training import TrainConfig, train
 
     if (gpkg is None) == (pairs is None):
         raise InputError(
@@ -110,8 +110,8 @@ def embed_stage(
     ``checkpoint`` (default: ``checkpoints/<name>/model.pt`` beside the GeoPackage; any other
     run's model works too: transfer). See :func:`urbangeo.model.embed.embed_regions`.
     """
-    from urbangeo.model.baselines import build_encoder, default_checkpoint
     from urbangeo.model.embed import embed_regions, region_layer, write_parquet
+    from urbangeo.model.encoders import build_encoder, default_checkpoint
 
     path = check_can_write(gpkg, [C.LAYER_REGION_EMBEDDINGS], overwrite=overwrite)
     regions = read_layer(path, C.LAYER_REGIONS)

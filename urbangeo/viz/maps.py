@@ -235,7 +235,7 @@ def _geojson(frame: gpd.GeoDataFrame) -> dict:
     props = frame.drop(columns=frame.geometry.name)
     features = []
     for geom, (_, row) in zip(geoms, props.iterrows(), strict=True):
-        clean = {}
+        clean: dict[str, bool | int | float | str | None] = {}
         for key, value in row.items():
             if isinstance(value, float | np.floating):
                 clean[str(key)] = None if not np.isfinite(value) else float(value)
@@ -342,7 +342,9 @@ def build_map(
         specs.append(LayerSpec("Clusters", "_c_cluster", legend, "Clusters"))
         tooltip.append(("cluster", "cluster"))
 
-    targets = _targets(list(predictions.columns)) if predictions is not None else []
+    if predictions is None:
+        predictions = pd.DataFrame()
+    targets = _targets(list(predictions.columns))
     for i, t in enumerate(targets):
         pred = predictions[f"{t}_predicted"].reindex(frame.index).to_numpy(np.float64)
         obs = predictions.get(f"{t}_observed")

@@ -53,7 +53,8 @@ from rasterio.transform import from_origin
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError
-from urbangeo.imagery.satellite import Tile, lattice_step
+from urbangeo.imagery.sources.base import Tile, TileOptions, TileSource
+from urbangeo.imagery.sources.warp import lattice_step
 from urbangeo.io.osm import NETWORK_ALL, open_extract
 
 OSM_HINT = "Pass an .osm.pbf file with --osm (e.g. from download.geofabrik.de)."
@@ -382,11 +383,13 @@ def render_regions(
         start = stop
 
 
-class OsmRenderSource:
-    """Map tiles drawn from an OSM extract: a :class:`~urbangeo.imagery.satellite.TileSource`.
+class OsmRenderSource(TileSource):
+    """Map tiles drawn from an OSM extract, in the colour scheme above.
 
     The extract is read once, for the squares' extent only, when the first tiles are asked for.
     """
+
+    photographic = False  # flat colours
 
     def __init__(self, osm_path: str | os.PathLike, *, grid_crs: object) -> None:
         self.osm_path = Path(osm_path)
@@ -396,9 +399,20 @@ class OsmRenderSource:
                 hint=OSM_HINT,
             )
         self.grid_crs = grid_crs
-        self.photographic = False  # flat colours: PNGs compress best with zlib's defaults
         self.features: MapFeatures | None = None
-        self.source = f"osm:{self.osm_path.resolve()}"
+        self._source = f"osm:{self.osm_path.resolve()}"
+
+    @classmethod
+    def from_options(cls, options: TileOptions) -> OsmRenderSource:
+        """The extract at ``options.location``."""
+        if options.location is None:
+            raise InputError("Rendering map tiles needs an OSM extract.", hint=OSM_HINT)
+        return cls(options.location, grid_crs=options.grid_crs)
+
+    @property
+    def source(self) -> str:
+        """``osm:/absolute/path/of/the/extract.osm.pbf``."""
+        return self._source
 
     def params(self) -> dict:
         """Settings that decide the images (the colour scheme is part of the code)."""
@@ -432,6 +446,3 @@ class OsmRenderSource:
         features = self.load(bounds)
         for i, image in render_regions(features, bounds, size=size):
             yield i, Tile(C.STATUS_OK, image)
-
-    def close(self) -> None:
-        """Nothing to release."""

@@ -1,0 +1,106 @@
+"""The offline captioner that describes a place from its OpenStreetMap features.
+
+The default city's captioner: no network and no GPU. Each style (:data:`STYLES`, the backend's
+"model") words the facts differently and the seed varies the phrasing, so several OSM
+captioners exercise the multi-captioner and consensus path. The features, layers and wording
+live in :mod:`urbangeo.captions.osm`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from urbangeo import constants as C
+from urbangeo.captions.captioners.base import Captioner, CaptionError, ImageItem
+from urbangeo.captions.osm.describe import STYLES, describe
+from urbangeo.captions.osm.features import DEFAULT_CONTEXT_RADIUS_M, PlaceFeatures, place_features
+from urbangeo.captions.osm.layers import load_osm_layers
+from urbangeo.errors import InputError
+from urbangeo.io.files import sha256_bytes
+
+
+class OSMCaptioner(Captioner):
+    """Captions from OpenStreetMap features: offline, deterministic for a seed.
+
+    ``models`` are styles (:data:`STYLES`; default all three). ``osm_path`` is an ``.osm.pbf``
+    extract (the caption stage fills in the run's city extract); features are read once for
+    the bounding box of every place being captioned.
+    """
+
+    name = "osm"
+    needs_image = False
+
+    def __init__(
+        self,
+        models: Sequence[str] | None = None,
+        *,
+        osm_path: str | os.PathLike | None = None,
+        seed: int = 0,
+        radius: float = DEFAULT_CONTEXT_RADIUS_M,
+    ) -> None:
+        styles = tuple(models or STYLES)
+        unknown = [s for s in styles if s not in STYLES]
+        if unknown:
+            raise InputError(
+                f"Unknown OSM caption style(s) {', '.join(unknown)}.",
+                hint=f"The osm backend's --model is a style: {', '.join(STYLES)}.",
+            )
+        super().__init__(styles)
+        self.osm_path = Path(osm_path) if osm_path is not None else None
+        self.seed = int(seed)
+        self.radius = float(radius)
+        self._layers: dict[str, Any] | None = None
+        self._crs = None
+
+    def options(self) -> dict:
+        source = None
+        if self.osm_path is not None:
+            stat = self.osm_path.stat() if self.osm_path.exists() else None
+            source = [self.osm_path.name, stat.st_size if stat else None]
+        return {"seed": self.seed, "radius": self.radius, "osm": source}
+
+    def input_sha256(self, item: ImageItem, image: bytes | None) -> str:
+        # The caption depends on the place, not the pixels: two regions with identical
+        # tiles (open sea) must not share a description.
+        if item.place is None:
+            raise CaptionError(f"image {item.image_id} has no region or point to describe")
+        crs = item.crs.to_string() if hasattr(item.crs, "to_string") else str(item.crs)
+        wkt = item.place.wkt if hasattr(item.place, "wkt") else str(item.place)
+        return sha256_bytes(f"{item.kind}|{crs}|{item.heading}|{wkt}".encode())
+
+    # --- features ---------------------------------------------------------------------------
+    def prepare(self, items: Sequence[ImageItem]) -> None:
+        """Read the OSM features around every place once, in the places' CRS."""
+        places = [i for i in items if i.place is not None]
+        if not places:
+            return
+        if self.osm_path is None or not self.osm_path.exists():
+            raise InputError(
+                f"The osm caption backend needs an OpenStreetMap extract; "
+                f"{self.osm_path or 'none was given'} does not exist.",
+                hint="Pass --osm FILE.osm.pbf or --city NAME (a bundled city's extract).",
+            )
+        import geopandas as gpd
+
+        crs = places[0].crs
+        bounds = gpd.GeoSeries([i.place for i in places], crs=crs).buffer(self.radius + 50)
+        west, south, east, north = bounds.to_crs(C.WGS84).total_bounds
+        self._layers = load_osm_layers(self.osm_path, (west, south, east, north), crs)
+        self._crs = crs
+
+    def features(self, item: ImageItem) -> PlaceFeatures:
+        """The OSM features of an item's place."""
+        if self._layers is None:
+            self.prepare([item])
+        if item.place is None or self._layers is None:
+            raise CaptionError(f"image {item.image_id} has no region or point to describe")
+        return place_features(self._layers, item, radius=self.radius)
+
+    def caption(self, image: bytes | None, prompt: str, model: str, item: ImageItem) -> str:
+        feats = self.features(item)
+        rng = random.Random(f"{self.seed}|{model}|{item.image_id}")
+        return describe(feats, style=model, rng=rng)

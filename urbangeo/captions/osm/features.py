@@ -1,0 +1,221 @@
+"""What OpenStreetMap says about one place: :class:`PlaceFeatures` and :func:`place_features`.
+
+For a region (satellite image) the features inside the region polygon; for a street-view
+point, those within a radius (:data:`DEFAULT_CONTEXT_RADIUS_M`) of the point: land-use
+shares, building counts and types, amenities and shops, road classes and lengths, water and
+green space.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from urbangeo.captions.osm.vocabulary import (
+    AMENITY_WORDS,
+    BUILDING_WORDS,
+    COMMERCIAL,
+    GREEN,
+    LANDUSE_WORDS,
+    MINOR_AMENITIES,
+    ROAD_CLASSES,
+    SHOP_WORDS,
+    WATER,
+)
+
+if TYPE_CHECKING:
+    from urbangeo.captions.captioners.base import ImageItem
+
+#: Metres around a street-view point whose features its caption describes (the point's
+#: neighbourhood; a region's caption describes the region itself).
+DEFAULT_CONTEXT_RADIUS_M = 75.0
+
+
+@dataclass
+class PlaceFeatures:
+    """What OpenStreetMap says about one place (a region or a street-view neighbourhood)."""
+
+    kind: str
+    area_m2: float
+    landuse: dict[str, float] = field(default_factory=dict)  # word -> share of the area
+    green_share: float = 0.0
+    water_share: float = 0.0
+    waterways: Counter = field(default_factory=Counter)
+    buildings: int = 0
+    building_share: float = 0.0
+    building_types: Counter = field(default_factory=Counter)
+    levels: float | None = None
+    amenities: Counter = field(default_factory=Counter)
+    minor_amenities: int = 0
+    commerce: int = 0  # shops and commercial amenities
+    names: list[str] = field(default_factory=list)
+    roads_m: Counter = field(default_factory=Counter)  # road word -> metres
+    trees: int = 0
+    street: str | None = None  # street-view: the nearest road's name or class
+    street_class: str | None = None
+    heading: float | None = None
+
+    @property
+    def road_km(self) -> float:
+        return sum(self.roads_m.values()) / 1000
+
+    @property
+    def road_density(self) -> float:
+        """Kilometres of road per square kilometre."""
+        return self.road_km / max(self.area_m2 / 1e6, 1e-9)
+
+    @property
+    def density(self) -> str:
+        """``dense``, ``moderately built`` or ``sparsely built``, from the building footprint."""
+        if self.building_share >= 0.25:
+            return "dense"
+        if self.building_share >= 0.08:
+            return "moderately built"
+        return "sparsely built"
+
+    @property
+    def function(self) -> str:
+        """The dominant function in a word: residential, industrial, commercial, green..."""
+        scores: Counter = Counter()
+        for word, share in self.landuse.items():
+            for key in ("residential", "industrial", "commercial", "retail", "port", "farm"):
+                if key in word:
+                    scores["commercial" if key == "retail" else key] += share
+        scores["green"] += self.green_share * 0.8
+        scores["waterside"] += self.water_share * 0.8
+        for btype, n in self.building_types.items():
+            if btype in ("residential buildings", "apartment blocks", "houses"):
+                scores["residential"] += 0.3 * n / max(self.buildings, 1)
+            elif btype in ("industrial buildings", "warehouses"):
+                scores["industrial"] += 0.3 * n / max(self.buildings, 1)
+        scores["commercial"] += min(self.commerce, 40) / 100
+        if not scores or max(scores.values()) < 0.05:
+            return "mixed"
+        best = scores.most_common(1)[0][0]
+        return "agricultural" if best == "farm" else best
+
+
+def _inside(frame: Any, area: Any) -> Any:
+    if len(frame) == 0:
+        return frame
+    return frame.iloc[frame.sindex.query(area, predicate="intersects")]
+
+
+def _col(frame: Any, name: str) -> Any:
+    import pandas as pd
+
+    if name in frame:
+        return frame[name]
+    return pd.Series([None] * len(frame), index=frame.index, dtype=object)
+
+
+def place_features(layers: dict[str, Any], item: ImageItem, *, radius: float) -> PlaceFeatures:
+    """Summarise the features within a region, or within ``radius`` of a street-view point."""
+    import shapely
+
+    place = item.place
+    is_point = place.geom_type == "Point"
+    area = place.buffer(radius) if is_point else place
+    area_m2 = float(area.area)
+    feats = PlaceFeatures(kind=item.kind, area_m2=area_m2, heading=item.heading)
+
+    # Land use: landuse, leisure and natural polygons, clipped to the area, overlaps unioned
+    # per word so that a park drawn twice does not count twice.
+    pieces: dict[str, list] = {}
+    for layer, key in (("landuse", "landuse"), ("leisure", "leisure"), ("natural", "natural")):
+        frame = _inside(layers[layer], area)
+        for value, geom in zip(_col(frame, key), frame.geometry, strict=True):
+            if not isinstance(value, str) or geom.geom_type not in ("Polygon", "MultiPolygon"):
+                continue
+            word = LANDUSE_WORDS.get(value)
+            if word is None:
+                continue
+            pieces.setdefault(word, []).append(geom.intersection(area))
+            if value in GREEN:
+                pieces.setdefault("_green", []).append(geom.intersection(area))
+            if value in WATER:
+                pieces.setdefault("_water", []).append(geom.intersection(area))
+    water = _inside(layers["water"], area)
+    for geom in water.geometry:
+        if geom.geom_type in ("Polygon", "MultiPolygon"):
+            pieces.setdefault("_water", []).append(geom.intersection(area))
+            pieces.setdefault("water", []).append(geom.intersection(area))
+    shares = {w: float(shapely.union_all(g).area) / area_m2 for w, g in pieces.items()}
+    feats.green_share = min(shares.pop("_green", 0.0), 1.0)
+    feats.water_share = min(shares.pop("_water", 0.0), 1.0)
+    feats.landuse = {w: min(s, 1.0) for w, s in shares.items() if s >= 0.01}
+    for value, geom in zip(_col(water, "waterway"), water.geometry, strict=True):
+        if isinstance(value, str) and geom.geom_type in ("LineString", "MultiLineString"):
+            feats.waterways[{"drain": "ditch", "ditch": "ditch"}.get(value, value)] += 1
+
+    buildings = _inside(layers["buildings"], area)
+    if len(buildings):
+        # A building belongs to the place its centroid is in (no double counts at borders).
+        centroids = buildings.geometry.centroid
+        buildings = buildings[centroids.within(area)]
+        feats.buildings = len(buildings)
+        feats.building_share = min(
+            float(buildings.geometry.intersection(area).area.sum()) / area_m2, 1.0
+        )
+        for value in _col(buildings, "building"):
+            word = BUILDING_WORDS.get(value) if isinstance(value, str) else None
+            if word:
+                feats.building_types[word] += 1
+        levels = _col(buildings, "building:levels")
+        numeric = [float(v) for v in levels if is_number(v)]
+        if numeric:
+            feats.levels = sum(numeric) / len(numeric)
+        for name in _col(buildings, "name"):
+            if isinstance(name, str) and name and name not in feats.names:
+                feats.names.append(name)
+
+    pois = _inside(layers["pois"], area)
+    for amenity, shop, tourism, name in zip(
+        _col(pois, "amenity"),
+        _col(pois, "shop"),
+        _col(pois, "tourism"),
+        _col(pois, "name"),
+        strict=True,
+    ):
+        if isinstance(amenity, str) and amenity in MINOR_AMENITIES:
+            feats.minor_amenities += 1
+            continue
+        word = None
+        if isinstance(shop, str) or (isinstance(amenity, str) and amenity in COMMERCIAL):
+            feats.commerce += 1
+        if isinstance(amenity, str):
+            word = AMENITY_WORDS.get(amenity, amenity.replace("_", " ") + "s")
+        elif isinstance(shop, str):
+            word = SHOP_WORDS.get(shop, "shops")
+        elif isinstance(tourism, str):
+            word = {"hotel": "hotels", "museum": "museums", "attraction": "attractions"}.get(
+                tourism, "tourist facilities"
+            )
+        if word:
+            feats.amenities[word] += 1
+            if isinstance(name, str) and name and name not in feats.names:
+                feats.names.insert(0, name)
+
+    roads = _inside(layers["roads"], area)
+    for value, geom in zip(_col(roads, "highway"), roads.geometry, strict=True):
+        word = ROAD_CLASSES.get(value) if isinstance(value, str) else None
+        if word:
+            feats.roads_m[word] += float(geom.intersection(area).length)
+    if is_point and len(roads):
+        distances = roads.geometry.distance(place)
+        nearest = roads.loc[distances.idxmin()]
+        feats.street_class = ROAD_CLASSES.get(nearest.get("highway"), "street")
+        name = nearest.get("name")
+        feats.street = name if isinstance(name, str) and name else None
+    feats.trees = len(_inside(layers["trees"], area))
+    return feats
+
+
+def is_number(value: Any) -> bool:
+    """Whether ``value`` reads as a finite number (OSM tags are text)."""
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False

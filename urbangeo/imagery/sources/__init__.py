@@ -1,0 +1,89 @@
+"""Sources of overhead images per region, registered by name in :data:`TILE_SOURCES`.
+
+- :mod:`.base`: :class:`TileSource` (the interface, with its optional hooks), :class:`Tile`,
+  :class:`TileOptions`;
+- :mod:`.raster` (``raster``): a GeoTIFF/COG or any raster GDAL reads, in any CRS;
+- :mod:`.xyz` (``xyz``): an XYZ tile service, tiles cached on disk;
+- :mod:`.render` (``osm``): map tiles drawn offline from an OSM extract;
+- :mod:`.warp`: warping pixels into a square, shared by the sources.
+
+A square that has data for less than ``min_valid`` of its area (default half; nodata, outside
+the raster, missing tiles) is reported as missing, not drawn.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from urbangeo._registry import Registry
+from urbangeo.imagery.sources.base import (
+    DEFAULT_MIN_VALID,
+    DEFAULT_RESAMPLING,
+    RESAMPLING,
+    TILE_KEY_ENV,
+    Tile,
+    TileOptions,
+    TileSource,
+)
+
+#: Tile sources by name (``tiles_stage`` picks one from ``render``, ``raster`` or ``xyz``).
+TILE_SOURCES = Registry(
+    "tile source",
+    {
+        "osm": "urbangeo.imagery.sources.render:OsmRenderSource",
+        "raster": "urbangeo.imagery.sources.raster:RasterSource",
+        "xyz": "urbangeo.imagery.sources.xyz:XyzSource",
+    },
+)
+
+__all__ = [
+    "DEFAULT_MIN_VALID",
+    "DEFAULT_RESAMPLING",
+    "RESAMPLING",
+    "TILE_KEY_ENV",
+    "TILE_SOURCES",
+    "OsmRenderSource",
+    "RasterSource",
+    "Tile",
+    "TileOptions",
+    "TileSource",
+    "XyzSource",
+    "make_tile_source",
+]
+
+
+def make_tile_source(
+    name: str,
+    options: TileOptions,
+    *,
+    bounds: np.ndarray | None = None,
+    size: int | None = None,
+) -> TileSource:
+    """The tile source registered as ``name``, built from ``options``.
+
+    With ``bounds`` (the squares), it is checked against them (an :class:`InputError` when no
+    square meets its data) and, with ``size`` too, its zoom level is chosen; a source that
+    fails these checks is closed.
+    """
+    cls = TILE_SOURCES.get(name.strip().lower())
+    source = cls.from_options(options)
+    if bounds is None:
+        return source
+    try:
+        source.check_overlap(bounds)
+        if size is not None:
+            source.choose_zoom(bounds, size)
+    except BaseException:
+        source.close()
+        raise
+    return source
+
+
+def __getattr__(name: str) -> Any:
+    # The implementations load rasterio, mercantile or pyrosm: each is imported when asked for.
+    for key, target in TILE_SOURCES.items():
+        if target.endswith(f":{name}"):
+            return TILE_SOURCES.get(key)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

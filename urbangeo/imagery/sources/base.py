@@ -1,0 +1,95 @@
+"""The tile-source interface: what every source of overhead images provides.
+
+A source is given the regions' squares (rows of minx, miny, maxx, maxy in the grid's CRS) and
+yields one image per square, warped so that it covers exactly that square, north up, ``size`` ×
+``size`` pixels; or the reason there is none (a :class:`Tile` either way).
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from urbangeo.io.http import DEFAULT_CONCURRENCY, DEFAULT_RATE_LIMIT, DEFAULT_RETRIES, HttpClient
+
+#: A square with data on less than this share of its area is reported missing.
+DEFAULT_MIN_VALID = 0.5
+RESAMPLING = ("nearest", "bilinear", "cubic", "average", "lanczos")
+DEFAULT_RESAMPLING = "bilinear"
+#: The environment variable that holds a tile service's API key, unless another is named.
+TILE_KEY_ENV = "URBANGEO_TILE_KEY"
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One region's image (``image``: H × W × 3 or H × W uint8) or why there is none."""
+
+    status: str
+    image: np.ndarray | None = None
+    reason: str = ""
+
+
+@dataclass
+class TileOptions:
+    """Settings of every tile source (each uses the ones that concern it).
+
+    ``location`` is what the source reads: the raster file (``raster``), the URL template or
+    xyzservices name (``xyz``), the OSM extract (``osm``).
+    """
+
+    location: str | os.PathLike | None = None
+    grid_crs: object = None
+    #: The run's folder: sources keep their caches under it.
+    run_dir: Path | None = None
+    bands: tuple[int, ...] | None = None
+    zoom: int | None = None
+    resampling: str = DEFAULT_RESAMPLING
+    min_valid: float = DEFAULT_MIN_VALID
+    concurrency: int = DEFAULT_CONCURRENCY
+    rate_limit: float = DEFAULT_RATE_LIMIT
+    retries: int = DEFAULT_RETRIES
+    key_env: str = TILE_KEY_ENV
+    user_agent: str | None = None
+    client: HttpClient | None = None
+
+
+class TileSource(ABC):
+    """Where overhead images come from; registered by name in ``TILE_SOURCES``."""
+
+    #: False for flat-coloured maps: their PNGs compress best with zlib's default filters.
+    photographic: ClassVar[bool] = True
+
+    @classmethod
+    @abstractmethod
+    def from_options(cls, options: TileOptions) -> TileSource:
+        """The source that ``options`` describe (an :class:`InputError` if they do not fit)."""
+
+    @property
+    @abstractmethod
+    def source(self) -> str:
+        """What the manifest's ``source`` column says (never holds a secret)."""
+
+    @abstractmethod
+    def params(self) -> dict:
+        """Settings that decide what the images look like (recorded with the stage)."""
+
+    @abstractmethod
+    def tiles(self, bounds: np.ndarray, size: int) -> Iterator[tuple[int, Tile]]:
+        """(index into ``bounds``, tile) for each square (rows of minx, miny, maxx, maxy)."""
+
+    def check_overlap(self, bounds: np.ndarray) -> None:  # noqa: B027 - most cannot tell early
+        """Fail clearly when no square meets the source's data (default: no check)."""
+
+    def choose_zoom(self, bounds: np.ndarray, size: int) -> int | None:
+        """The zoom level used for these squares, chosen now so that :meth:`params` records
+        it; None for sources without zoom levels (the default)."""
+        return None
+
+    def close(self) -> None:  # noqa: B027 - some sources hold nothing
+        """Release files and connections (default: nothing to release)."""

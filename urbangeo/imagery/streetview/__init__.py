@@ -1,0 +1,117 @@
+"""Street-view images per sample point, from providers behind one interface.
+
+Providers are registered by name in :data:`PROVIDERS`; :func:`make_provider` builds one from
+:class:`ProviderOptions`. Each lives in its own module:
+
+- ``folder`` (:mod:`.folder`): images you already have, matched to the nearest sample point
+  within ``radius`` metres; their locations come from :mod:`.location` (a CSV, the file name,
+  EXIF GPS tags or their XMP copy). Equirectangular panoramas (2:1) can be cut into
+  ``panorama_views`` perspective views around the road heading.
+- ``google`` (:mod:`.google`): Street View Static API. A free metadata call per point first, so
+  points without a panorama cost nothing; key from ``GOOGLE_MAPS_API_KEY``.
+- ``mapillary`` (:mod:`.mapillary`): Graph API v4, the nearest image within ``radius`` facing
+  the wanted heading; token from ``MAPILLARY_TOKEN`` (sent in a header, never in a URL).
+- ``baidu`` (:mod:`.baidu`): panorama static image API (``panorama/v2``), WGS84 converted to
+  BD-09; key from ``BAIDU_MAP_AK``.
+
+:mod:`.base` holds the interface (:class:`StreetViewProvider`, :class:`Shot`,
+:class:`Fetched`), :mod:`.web` what the web APIs share (:class:`~.web.WebProvider`). Keys are
+read from the environment only and never written anywhere: not to the manifest (which records
+ids such as ``google:PANO_ID``), not to logs, not to error messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from urbangeo._registry import Registry
+from urbangeo.imagery.streetview.base import (
+    DEFAULT_FOV,
+    DEFAULT_MATCH_RADIUS_M,
+    DEFAULT_MAX_ANGLE,
+    Fetched,
+    ProviderOptions,
+    Shot,
+    StreetViewProvider,
+    heading_id,
+    shot_job,
+)
+from urbangeo.imagery.streetview.location import (
+    IMAGE_SUFFIXES,
+    LocatedImage,
+    exif_location,
+    name_location,
+    read_locations_csv,
+    scan_folder,
+    xmp_location,
+)
+
+#: Street-view providers by name.
+PROVIDERS = Registry(
+    "street-view provider",
+    {
+        "folder": "urbangeo.imagery.streetview.folder:FolderProvider",
+        "google": "urbangeo.imagery.streetview.google:GoogleProvider",
+        "mapillary": "urbangeo.imagery.streetview.mapillary:MapillaryProvider",
+        "baidu": "urbangeo.imagery.streetview.baidu:BaiduProvider",
+    },
+)
+
+__all__ = [
+    "DEFAULT_FOV",
+    "DEFAULT_MATCH_RADIUS_M",
+    "DEFAULT_MAX_ANGLE",
+    "ENV_URLS",
+    "IMAGE_SUFFIXES",
+    "PROVIDERS",
+    "BaiduProvider",
+    "Fetched",
+    "FolderProvider",
+    "GoogleProvider",
+    "LocatedImage",
+    "MapillaryProvider",
+    "ProviderOptions",
+    "Shot",
+    "StreetViewProvider",
+    "WebProvider",
+    "exif_location",
+    "heading_id",
+    "make_provider",
+    "name_location",
+    "read_locations_csv",
+    "scan_folder",
+    "shot_job",
+    "xmp_location",
+]
+
+
+def make_provider(name: str, options: ProviderOptions | None = None) -> StreetViewProvider:
+    """The provider registered as ``name`` (an :class:`InputError` lists the choices)."""
+    cls = PROVIDERS.get(name.strip().lower())
+    return cls(options or ProviderOptions())
+
+
+def env_urls() -> dict[str, str]:
+    """``provider name → environment variable`` that points a web provider at another server."""
+    from urbangeo.imagery.streetview.web import WebProvider
+
+    providers = {name: PROVIDERS.get(name) for name in PROVIDERS}
+    return {
+        name: cls.url_env
+        for name, cls in providers.items()
+        if isinstance(cls, type) and issubclass(cls, WebProvider)
+    }
+
+
+def __getattr__(name: str) -> Any:
+    # The providers are imported when asked for (each name is known from PROVIDERS alone).
+    if name == "ENV_URLS":
+        return env_urls()
+    if name == "WebProvider":
+        from urbangeo.imagery.streetview.web import WebProvider
+
+        return WebProvider
+    for key, target in PROVIDERS.items():
+        if target.endswith(f":{name}"):
+            return PROVIDERS.get(key)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,96 @@
+"""Image encoders behind ``urbangeo embed --encoder``: the trained model and the baselines.
+
+============  ==============================================================================
+encoder       image features
+============  ==============================================================================
+trained       the image tower of a model from ``urbangeo train`` (this run's or any
+              checkpoint: transfer between cities), L2-normalised
+frozen-clip   an open_clip model without pre-training on captions (``pretrained`` tag or a
+              local weights file), L2-normalised; random weights with a warning if neither
+random        the same architecture, randomly initialised (seeded), L2-normalised
+resnet18      torchvision ResNet-18 up to global average pooling (512 values), ImageNet
+              weights from a local file, else random with a warning
+image-stats   per-channel mean, standard deviation and an 8-bin histogram of the RGB pixels
+              (3 + 3 + 24 = 30 values, each in [0, 1]), at full resolution
+============  ==============================================================================
+
+Each is an :class:`~urbangeo.model.encoders.base.ImageEncoder` in a module of its own,
+registered in :data:`ENCODERS` by name; this package imports neither torch nor any of them
+until one is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import TYPE_CHECKING, Any
+
+from urbangeo._registry import Registry
+
+if TYPE_CHECKING:
+    from urbangeo.model.encoders.base import ImageEncoder
+
+_HERE = __name__
+
+ENCODERS = Registry(
+    "encoder",
+    {
+        "trained": f"{_HERE}.trained:TrainedEncoder",
+        "frozen-clip": f"{_HERE}.frozen_clip:FrozenClipEncoder",
+        "random": f"{_HERE}.random_clip:RandomClipEncoder",
+        "resnet18": f"{_HERE}.resnet:ResNet18Encoder",
+        "image-stats": f"{_HERE}.image_stats:ImageStatsEncoder",
+    },
+)
+
+
+def build_encoder(
+    encoder: str,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    model: str | None = None,
+    pretrained: str | None = None,
+    weights: str | os.PathLike | None = None,
+    seed: int = 0,
+) -> ImageEncoder:
+    """The encoder named ``encoder`` (one of :data:`ENCODERS`); see the package docstring.
+
+    ``checkpoint``: trained weights (``trained``); ``model``: the architecture (CLIP
+    encoders; default ViT-B-16); ``pretrained``: an open_clip tag and ``weights``: a local file
+    (``frozen-clip``; ``weights`` is the ResNet-18 state dict for ``resnet18``).
+    """
+    implementation = ENCODERS.get(encoder)
+    return implementation.build(
+        checkpoint=checkpoint, model=model, pretrained=pretrained, weights=weights, seed=seed
+    )
+
+
+#: Names imported from the implementations on first use.
+_EXPORTS = {
+    "ImageEncoder": "base",
+    "ClipEncoder": "clip_tower",
+    "ClipImageTower": "clip_tower",
+    "TrainedEncoder": "trained",
+    "default_checkpoint": "trained",
+    "trained_encoder": "trained",
+    "FrozenClipEncoder": "frozen_clip",
+    "RandomClipEncoder": "random_clip",
+    "ResNet18Encoder": "resnet",
+    "resnet18_encoder": "resnet",
+    "ImageStatsEncoder": "image_stats",
+    "image_statistics": "image_stats",
+    "image_stats_encoder": "image_stats",
+}
+
+__all__ = sorted(["ENCODERS", "build_encoder", *_EXPORTS])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

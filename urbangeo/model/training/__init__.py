@@ -1,0 +1,73 @@
+"""UrbanLN pre-training (``train``): CLIP + IPSI + momentum self-distillation.
+
+=================  ==========================================================================
+module             holds
+=================  ==========================================================================
+``config``         :class:`TrainConfig`, the modes, freezing choices and file names (no torch)
+``pairs``          the run's pairs: split, tokenised, fingerprinted
+``contrastive``    the forward pass of both towers, text cut to its tokens
+``image_norm``     where the run's image normalisation comes from
+``optim``          parameter freezing, AdamW parameter groups, warm-up + cosine schedule
+``metrics``        held-out image↔text retrieval
+``distributed``    the torchrun job: :class:`DistInfo` and collectives
+``checkpoint``     atomic checkpoints, resuming from them, model metadata, RNG state
+``log``            ``train_metrics.csv``
+``trainer``        :class:`Trainer` and :func:`train`
+=================  ==========================================================================
+
+Names are imported on first use, so that ``urbangeo.model.training.config`` (and this package)
+import without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CHECKPOINT_FORMAT": "config",
+    "IMAGE_NORMS": "config",
+    "LAST_CHECKPOINT": "config",
+    "METRICS_CSV": "config",
+    "MODEL_FILE": "config",
+    "MODES": "config",
+    "RESUME_FREE": "config",
+    "TRAIN_CHOICES": "config",
+    "ModeSpec": "config",
+    "TrainConfig": "config",
+    "ContrastiveModule": "contrastive",
+    "encode_text": "contrastive",
+    "apply_freezing": "optim",
+    "param_groups": "optim",
+    "warmup_cosine": "optim",
+    "encode_pairs": "metrics",
+    "retrieval_metrics": "metrics",
+    "DistInfo": "distributed",
+    "init_distributed": "distributed",
+    "TrainingPairs": "pairs",
+    "load_training_pairs": "pairs",
+    "choose_image_norm": "image_norm",
+    "image_norm_source": "image_norm",
+    "atomic_save": "checkpoint",
+    "load_train_state": "checkpoint",
+    "model_metadata": "checkpoint",
+    "resume_state": "checkpoint",
+    "METRIC_COLUMNS": "log",
+    "MetricsLog": "log",
+    "TrainResult": "trainer",
+    "Trainer": "trainer",
+    "train": "trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,0 +1,78 @@
+"""A training run's pairs: read, checked on disk, split, tokenised and fingerprinted."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from torch import Tensor
+
+from urbangeo import constants as C
+from urbangeo.errors import InputError, UrbangeoWarning
+from urbangeo.model.clip import LongTokenizer
+from urbangeo.model.data import (
+    drop_missing_files,
+    load_pairs,
+    pairs_fingerprint,
+    split_pairs,
+    tokenize_captions,
+)
+from urbangeo.model.training.config import TrainConfig
+
+
+@dataclass
+class TrainingPairs:
+    """The pairs a run trains and validates on, with their token ids and counts."""
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    train_tokens: Tensor
+    val_tokens: Tensor
+    #: One group per distinct validation caption: retrieving any pair of the group counts.
+    val_groups: np.ndarray
+    #: Of the training pairs: resuming on other data is refused.
+    fingerprint: str
+    n_pairs: int
+    n_missing: int
+    n_truncated: int
+
+
+def load_training_pairs(source: Path, cfg: TrainConfig, *, main: bool) -> TrainingPairs:
+    """The pairs of ``source`` whose images exist, split by ``cfg.val_fraction`` and tokenised
+    for ``cfg.model``; warnings come from the ``main`` process only."""
+    pairs = load_pairs(source, kind=cfg.kind)
+    with warnings.catch_warnings():
+        if not main:
+            warnings.simplefilter("ignore", UrbangeoWarning)
+        pairs, n_missing = drop_missing_files(pairs)
+    if pairs.empty:
+        raise InputError(
+            f"None of the images of {source} exist on disk.",
+            hint="Image paths are relative to the GeoPackage's folder; check images/.",
+        )
+    train, val = split_pairs(pairs, cfg.val_fraction)
+    tokenizer = LongTokenizer.for_model(cfg.model, cfg.context_length)
+    train_tokens, n_train = tokenize_captions(train[C.CAPTION].tolist(), tokenizer)
+    val_tokens, n_val = tokenize_captions(val[C.CAPTION].tolist(), tokenizer)
+    n_truncated = n_train + n_val
+    if n_truncated and main:
+        warnings.warn(
+            f"{n_truncated} of {len(pairs)} captions are longer than "
+            f"{cfg.context_length} tokens and were truncated (end-of-text kept).",
+            UrbangeoWarning,
+            stacklevel=4,
+        )
+    return TrainingPairs(
+        train=train,
+        val=val,
+        train_tokens=train_tokens,
+        val_tokens=val_tokens,
+        val_groups=pd.factorize(val[C.CAPTION])[0],
+        fingerprint=pairs_fingerprint(train),
+        n_pairs=len(pairs),
+        n_missing=n_missing,
+        n_truncated=n_truncated,
+    )

@@ -1,0 +1,580 @@
+"""UrbanLN pre-training: CLIP + IPSI + momentum self-distillation on image–caption pairs.
+
+:func:`train` runs the whole loop: pairs from a run GeoPackage (or a pairs file), a
+deterministic validation split, AdamW with linear warm-up and cosine decay, gradient
+accumulation, mixed precision on CUDA (bf16 autocast, or fp16 with a GradScaler), parameter
+freezing, the EMA teacher with its two feature queues, checkpoints that resume exactly, a
+``train_metrics.csv`` and image↔text retrieval on the held-out pairs after every epoch.
+Launched by ``torchrun`` it trains with DistributedDataParallel, one process per GPU (or CPU
+process with gloo), the queues filled from all ranks. The modes and the freezing choices are
+described in :mod:`urbangeo.model.training.config`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from urbangeo import constants as C
+from urbangeo.errors import InputError, UrbangeoWarning
+from urbangeo.model.clip import _check_architecture, create_model, with_image_normalization
+from urbangeo.model.data import (
+    ImageDataset,
+    ResumableSampler,
+    autocast,
+    batches_per_epoch,
+    collate_images,
+    pick_device,
+    resolve_precision,
+)
+from urbangeo.model.distill import (
+    MAX_LOGIT_SCALE,
+    EMATeacher,
+    FeatureQueue,
+    concat_all_gather,
+    momentum_distillation_loss,
+)
+from urbangeo.model.training.checkpoint import (
+    atomic_save,
+    model_metadata,
+    resume_state,
+    rng_state,
+    set_rng_state,
+)
+from urbangeo.model.training.config import (
+    CHECKPOINT_FORMAT,
+    LAST_CHECKPOINT,
+    METRICS_CSV,
+    MODEL_FILE,
+    TrainConfig,
+)
+from urbangeo.model.training.contrastive import ContrastiveModule, embed_dim, encode_text
+from urbangeo.model.training.distributed import (
+    DistInfo,
+    all_sizes,
+    allreduce_grads,
+    init_distributed,
+    mean_across,
+)
+from urbangeo.model.training.image_norm import choose_image_norm
+from urbangeo.model.training.log import MetricsLog
+from urbangeo.model.training.metrics import encode_pairs, retrieval_metrics
+from urbangeo.model.training.optim import WarmupCosine, apply_freezing, fused_ok, param_groups
+from urbangeo.model.training.pairs import load_training_pairs
+from urbangeo.progress import message, progress
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` leaves behind."""
+
+    model: nn.Module
+    teacher: EMATeacher | None
+    img_queue: FeatureQueue | None
+    txt_queue: FeatureQueue | None
+    config: TrainConfig
+    step: int
+    total_steps: int
+    finished: bool
+    checkpoint: Path | None  # full training state (last.pt)
+    model_path: Path | None  # final weights (model.pt), loadable by create_model
+    metrics_path: Path | None
+    validation: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@contextmanager
+def _maybe_progress(enabled: bool, total: int, done: int) -> Iterator[Any]:
+    if not enabled:
+
+        class _Null:
+            def update(self, n: int = 1, *, status: str | None = None) -> None:
+                pass
+
+        yield _Null()
+        return
+    with progress(total, task="train", unit="step") as bar:
+        if done:
+            bar.update(done, status="resumed")
+        yield bar
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _new_epoch_acc() -> dict[str, Any]:
+    return {"loss": 0.0, "windows": 0, "images": 0, "seconds": 0.0}
+
+
+def train(
+    source: str | os.PathLike,
+    config: TrainConfig | None = None,
+    *,
+    run_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    max_steps: int | None = None,
+    **overrides: Any,
+) -> TrainResult:
+    """Pre-train a CLIP model on the image–caption pairs of ``source``.
+
+    ``source`` is a run GeoPackage or a pairs CSV/parquet file; ``config`` (or keyword
+    ``overrides`` of :class:`TrainConfig` fields) sets everything else. Checkpoints go to
+    ``run_dir/checkpoints/<name>/`` (``last.pt``: full state every ``checkpoint_every`` steps
+    and at the end; ``model.pt``: the final weights), metrics to ``run_dir/train_metrics.csv``;
+    ``run_dir`` defaults to the source's folder. ``resume`` continues from ``last.pt`` exactly
+    (bit-identical on CPU); without it an existing checkpoint needs ``overwrite``.
+    ``max_steps`` stops (with a checkpoint) after that many optimizer steps in all, to resume
+    later. Under ``torchrun`` each process trains its share with DistributedDataParallel.
+    """
+    cfg = replace(config or TrainConfig(), **overrides).resolved()
+    if max_steps is not None and max_steps < 1:
+        raise InputError(f"max_steps must be at least 1; got {max_steps}")
+    _check_architecture(cfg.model)
+    source = Path(source)
+    run_dir = Path(run_dir) if run_dir is not None else source.parent
+    info = init_distributed(cfg.device)
+    try:
+        trainer = Trainer(cfg, source, run_dir, info, resume=resume, overwrite=overwrite)
+        return trainer.run(max_steps=max_steps)
+    finally:
+        if info.owns_group:
+            dist.destroy_process_group()
+
+
+class Trainer:
+    """One training run: data, model, teacher, optimizer and the loop (see :func:`train`)."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        source: Path,
+        run_dir: Path,
+        info: DistInfo,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+    ) -> None:
+        self.cfg = cfg = cfg.resolved()
+        self.info = info
+        ckpt_dir = run_dir / C.CHECKPOINTS_DIR / cfg.name
+        self.last_path, self.model_path = ckpt_dir / LAST_CHECKPOINT, ckpt_dir / MODEL_FILE
+        state = resume_state(
+            self.last_path, cfg, resume=resume, overwrite=overwrite, main=info.is_main
+        )
+        self.device = pick_device(cfg.device, info.local_rank)
+        self.amp_dtype = resolve_precision(cfg.precision, self.device)
+        self.pairs = load_training_pairs(source, cfg, main=info.is_main)
+        self._build_model(state)
+        self._build_optimizer()
+        self.step = self.epoch = self.position = 0
+        self.epoch_acc = _new_epoch_acc()
+        self.failed: set[int] = set()
+        self.validation: dict[str, float] = {}
+        self.metrics = MetricsLog(run_dir / METRICS_CSV, cfg.name, info.is_main)
+        self.finished = False
+        if state is not None:
+            self._restore(state)
+        else:
+            self.metrics.truncate()
+
+    # ---- setup
+
+    def _build_model(self, state: dict[str, Any] | None = None) -> None:
+        cfg, info, device = self.cfg, self.info, self.device
+        _seed_everything(cfg.seed)
+        bundle = create_model(
+            cfg.model,
+            pretrained=cfg.pretrained,
+            checkpoint=cfg.checkpoint,
+            context_length=cfg.context_length,
+            device=device,
+            checkpoint_norm=False,  # decided here, see _image_norm
+        )
+        train_paths = self.pairs.train[C.PATH].tolist()
+        self.image_norm = choose_image_norm(
+            cfg, bundle.model, train_paths, state, main=info.is_main
+        )
+        if self.image_norm is not None:
+            bundle = with_image_normalization(bundle, *self.image_norm)
+        self.model = model = bundle.model
+        self.n_trainable, self.n_params = apply_freezing(model, cfg.train, cfg.train_last_n)
+        if self.n_trainable == 0:
+            raise InputError("No parameter is left to train.", hint="Check --train.")
+        self.teacher = self.img_queue = self.txt_queue = None
+        if cfg.distill:
+            self.teacher = EMATeacher(model, cfg.momentum).to(device)
+            if cfg.queue_size:
+                dim = embed_dim(model)
+                self.img_queue = FeatureQueue(dim, cfg.queue_size).to(device)
+                self.txt_queue = FeatureQueue(dim, cfg.queue_size).to(device)
+        self.module: nn.Module = ContrastiveModule(model)
+        if info.enabled:
+            self.module = nn.parallel.DistributedDataParallel(
+                self.module, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.clip_loss = None
+        if not cfg.distill:
+            from open_clip import ClipLoss
+
+            self.clip_loss = ClipLoss(
+                gather_with_grad=True, rank=info.rank, world_size=info.world_size
+            )
+        transform = bundle.preprocess_train if cfg.augment else bundle.preprocess
+        self.train_set = ImageDataset(
+            train_paths,
+            transform,
+            augment_seed=cfg.seed if cfg.augment else None,
+        )
+        self.val_set = ImageDataset(self.pairs.val[C.PATH].tolist(), bundle.preprocess)
+        self.sampler = ResumableSampler(
+            len(self.train_set), num_replicas=info.world_size, rank=info.rank, seed=cfg.seed
+        )
+
+    def _build_optimizer(self) -> None:
+        cfg = self.cfg
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, cfg.weight_decay), lr=cfg.lr, fused=fused_ok(self.device)
+        )
+        self.n_batches = batches_per_epoch(
+            len(self.pairs.train), cfg.batch_size, self.info.world_size
+        )
+        self.total_steps = math.ceil(self.n_batches / cfg.accum_steps) * cfg.epochs
+        warmup = (
+            cfg.warmup_steps if cfg.warmup_steps is not None else round(0.05 * self.total_steps)
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            WarmupCosine(min(warmup, self.total_steps), self.total_steps, cfg.min_lr_ratio),
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    # ---- checkpoints
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        if state.get("data_fingerprint") != self.pairs.fingerprint:
+            raise InputError(
+                f"Cannot resume {self.last_path}: the training pairs changed since it was written.",
+                hint="Resume on the same data, or start over with --overwrite.",
+            )
+        self.model.load_state_dict(state["state_dict"])
+        if self.teacher is not None:
+            self.teacher.module.load_state_dict(state["teacher"])
+        if self.img_queue is not None and self.txt_queue is not None:
+            self.img_queue.load_state_dict(state["img_queue"])
+            self.txt_queue.load_state_dict(state["txt_queue"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.position = int(state["position"])
+        self.epoch_acc = dict(state["epoch_acc"])
+        self.failed = set(state.get("failed", []))
+        self.validation = dict(state.get("validation", {}))
+        self.finished = bool(state.get("finished"))
+        set_rng_state(state["rng"])
+        self.metrics.truncate(after_step=self.step, epochs_done=self.epoch)
+        if self.info.is_main:
+            message(
+                f"Resuming {self.cfg.name} from step {self.step:,} of {self.total_steps:,} "
+                f"({self.last_path})."
+            )
+
+    def save(self, final: bool) -> None:
+        """Write ``last.pt`` (and ``model.pt`` when ``final``) atomically; rank 0 only."""
+        if not self.info.is_main:
+            return
+        queues = {
+            "img_queue": self.img_queue.state_dict() if self.img_queue is not None else None,
+            "txt_queue": self.txt_queue.state_dict() if self.txt_queue is not None else None,
+        }
+        atomic_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "state_dict": self.model.state_dict(),
+                "urbangeo": model_metadata(self.cfg, self.image_norm),
+                "teacher": self.teacher.module.state_dict() if self.teacher is not None else None,
+                **queues,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng_state(),
+                "step": self.step,
+                "epoch": self.epoch,
+                "position": self.position,
+                "epoch_acc": self.epoch_acc,
+                "failed": sorted(self.failed),
+                "validation": self.validation,
+                "finished": final,
+                "config": self.cfg.to_dict(),
+                "data_fingerprint": self.pairs.fingerprint,
+            },
+            self.last_path,
+        )
+        if final:
+            weights = {
+                "state_dict": self.model.state_dict(),
+                "urbangeo": model_metadata(self.cfg, self.image_norm),
+            }
+            atomic_save(weights, self.model_path)
+
+    # ---- the loop
+
+    def run(self, max_steps: int | None = None) -> TrainResult:
+        """Train to the end (or to ``max_steps``), validating after epochs; returns the result."""
+        cfg, info = self.cfg, self.info
+        stopped = False
+        with _maybe_progress(info.is_main, self.total_steps, self.step) as bar:
+            while self.epoch < cfg.epochs and not self.finished:
+                batches = self._epoch_batches()
+                while self.position < self.n_batches:
+                    self._train_step(batches, bar)
+                    if max_steps is not None and self.step >= max_steps:
+                        self.save(final=False)
+                        stopped = True
+                        break
+                    if self.step % cfg.checkpoint_every == 0:
+                        self.save(final=False)
+                if stopped:
+                    break
+                self._end_epoch()
+            if not stopped and not self.finished:
+                self.finished = True
+                self.save(final=True)
+        if info.enabled:
+            dist.barrier()
+        if self.failed and info.is_main:
+            warnings.warn(
+                f"{len(self.failed)} training image(s) could not be decoded and were skipped.",
+                UrbangeoWarning,
+                stacklevel=3,
+            )
+        return self._result()
+
+    def _epoch_batches(self) -> Iterator[dict[str, Tensor]]:
+        cfg = self.cfg
+        self.train_set.set_epoch(self.epoch)
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.set_start(self.position * cfg.batch_size)
+        loader = DataLoader(
+            self.train_set,
+            batch_size=cfg.batch_size,
+            sampler=self.sampler,
+            num_workers=cfg.num_workers,
+            collate_fn=collate_images,
+            pin_memory=self.device.type == "cuda",
+            # Its own generator: creating the iterator leaves the global RNG untouched.
+            generator=torch.Generator().manual_seed(cfg.seed + self.epoch),
+        )
+        self.module.train()
+        return iter(loader)
+
+    def _forward_loss(self, images: Tensor, tokens: Tensor) -> tuple[Tensor, dict, Any]:
+        """Student (and teacher) features and the loss; returns (loss, parts, teacher feats)."""
+        with autocast(self.device, self.amp_dtype):
+            img_s, txt_s, scale = self.module(images, tokens)
+            if self.teacher is None:
+                assert self.clip_loss is not None
+                loss = self.clip_loss(
+                    img_s.float(), txt_s.float(), scale.clamp(max=MAX_LOGIT_SCALE)
+                )
+                return loss, {"loss_c": loss.detach()}, None
+            with torch.no_grad():
+                img_t = self.teacher.module.encode_image(images, normalize=True)
+                txt_t = encode_text(self.teacher.module, tokens, normalize=True)
+            loss, parts = momentum_distillation_loss(
+                img_s, txt_s, img_t, txt_t, self.img_queue, self.txt_queue, scale, mu=self.cfg.mu
+            )
+            return loss, parts, (img_t, txt_t)
+
+    def _train_step(self, batches: Iterator[dict[str, Tensor]], bar: Any) -> None:
+        """One optimizer step over an accumulation window of micro-batches."""
+        cfg, info = self.cfg, self.info
+        window = min(cfg.accum_steps, self.n_batches - self.position)
+        started = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.teacher is not None:
+            # once per optimizer step, before its targets
+            self.teacher.update(self.model, trainable_only=True)
+        synced = False
+        losses: list[float] = []
+        parts_sum: dict[str, float] = {}
+        images_seen = 0
+        for micro in range(window):
+            batch = next(batches)
+            self.failed.update(batch["failed"].tolist())
+            sizes = all_sizes(batch["index"].numel(), info, self.device)
+            if min(sizes) == 0:  # every image of some rank's batch failed to decode
+                continue
+            # The plain contrastive loss gathers features with gradient: equal sizes needed.
+            n = min(sizes) if self.clip_loss is not None else batch["index"].numel()
+            images = batch["images"][:n].to(self.device, non_blocking=True)
+            tokens = self.pairs.train_tokens[batch["index"][:n]].to(self.device, torch.long)
+            sync = micro == window - 1 or not info.enabled
+            with nullcontext() if sync else self.module.no_sync():
+                loss, parts, teacher_feats = self._forward_loss(images, tokens)
+                self.scaler.scale(loss / window).backward()
+            synced = synced or (sync and info.enabled)
+            if teacher_feats is not None and self.img_queue is not None:
+                img_t, txt_t = teacher_feats  # enqueued after the loss that used the old queue
+                self.img_queue.enqueue(concat_all_gather(img_t.float()))
+                self.txt_queue.enqueue(concat_all_gather(txt_t.float()))
+            losses.append(float(loss.detach()))
+            for key, value in parts.items():
+                parts_sum[key] = parts_sum.get(key, 0.0) + float(value)
+            images_seen += n
+        self.position += window
+        if info.enabled and not synced:
+            allreduce_grads(self.trainable, info.world_size)
+        if cfg.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.trainable, cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
+        self.step += 1
+        self._log_step(losses, parts_sum, images_seen, time.perf_counter() - started, bar)
+
+    def _log_step(
+        self,
+        losses: list[float],
+        parts_sum: dict[str, float],
+        images_seen: int,
+        seconds: float,
+        bar: Any,
+    ) -> None:
+        count = max(1, len(losses))
+        nan = float("nan")
+        logged = torch.tensor(
+            [
+                sum(losses) / count if losses else nan,
+                parts_sum.get("loss_c", nan) / count,
+                parts_sum.get("loss_d", nan) / count,
+                float(images_seen),
+            ],
+            device=self.device,
+        )
+        logged = mean_across(logged, self.info).tolist()
+        images = logged[3] * self.info.world_size
+        rate = images / max(seconds, 1e-9)
+        acc = self.epoch_acc
+        acc["loss"] += logged[0]
+        acc["windows"] += 1
+        acc["images"] += round(images)
+        acc["seconds"] += seconds
+        self.metrics.write(
+            {
+                "kind": "step",
+                "epoch": self.epoch + 1,
+                "step": self.step,
+                "lr": float(self.scheduler.get_last_lr()[0]),
+                "loss": logged[0],
+                "loss_c": logged[1],
+                "loss_d": logged[2],
+                "logit_scale": float(self.model.logit_scale.detach().exp()),
+                "images": round(images),
+                "images_per_s": rate,
+                "seconds": seconds,
+            }
+        )
+        bar.update(1, status=f"epoch {self.epoch + 1} loss {logged[0]:.3f} {rate:.1f} img/s")
+
+    def validate(self) -> dict[str, float]:
+        """Retrieval metrics of the current student on the held-out pairs ({} if too few)."""
+        if len(self.val_set) < 2:
+            return {}
+        img, txt, kept = encode_pairs(
+            self.model,
+            self.val_set,
+            self.pairs.val_tokens,
+            batch_size=self.cfg.batch_size,
+            device=self.device,
+            dtype=self.amp_dtype,
+            num_workers=self.cfg.num_workers,
+        )
+        if len(kept) < 2:
+            return {}
+        return retrieval_metrics(img, txt, self.pairs.val_groups[kept.numpy()])
+
+    def _end_epoch(self) -> None:
+        cfg, info, acc = self.cfg, self.info, self.epoch_acc
+        if (self.epoch + 1) % cfg.val_every == 0 or self.epoch + 1 == cfg.epochs:
+            if info.is_main:
+                self.validation = self.validate()
+            if info.enabled:
+                dist.barrier()
+        windows = max(1, acc["windows"])
+        self.metrics.write(
+            {
+                "kind": "epoch",
+                "epoch": self.epoch + 1,
+                "step": self.step,
+                "lr": float(self.scheduler.get_last_lr()[0]),
+                "loss": acc["loss"] / windows,
+                "logit_scale": float(self.model.logit_scale.detach().exp()),
+                "images": acc["images"],
+                "images_per_s": acc["images"] / max(acc["seconds"], 1e-9),
+                "seconds": acc["seconds"],
+                "failed_images": len(self.failed),
+                **self.validation,
+            }
+        )
+        if info.is_main and self.validation:
+            v = self.validation
+            message(
+                f"epoch {self.epoch + 1}/{cfg.epochs}: loss {acc['loss'] / windows:.4f}, "
+                f"val R@1 image->text {v['i2t_r1']:.3f} text->image {v['t2i_r1']:.3f} "
+                f"(chance {v['chance_r1']:.3f}, {int(v['val_pairs'])} pairs)"
+            )
+        self.epoch += 1
+        self.position = 0
+        self.epoch_acc = _new_epoch_acc()
+
+    def _result(self) -> TrainResult:
+        main = self.info.is_main
+        counts = {
+            "pairs": self.pairs.n_pairs,
+            "pairs_train": len(self.pairs.train),
+            "pairs_val": len(self.pairs.val),
+            "missing_images": self.pairs.n_missing,
+            "failed_images": len(self.failed),
+            "truncated_captions": self.pairs.n_truncated,
+            "steps": self.step,
+            "trainable_params": self.n_trainable,
+            "params": self.n_params,
+        }
+        return TrainResult(
+            model=self.model,
+            teacher=self.teacher,
+            img_queue=self.img_queue,
+            txt_queue=self.txt_queue,
+            config=self.cfg,
+            step=self.step,
+            total_steps=self.total_steps,
+            finished=self.finished,
+            checkpoint=self.last_path if main else None,
+            model_path=self.model_path if self.finished and main else None,
+            metrics_path=self.metrics.path if main else None,
+            validation=self.validation,
+            counts=counts,
+        )

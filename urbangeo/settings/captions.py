@@ -1,0 +1,133 @@
+"""Settings of the ``caption`` stage: captioners, consensus, and each backend's options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from urbangeo import constants as C
+from urbangeo.errors import InputError
+from urbangeo.settings._base import MAX_SEED, StageSettings, setting
+
+SELECT_MODES = ("capture", "first")
+PARSERS = ("auto", "rule", "factual")
+OSM_STYLES = ("planner", "observer", "analyst")
+#: The most characters kept of one caption (far above any --max-tokens); longer replies are cut.
+MAX_CAPTION_CHARS = 20_000
+
+
+def captioner_names() -> tuple[str, ...]:
+    """The registered captioners."""
+    from urbangeo.captions import captioners
+
+    return captioners.CAPTIONERS.names()
+
+
+@dataclass(frozen=True)
+class CaptionSettings(StageSettings):
+    """``caption``: several captions per image and the consensus choice."""
+
+    stage = "caption"
+
+    backend: str = setting(
+        "osm",
+        "osm: offline, from OpenStreetMap features; openai: an OpenAI-compatible endpoint "
+        "(vLLM, Ollama, LM Studio, hosted); transformers: a local vision-language model.",
+        choices=captioner_names,
+        plugin="Captioner",
+    )
+    models: tuple[str, ...] | None = setting(
+        None,
+        "Model name; repeat for several captioners per image. osm: a style "
+        f"({', '.join(OSM_STYLES)}; default all); transformers: a hub name or a local folder.",
+        flag="--model",
+        multiple=True,
+        unit="NAME",
+        plugin="Models / styles (comma-separated)",
+    )
+    prompts: Path | None = setting(
+        None,
+        "Prompts replacing the paper's: a .toml/.json with keys satellite, streetview, local, "
+        "merge, or a .txt used for every image.",
+        exists=True,
+    )
+    kinds: tuple[str, ...] | None = setting(
+        None,
+        "Caption only these image kinds (default both).",
+        flag="--kind",
+        multiple=True,
+        choices=(C.KIND_SATELLITE, C.KIND_STREETVIEW),
+    )
+    limit: int | None = setting(None, "Caption only the first N images.", min=0)
+    concurrency: int = setting(4, "Requests in flight at once.", min=1, max=256)
+    select: str = setting(
+        "capture",
+        "capture: keep the caption with the best mean CAPTURE score against the image's other "
+        "captions; first: keep the first model's (no scoring).",
+        choices=SELECT_MODES,
+    )
+    parser: str = setting(
+        "auto",
+        "Scene-graph parser for CAPTURE: FACTUAL (T5, if its weights are on this machine) or "
+        "the offline rule-based spaCy parser.",
+        choices=PARSERS,
+    )
+    refine: bool = setting(
+        False,
+        "Divide-and-conquer refinement: SAM crops, local captions, OWLv2-checked phrases, "
+        "merged by the same model (needs the transformers weights of SAM and OWLv2).",
+    )
+    sam_model: str | None = setting(None, "refine: SAM weights (hub name or folder).", unit="NAME")
+    owl_model: str | None = setting(
+        None, "refine: OWLv2 weights (hub name or folder).", unit="NAME"
+    )
+    base_url: str | None = setting(
+        None,
+        "openai: the API root, e.g. http://localhost:8000/v1.",
+        unit="URL",
+        plugin="Endpoint URL (openai)",
+    )
+    api_key_env: str | None = setting(
+        None,
+        "openai: the environment variable holding the API key (default OPENAI_API_KEY, if "
+        "set). The key itself is never taken on the command line, logged or stored.",
+        unit="VAR",
+    )
+    timeout: float = setting(
+        120.0, "openai: seconds to wait for a reply.", unit="SECONDS", min=0, min_open=True
+    )
+    retries: int = setting(
+        5,
+        "Tries after the first on HTTP 429/5xx and timeouts, with exponential backoff "
+        "(Retry-After honoured).",
+        min=0,
+        max=20,
+    )
+    max_tokens: int = setting(512, "Caption length cap (tokens).", min=1, max=32768)
+    temperature: float | None = setting(
+        None, "Sampling temperature (server default if unset).", min=0, max=2
+    )
+    osm: Path | None = setting(
+        None, "osm: the .osm.pbf extract (default: the run's bundled city).", exists=True
+    )
+    city: str | None = setting(None, "osm: take features from this bundled city.", unit="NAME")
+    seed: int = setting(0, "osm: wording seed.", min=0, max=MAX_SEED)
+    radius: float = setting(
+        75.0,
+        "osm: street-view points are described from the features this close.",
+        unit="METRES",
+        min=0,
+        min_open=True,
+    )
+    device: str | None = setting(
+        None, "transformers: cpu, cuda, cuda:1 (default: GPU if any).", unit="DEVICE"
+    )
+
+    def check(self) -> None:
+        if self.backend == "osm" and self.models:
+            bad = sorted(set(self.models) - set(OSM_STYLES))
+            if bad:
+                raise InputError(
+                    f"[caption] the osm captioner has no style {', '.join(bad)}.",
+                    hint=f"Styles: {', '.join(OSM_STYLES)}.",
+                )

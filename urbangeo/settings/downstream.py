@@ -1,0 +1,272 @@
+"""Settings of the downstream stages: ``indicators``, ``predict``, ``cluster`` and ``map``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from urbangeo.errors import InputError
+from urbangeo.settings._base import MAX_SEED, StageSettings, setting
+
+HEADS = ("mlp", "ridge")
+SPLITS = ("random", "block")
+MAP_TILES = ("osm", "none")
+
+
+@dataclass(frozen=True)
+class IndicatorsSettings(StageSettings):
+    """``indicators``: ground truth per region from tables, points, polygons, rasters or OSM."""
+
+    stage = "indicators"
+
+    table: Path | None = setting(
+        None,
+        "A table keyed by region_id: its numeric columns are joined as they are.",
+        unit="FILE.csv",
+        exists=True,
+    )
+    points: Path | None = setting(
+        None,
+        "Points with lon/lat (WGS84): each goes to the region containing it; values are "
+        "aggregated with --agg, or the points counted when the table has no value column.",
+        unit="FILE.csv",
+        exists=True,
+    )
+    agg: str = setting(
+        "sum",
+        "How --points values combine per region (sum: 0 where none; mean: empty).",
+        choices=("sum", "mean"),
+    )
+    lon: str = setting("lon", "Longitude column of --points.", flag="--lon-col")
+    lat: str = setting("lat", "Latitude column of --points.", flag="--lat-col")
+    polygons: Path | None = setting(
+        None,
+        "A polygon file (any CRS) whose values are interpolated by area: an extensive value "
+        "(a count) is split by the share of each polygon's area in each region.",
+        unit="FILE",
+        exists=True,
+    )
+    polygon_layer: str | None = setting(None, "Layer of --polygons.", flag="--layer", unit="NAME")
+    kind: str = setting(
+        "extensive",
+        "extensive: counts split by area; intensive: densities or shares averaged, weighted by "
+        "overlap area.",
+        choices=("extensive", "intensive"),
+    )
+    raster: Path | None = setting(
+        None,
+        "A raster (e.g. a WorldPop GeoTIFF): zonal --stat of the pixels whose centre lies in "
+        "each region; nodata pixels skipped.",
+        unit="FILE.tif",
+        exists=True,
+    )
+    band: int = setting(1, "Band of --raster.", min=1)
+    stat: str = setting("sum", "Zonal statistic of --raster.", choices=("sum", "mean"))
+    osm: bool = setting(
+        False,
+        "OSM counts per region (osm_buildings, osm_building_area_m2, osm_pois, "
+        "osm_road_length_m) from the run's OSM extract (--osm-file or the bundled city). The "
+        "default when no other source is given.",
+    )
+    osm_file: Path | None = setting(
+        None,
+        "The .osm.pbf extract for the OSM counts (implies --osm; default: the run's bundled city).",
+        unit="FILE.osm.pbf",
+        exists=True,
+    )
+    columns: tuple[str, ...] | None = setting(
+        None,
+        "Use only these columns of --table/--points/--polygons (repeatable).",
+        multiple=True,
+        unit="COL",
+    )
+    name: str | None = setting(
+        None,
+        "Column name of --raster (default: the file's name) or of the --points count (default "
+        "point_count).",
+        unit="COL",
+    )
+
+    @property
+    def sources(self) -> int:
+        """How many file sources these settings give (OSM counts when none)."""
+        return sum(x is not None for x in (self.table, self.points, self.polygons, self.raster))
+
+    @property
+    def use_osm(self) -> bool:
+        """Whether OSM counts are computed: asked for (--osm, --osm-file) or no other source."""
+        return self.osm or self.osm_file is not None or self.sources == 0
+
+
+@dataclass(frozen=True)
+class PredictSettings(StageSettings):
+    """``predict``: prediction heads on frozen embeddings, scored over seeds."""
+
+    stage = "predict"
+
+    embeddings: Path | None = setting(
+        None,
+        "Embeddings table (.parquet or .csv): region_id plus numeric feature columns (or one "
+        "column holding a vector per row).",
+        exists=True,
+    )
+    indicators: Path | None = setting(
+        None,
+        "Indicator table (.csv, .parquet or a .gpkg): region_id plus indicator columns; lon/lat "
+        "(WGS84) or x/y (metres) columns give coordinates.",
+        exists=True,
+    )
+    targets: tuple[str, ...] | None = setting(
+        None,
+        "Indicator to predict (repeat for several). Default: every numeric column with at "
+        "least 10 regions that is not constant.",
+        flag="--target",
+        multiple=True,
+        unit="NAME",
+    )
+    seeds: int = setting(
+        5,
+        "Number of random splits (seeds 0..N-1); metrics are mean ± std over them.",
+        min=1,
+        max=1000,
+        plugin="Seeds",
+    )
+    split: str = setting(
+        "random",
+        "'random': 6:2:2 over regions. 'block': whole squares of --block-size metres go to "
+        "train, val or test (honest when neighbours share values).",
+        choices=SPLITS,
+        plugin="Split",
+    )
+    block_size: float | None = setting(
+        None,
+        "Side of the blocks of --split block, e.g. 5000 for 1 km regions.",
+        unit="METRES",
+        min=0,
+        min_open=True,
+        plugin="Block size (m)",
+    )
+    log: bool = setting(True, "Fit ln(1 + y) (--no-log: the values as they are).")
+    predictions_from: str = setting(
+        "ensemble",
+        "Which model's predictions go into the 'predictions' layer: the mean of every seed's "
+        "model, or one seed's (then a column tells each region's split).",
+        unit="ensemble|SEED",
+    )
+    model: str = setting(
+        "mlp",
+        "Model whose predictions are written to the layer.",
+        choices=HEADS,
+        flag="--head",
+        deprecated=("--model",),
+    )
+    output: Path | None = setting(
+        None, "Write the metrics as JSON.", flag="--output", unit="FILE.json"
+    )
+
+    def __post_init__(self) -> None:
+        _number_as_text(self, "predictions_from")  # run.toml: predictions_from = 3
+        super().__post_init__()
+
+    def check(self) -> None:
+        if self.predictions_from != "ensemble" and not self.predictions_from.isdigit():
+            raise InputError(
+                "[predict] predictions_from (--predictions-from) must be 'ensemble' or a seed "
+                f"number, not {self.predictions_from!r}."
+            )
+
+    @property
+    def predictions_seed(self) -> int | None:
+        """The seed whose model fills the layer (None: the ensemble)."""
+        return None if self.predictions_from == "ensemble" else int(self.predictions_from)
+
+
+@dataclass(frozen=True)
+class ClusterSettings(StageSettings):
+    """``cluster``: PCA + KMeans of the region embeddings."""
+
+    stage = "cluster"
+
+    embeddings: Path | None = setting(
+        None, "Embeddings table (region_id + features) instead of the run's own.", exists=True
+    )
+    indicators: Path | None = setting(
+        None,
+        "Indicator table for the density plot (default: the run's indicators).",
+        exists=True,
+    )
+    k: int | str = setting(
+        3,
+        "Number of clusters; 'auto' takes the best silhouette of --k-range.",
+        unit="N|auto",
+        plugin="Clusters (a number or auto)",
+    )
+    k_range: tuple[int, ...] = setting(
+        (2, 8),
+        "Smallest and largest k whose silhouette is reported (and among which --k auto chooses).",
+        unit="MIN MAX",
+        min=2,
+    )
+    components: int = setting(10, "Principal components kept before KMeans.", min=1)
+    seed: int = setting(0, "Seed of PCA and KMeans.", min=0, max=MAX_SEED)
+    output: Path | None = setting(
+        None,
+        "Also write region_id, cluster, pc1, pc2 as CSV (or .parquet).",
+        flag="--output",
+        unit="FILE.csv",
+    )
+    plot: Path | None = setting(
+        None,
+        "Density plot path. Default with --gpkg: maps/cluster_density.png beside it.",
+        unit="FILE.png",
+    )
+    log: bool = setting(True, "Densities of ln(1 + y) in the plot.", cli=False)
+
+    def check(self) -> None:
+        if len(self.k_range) != 2 or self.k_range[0] > self.k_range[1]:
+            given = " ".join(map(str, self.k_range))
+            raise InputError(
+                "[cluster] k_range (--k-range) must be two numbers MIN MAX with MIN <= MAX, "
+                f"not {given}.",
+                hint="e.g. --k-range 2 8 (in run.toml: k_range = [2, 8]).",
+            )
+        k = self.k
+        if isinstance(k, str) and k.strip().isdigit():
+            k = int(k)
+            object.__setattr__(self, "k", k)
+        if k != "auto" and not (isinstance(k, int) and not isinstance(k, bool) and k >= 2):
+            raise InputError(
+                f"[cluster] k (--k) must be a number of clusters (2 or more) or 'auto', not {k!r}."
+            )
+
+    @property
+    def k_value(self) -> int | str:
+        """``k`` as the library takes it: a number or 'auto'."""
+        return self.k
+
+
+@dataclass(frozen=True)
+class MapSettings(StageSettings):
+    """``map``: an offline folium map of the run's products."""
+
+    stage = "map"
+
+    output: Path | None = setting(
+        None,
+        "Where to write the map. Default: maps/map.html beside the GeoPackage.",
+        flag="--output",
+        unit="FILE.html",
+    )
+    tiles: str = setting(
+        "osm",
+        "Base map: OpenStreetMap tiles (shown when online), or none (the page then fetches "
+        "nothing at all).",
+        choices=MAP_TILES,
+    )
+
+
+def _number_as_text(settings: StageSettings, name: str) -> None:
+    """A whole number given for a text setting that takes numbers or a word (k = 3)."""
+    value = getattr(settings, name)
+    if isinstance(value, int) and not isinstance(value, bool):
+        object.__setattr__(settings, name, str(value))

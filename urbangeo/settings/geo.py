@@ -1,0 +1,122 @@
+"""Settings of the geo stages: ``grid`` and ``sample``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from urbangeo import constants as C
+from urbangeo.errors import InputError
+from urbangeo.settings._base import StageSettings, setting
+
+
+def city_names() -> tuple[str, ...]:
+    """The bundled offline cities."""
+    from urbangeo.geo.boundary import list_cities
+
+    return tuple(c.name for c in list_cities())
+
+
+@dataclass(frozen=True)
+class GridSettings(StageSettings):
+    """``grid``: square regions over a boundary."""
+
+    stage = "grid"
+
+    city: str | None = setting(
+        None,
+        "A bundled city (see `urbangeo cities`).",
+        unit="NAME",
+        plugin="Bundled city",
+        plugin_kind="string",
+    )
+    boundary_file: Path | None = setting(
+        None,
+        "A polygon file GDAL reads (GeoPackage, GeoJSON, Shapefile...), any CRS.",
+        flag="--boundary",
+        plugin="Boundary polygon layer",
+        plugin_kind="vector",
+    )
+    bbox: tuple[float, ...] | None = setting(
+        None, "A rectangle in WGS84 degrees.", unit="W,S,E,N", plugin="Extent", plugin_kind="extent"
+    )
+    place: str | None = setting(
+        None, "A place name geocoded with OSM (online).", unit="NAME", plugin="Place name (online)"
+    )
+    cell_size: float = setting(
+        C.DEFAULT_CELL_SIZE_M,
+        "Side of the square cells.",
+        unit="METRES",
+        min=0,
+        min_open=True,
+        plugin="Cell size (m)",
+    )
+    crs: str | None = setting(
+        None,
+        "Projected CRS of the grid (e.g. EPSG:3067). Default: the local UTM zone.",
+        unit="CRS",
+    )
+    force: bool = setting(
+        False, f"Build grids with more than {C.MAX_CELLS:,} cells in the bounding box."
+    )
+
+    def check(self) -> None:
+        if self.city is not None:
+            from urbangeo.geo.boundary import get_city
+
+            get_city(self.city)  # an unknown city fails here, listing the offline options
+        if self.bbox is not None and len(self.bbox) != 4:
+            raise InputError(
+                f"[grid] bbox needs 4 numbers W,S,E,N, not {len(self.bbox)}.",
+                hint="e.g. --bbox 24.93,60.16,24.96,60.18",
+            )
+        sources = [s for s in (self.boundary_file, self.bbox, self.place) if s is not None]
+        if len(sources) > 1:
+            raise InputError(
+                "Give one boundary source: --boundary, --bbox or --place.",
+                hint="A bundled --city gives way to any of them.",
+            )
+
+
+@dataclass(frozen=True)
+class SampleSettings(StageSettings):
+    """``sample``: street-view points along the roads."""
+
+    stage = "sample"
+
+    roads: Path | None = setting(
+        None,
+        "Road source: an OSM extract (.osm.pbf, .osm, .osm.bz2) or a line vector file. "
+        "Default: the run's bundled city, else downloaded with osmnx (online).",
+        plugin="Road file (.osm.pbf, .osm, lines)",
+    )
+    city: str | None = setting(None, "Take roads from this bundled city's extract.", unit="NAME")
+    network: str = setting(
+        C.DEFAULT_NETWORK,
+        "Which roads: 'drive' (public streets that cars, and street-view cars, drive), "
+        "'walk' (walkable ways) or 'all' (every highway).",
+        choices=C.NETWORK_TYPES,
+        plugin="Road network",
+    )
+    interval: float = setting(
+        C.DEFAULT_INTERVAL_M,
+        "Distance between street-view points along the roads.",
+        unit="METRES",
+        min=0,
+        min_open=True,
+        plugin="Interval (m)",
+    )
+    merge_tolerance: float = setting(
+        C.DEFAULT_MERGE_TOLERANCE_M,
+        "Merge sample points closer than this (duplicates where roads meet).",
+        unit="METRES",
+        min=0,
+    )
+
+    def check(self) -> None:
+        if self.merge_tolerance >= self.interval:
+            raise InputError(
+                f"[sample] merge_tolerance ({self.merge_tolerance:g} m) must be less than the "
+                f"interval ({self.interval:g} m): points that close would be merged away.",
+                hint="Lower --merge-tolerance (e.g. to a tenth of --interval) or raise --interval.",
+            )

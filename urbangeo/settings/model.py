@@ -1,0 +1,290 @@
+"""Settings of the model stages: ``train`` (UrbanLN pre-training and its ablations) and
+``embed`` (region embeddings from a frozen image encoder). No torch here."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from urbangeo.errors import InputError
+from urbangeo.settings._base import MAX_SEED, StageSettings, setting
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TRAIN_CHOICES = ("both", "image", "text", "last-n")
+#: Image normalisation: the architecture's own (CLIP's statistics), the training images'
+#: per-channel statistics, or ``auto``: the data's for a random init, else the weights'.
+IMAGE_NORMS = ("auto", "model", "data")
+PAIR_KINDS = ("all", "satellite", "streetview")
+EMBED_KINDS = ("auto", "streetview", "satellite", "concat")
+DEFAULT_MOMENTUM = 0.995
+DEFAULT_QUEUE_SIZE = 4096
+DEFAULT_MU = 0.5
+#: Architectures small enough to train from a random init on a CPU.
+TINY_MODELS = ("urbangeo-tiny-vit",)
+
+
+@dataclass(frozen=True)
+class ModeSpec:
+    """What a training mode changes: text context, teacher + queues, default mu."""
+
+    context_length: int
+    distill: bool
+    mu: float
+
+
+MODES: dict[str, ModeSpec] = {
+    "urbanln": ModeSpec(248, True, DEFAULT_MU),
+    "no-ipsi": ModeSpec(77, True, DEFAULT_MU),
+    "no-distill": ModeSpec(248, False, 0.0),
+    "urbanclip": ModeSpec(77, False, 0.0),
+}
+
+
+def encoder_names() -> tuple[str, ...]:
+    """The registered image encoders of ``embed``."""
+    from urbangeo.model.encoders import ENCODERS
+
+    return ENCODERS.names()
+
+
+@dataclass(frozen=True)
+class DeviceSettings(StageSettings):
+    """Where a model runs (shared by train and embed)."""
+
+    num_workers: int = setting(
+        0,
+        "DataLoader processes that decode and preprocess images (0: in the main process, the "
+        "fastest for small models on a few cores).",
+        flag="--workers",
+        min=0,
+        max=64,
+        runtime=True,
+    )
+    precision: str = setting(
+        "auto",
+        "Mixed precision on CUDA (auto: bf16 where supported, else fp16 with loss scaling); "
+        "the CPU always computes in fp32.",
+        choices=PRECISIONS,
+    )
+    device: str | None = setting(
+        None,
+        "torch device (cpu, cuda, cuda:1). Default: this process's GPU if any, else CPU.",
+        unit="DEVICE",
+        runtime=True,
+    )
+
+
+@dataclass(frozen=True)
+class TrainSettings(DeviceSettings):
+    """``train``: every setting of a training run (``None``: the mode's default)."""
+
+    stage = "train"
+
+    model: str = setting(
+        "urbangeo-tiny-vit",
+        "open_clip architecture: urbangeo-tiny-vit (trains from scratch in seconds on a CPU) or "
+        "e.g. ViT-B-16 with --pretrained openai (the paper's, on a GPU: --profile paper). A "
+        "large architecture needs --pretrained or --checkpoint on a CPU (see --from-scratch).",
+        unit="ARCH",
+        plugin="Architecture",
+    )
+    pretrained: str | None = setting(
+        None, "open_clip weights tag, e.g. openai (downloaded once).", unit="TAG"
+    )
+    checkpoint: str | None = setting(
+        None,
+        "Start from these weights (a local state dict, e.g. open_clip_pytorch_model.bin).",
+        unit="FILE",
+    )
+    from_scratch: bool = setting(
+        False,
+        "Allow a large architecture to train from a random init on a CPU (hours for a few "
+        "images; for a CPU trial use the offline-demo profile or --model urbangeo-tiny-vit).",
+    )
+    mode: str = setting(
+        "urbanln",
+        "urbanln: 248 tokens (IPSI) + momentum self-distillation; urbanclip: 77 tokens, plain "
+        "contrastive; no-ipsi: 77 tokens with distillation; no-distill: 248 tokens, plain "
+        "contrastive.",
+        choices=tuple(MODES),
+        plugin="Mode",
+    )
+    context_length: int | None = setting(
+        None,
+        "Text context (default by mode: 248 or 77; IPSI reaches 20 + k*57).",
+        unit="TOKENS",
+        min=2,
+    )
+    mu: float | None = setting(None, "Distillation weight (default 0.5).", min=0, max=1)
+    queue_size: int | None = setting(None, "Queue length K (default 4096).", min=0)
+    momentum: float = setting(DEFAULT_MOMENTUM, "EMA momentum of the teacher.", min=0, max=1)
+    kind: str = setting("all", "Which images to train on.", choices=PAIR_KINDS)
+    epochs: int = setting(
+        10, "Passes over the training pairs.", min=1, max=100_000, plugin="Epochs"
+    )
+    batch_size: int = setting(
+        64, "Pairs per batch and process.", min=1, max=65536, plugin="Batch size"
+    )
+    accum_steps: int = setting(
+        1, "Micro-batches per optimizer step (gradient accumulation).", min=1
+    )
+    lr: float = setting(
+        3e-4,
+        "Peak AdamW learning rate (3e-4 suits the tiny model from scratch; the paper: 1e-7 on "
+        "pretrained ViT-B/16; Long-CLIP: 1e-6).",
+        min=0,
+        min_open=True,
+        max=10,
+    )
+    weight_decay: float = setting(0.1, "AdamW weight decay.", min=0)
+    warmup_steps: int | None = setting(
+        None,
+        "Linear warm-up steps before the cosine decay. Default: 5% of all steps.",
+        flag="--warmup",
+        unit="STEPS",
+        min=0,
+    )
+    min_lr_ratio: float = setting(
+        0.0, "End of the cosine, as a share of lr.", min=0, max=1, cli=False
+    )
+    grad_clip: float | None = setting(
+        None, "Clip the gradient norm.", unit="NORM", min=0, min_open=True
+    )
+    train: str = setting(
+        "both",
+        "What is trained: both towers, one of them, or the last N blocks of each (+ "
+        "projections, text positions, temperature).",
+        choices=TRAIN_CHOICES,
+    )
+    train_last_n: int = setting(2, "Blocks per tower for --train last-n.", flag="--last-n", min=1)
+    augment: bool = setting(False, "Random crops (open_clip's training transform).")
+    image_norm: str = setting(
+        "auto",
+        "Image normalisation: the architecture's (CLIP's statistics), the training images' "
+        "per-channel mean and std (stored with the model), or auto: data for a random init, "
+        "model for pretrained weights.",
+        choices=IMAGE_NORMS,
+    )
+    seed: int = setting(0, "Seed of the init, the split and the batches.", min=0, max=MAX_SEED)
+    val_fraction: float = setting(
+        0.1, "Share of regions held out for retrieval validation (a fixed split).", min=0, max=0.99
+    )
+    val_every: int = setting(1, "Validate every N epochs.", min=1, cli=False)
+    checkpoint_every: int = setting(
+        500,
+        "Save the full training state every N steps (and at the end).",
+        unit="STEPS",
+        min=1,
+        runtime=True,
+    )
+    name: str | None = setting(
+        None,
+        "Name of this model: checkpoints/NAME/ and its rows in train_metrics.csv. Default: "
+        "the mode.",
+        unit="NAME",
+    )
+
+    def check(self) -> None:
+        if self.name is not None and not (
+            self.name.replace("-", "").replace("_", "").replace(".", "").isalnum()
+        ):
+            raise InputError(
+                f"[train] name {self.name!r} may hold letters, digits, '-', '_' and '.' only."
+            )
+        if not MODES[self.mode].distill:
+            for key, value in (("mu", self.mu), ("queue_size", self.queue_size)):
+                if value not in (None, 0):
+                    raise InputError(
+                        f"Mode {self.mode!r} trains without the momentum teacher; {key} does "
+                        "not apply.",
+                        hint="Leave --mu and --queue-size out, or use --mode urbanln / no-ipsi.",
+                    )
+
+    def resolved(self) -> TrainSettings:
+        """A copy with the mode's defaults filled in."""
+        spec = MODES[self.mode]
+        return dataclasses.replace(
+            self,
+            context_length=self.context_length or spec.context_length,
+            mu=spec.mu if self.mu is None else float(self.mu),
+            queue_size=(DEFAULT_QUEUE_SIZE if spec.distill else 0)
+            if self.queue_size is None
+            else int(self.queue_size),
+            name=self.name or self.mode,
+        )
+
+    @property
+    def distill(self) -> bool:
+        """Whether this mode trains with the EMA teacher and queues."""
+        return MODES[self.mode].distill
+
+    @property
+    def random_init(self) -> bool:
+        """Whether the weights start random (no pretrained tag, no checkpoint)."""
+        return not self.pretrained and not self.checkpoint
+
+    def check_device(self, device: str) -> None:
+        """Refuse a large architecture from a random init on a CPU unless asked for."""
+        large = self.model not in TINY_MODELS
+        if device == "cpu" and large and self.random_init and not self.from_scratch:
+            raise InputError(
+                f"Training {self.model} from a random init on a CPU takes hours and learns "
+                "little from a city's images.",
+                hint="For a CPU trial: --profile offline-demo (or --model urbangeo-tiny-vit "
+                "--lr 3e-4); for the paper's setting: --pretrained openai on a GPU; to do it "
+                "anyway: --from-scratch.",
+            )
+
+    def to_dict(self, *, runtime: bool = True) -> dict[str, Any]:
+        return super().to_dict(runtime=runtime)
+
+
+@dataclass(frozen=True)
+class EmbedSettings(DeviceSettings):
+    """``embed``: one vector per region from a frozen image encoder."""
+
+    stage = "embed"
+
+    encoder: str = setting(
+        "trained",
+        "trained: the model from `urbangeo train`; frozen-clip: CLIP without pre-training on "
+        "captions; random: a random CLIP; resnet18: ResNet-18 features; image-stats: colour "
+        "statistics.",
+        choices=encoder_names,
+        plugin="Encoder",
+    )
+    checkpoint: Path | None = setting(
+        None,
+        "Trained model to use (default checkpoints/NAME/model.pt of this run); a model trained "
+        "on another city works too.",
+        exists=True,
+        plugin="Checkpoint (transfer)",
+    )
+    name: str = setting(
+        "urbanln", "Which of this run's trained models (checkpoints/NAME/).", unit="NAME"
+    )
+    model: str | None = setting(
+        None, "Architecture for frozen-clip/random (default ViT-B-16).", unit="ARCH"
+    )
+    pretrained: str | None = setting(None, "open_clip weights tag for frozen-clip.", unit="TAG")
+    weights: Path | None = setting(
+        None,
+        "Local weights file: open_clip state dict (frozen-clip) or torchvision resnet18-*.pth "
+        "(resnet18).",
+        exists=True,
+    )
+    kind: str = setting(
+        "auto",
+        "Images per region: street-view (mean of a region's images), satellite, or concat (both "
+        "vectors side by side); auto: street-view if the run has any.",
+        choices=EMBED_KINDS,
+    )
+    batch_size: int = setting(64, "Images per forward pass.", min=1, max=65536)
+    seed: int = setting(
+        0,
+        "Seed of random weights (random, and resnet18 without --weights).",
+        min=0,
+        max=MAX_SEED,
+    )
