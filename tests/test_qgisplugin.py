@@ -76,16 +76,18 @@ def test_the_zip_carries_the_generated_parameters(tmp_path):
 def test_plugin_stages_use_only_flags_the_cli_has(plugin_stages):
     import click
 
-    STAGES, build_args = plugin_stages.STAGES, plugin_stages.build_args
+    from urbangeo.settings import STAGE_SETTINGS
 
+    STAGES, build_args = plugin_stages.STAGES, plugin_stages.build_args
     for name, stage in STAGES.items():
         command = cli.commands[name]
         flags = {opt for p in command.params if isinstance(p, click.Option) for opt in p.opts}
         for param in stage.params:
             assert param.flag in flags, f"{name}: {param.flag}"
-            if param.kind == "enum":
-                choice = next(p for p in command.params if param.flag in getattr(p, "opts", []))
-                assert set(param.options) <= set(choice.type.choices), f"{name}: {param.flag}"
+            if param.kind == "enum":  # the command checks them against the same declaration
+                declared = STAGE_SETTINGS[name].fields()
+                field = next(f for f in declared if f.flag == param.flag)
+                assert tuple(param.options) == field.spec.choice_list(), f"{name}: {param.flag}"
         assert build_args(stage, {"GPKG": "run.gpkg", "CITY": "kotka"})[0] == name
 
 
