@@ -74,7 +74,8 @@ def test_processing_run_grid_on_a_bundled_city(plugin, tmp_path):
 def test_processing_reports_the_commands_own_error(plugin, tmp_path):
     import processing
 
-    with pytest.raises(QgsProcessingException, match="Cell size must be a positive number"):
+    too_small = r"cell_size \(--cell-size\) must be more than 0"
+    with pytest.raises(QgsProcessingException, match=too_small):
         processing.run(
             "urbangeo:grid", {"CITY": "kotka", "CELL_SIZE": 0, "GPKG": str(tmp_path / "a.gpkg")}
         )

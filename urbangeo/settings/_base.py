@@ -283,7 +283,8 @@ def _check(f: Field, value: Any, where: str) -> Any:
 
 def _bounds(f: Field, value: Any, where: str) -> None:
     spec = f.spec
-    hint = None if f.default is None else f"Try the default, {f.flag} {_plain(f.default)}."
+    shown = _num(f.default) if isinstance(f.default, int | float) else _plain(f.default)
+    hint = None if f.default is None else f"Try the default, {f.flag} {shown}."
     choices = spec.choice_list()
     if choices is not None and value not in choices:
         raise InputError(
@@ -301,4 +302,6 @@ def _bounds(f: Field, value: Any, where: str) -> None:
 
 
 def _num(value: float) -> str:
-    return f"{int(value):,}" if float(value).is_integer() and abs(value) < 1e18 else f"{value:g}"
+    if float(value).is_integer() and abs(value) < 1e18:
+        return f"{int(value):,}" if abs(value) >= 10_000 else str(int(value))
+    return f"{value:g}"
