@@ -16,8 +16,11 @@ from typing import Any
 from urbangeo.errors import InputError
 
 
-class Registry(Mapping[str, str]):
-    """Names of one family's implementations and where each lives (``"module:attribute"``)."""
+class Registry:
+    """Names of one family's implementations and where each lives (``"module:attribute"``).
+
+    Iterating gives the names; ``name in registry`` tells whether one is registered.
+    """
 
     def __init__(self, family: str, entries: Mapping[str, str]) -> None:
         self.family = family
@@ -28,6 +31,9 @@ class Registry(Mapping[str, str]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
 
     def __len__(self) -> int:
         return len(self._entries)

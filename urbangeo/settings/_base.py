@@ -102,12 +102,12 @@ def _unwrap(annotation: Any) -> tuple[Any, bool, Any]:
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         optional = len(args) < len(typing.get_args(annotation))
-        annotation = args[0] if len(args) == 1 else args
-    if isinstance(annotation, list):  # int | str and the like: kept as given
+        annotation = args[0] if len(args) == 1 else tuple(args)
+    if isinstance(annotation, list | tuple):  # int | str and the like: kept as given
         return object, optional, None
     if typing.get_origin(annotation) is tuple:
-        args = typing.get_args(annotation)
-        return tuple, optional, args[0] if args else str
+        items = typing.get_args(annotation)
+        return tuple, optional, items[0] if items else str
     return annotation, optional, None
 
 
@@ -293,9 +293,9 @@ def _bounds(f: Field, value: Any, where: str) -> None:
         )
     if isinstance(value, bool) or not isinstance(value, int | float):
         return
-    low_ok = spec.min is None or (value > spec.min if spec.min_open else value >= spec.min)
-    if not low_ok:
-        bound = f"more than {_num(spec.min)}" if spec.min_open else f"at least {_num(spec.min)}"
+    low = spec.min
+    if low is not None and not (value > low if spec.min_open else value >= low):
+        bound = f"more than {_num(low)}" if spec.min_open else f"at least {_num(low)}"
         raise InputError(f"{where} must be {bound}, not {_num(value)}.", hint=hint)
     if spec.max is not None and value > spec.max:
         raise InputError(f"{where} must be at most {_num(spec.max)}, not {_num(value)}.", hint=hint)
