@@ -1,1 +1,11 @@
 """What the user looks at: interactive folium maps and static plots of a run's products."""
+
+from urbangeo._lazy import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "build_map": ".maps",
+        "write_map": ".maps",
+    },
+)
