@@ -341,8 +341,6 @@ def _call(stage: str, gpkg: Path, settings: StageSettings, extra: dict[str, Any]
         kwargs.pop("predictions_from")
     if stage == "cluster" and "k" in kwargs:
         kwargs["k"] = getattr(settings, "k_value", kwargs["k"])
-    if stage == "caption":
-        kwargs.pop("retries", None)  # the captioner's client keeps its own default
     for key in ("models", "kinds", "headings", "bands", "k_range", "targets", "columns"):
         if isinstance(kwargs.get(key), list):
             kwargs[key] = tuple(kwargs[key])

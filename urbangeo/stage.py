@@ -109,6 +109,18 @@ def settings_of(
     return settings.replace(**values) if values else settings
 
 
+def check_inputs(settings: StageSettings) -> None:
+    """Refuse, before any work, input files that the settings name and that do not exist."""
+    for f in settings.fields():
+        value = getattr(settings, f.name)
+        if f.spec.exists and value is not None and not Path(value).exists():
+            raise InputError(
+                f"{f.flag} {value}: no such file.",
+                hint=f"Check the path ({'folder' if f.spec.folder else 'file'} of "
+                f"[{settings.stage}] {f.name}); relative paths are read from the current folder.",
+            )
+
+
 def stage(
     cls: type[S], *, outputs: Iterable[str] = (), gpkg_required: bool = True
 ) -> Callable[[Callable[..., StageResult]], Callable[..., StageResult]]:
@@ -134,6 +146,7 @@ def stage(
             values = {k: v for k, v in kwargs.items() if k in known and v is not None}
             extra = {k: v for k, v in kwargs.items() if k not in known}
             chosen = settings_of(cls, settings, values)
+            check_inputs(chosen)
             if gpkg is None:
                 if gpkg_required:
                     raise InputError(f"The {name} stage needs the run's GeoPackage (--gpkg).")
