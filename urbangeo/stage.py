@@ -114,10 +114,10 @@ def check_inputs(settings: StageSettings) -> None:
     for f in settings.fields():
         value = getattr(settings, f.name)
         if f.spec.exists and value is not None and not Path(value).exists():
+            what = f.spec.help.split(". ")[0].rstrip(".")
             raise InputError(
-                f"{f.flag} {value}: no such file.",
-                hint=f"Check the path ({'folder' if f.spec.folder else 'file'} of "
-                f"[{settings.stage}] {f.name}); relative paths are read from the current folder.",
+                f"{value} does not exist ({f.flag}: {what}).",
+                hint="Check the path; relative paths are read from the current folder.",
             )
 
 
