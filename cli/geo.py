@@ -68,10 +68,22 @@ def grid(gpkg: Path | None, overwrite: bool, **values: Any) -> None:
     boundary).
 
     \b
+    Limits (checked before the cells are built):
+      - --bbox is W,S,E,N in WGS84 degrees; swapped numbers are refused with the
+        reading they suggest.
+      - Without --crs, the area must fit one UTM zone: within 80°S-84°N, and lengths off
+        by at most 1 % (about 8° of longitude either side of the zone's centre at the
+        equator). Wider areas need a projected --crs in metres, or to be split.
+      - A --boundary file with several polygon layers needs --layer NAME.
+      - More than 1,000,000 cells in the bounding box need --force; more than 20,000
+        regions give a warning with a rough cost of the later stages.
+
+    \b
     Examples:
       urbangeo grid --city kotka
       urbangeo grid --bbox 24.93,60.16,24.96,60.18 --cell-size 250 --gpkg helsinki.gpkg
       urbangeo grid --boundary district.gpkg --gpkg district/run.gpkg
+      urbangeo grid --boundary city.gpkg --layer districts --gpkg city/run.gpkg
     """
     settings = settings_from(GridSettings, values)
     if gpkg is None:
@@ -93,7 +105,8 @@ def sample(gpkg: Path | None, legacy_gpkg: Path | None, overwrite: bool, **value
     Output: layers 'roads' (clipped to the boundary) and 'sv_points' in the GeoPackage:
     point_id, region_id, heading (road bearing, degrees clockwise from north, the camera
     heading), lon, lat. Two-way streets are sampled once and points closer than
-    --merge-tolerance (duplicates where roads meet) are merged.
+    --merge-tolerance (duplicates where roads meet) are merged. More than 1,000,000 points
+    (road length / --interval, estimated before sampling) need --force.
 
     \b
     Examples:

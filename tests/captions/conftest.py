@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from tests.captions.helpers import has
@@ -44,3 +46,14 @@ def minilm_ready() -> None:
 def transformers_ready() -> None:
     """Hugging Face transformers."""
     require(has("transformers"), "transformers", "pip install 'urbangeo[captions]'")
+
+
+@pytest.fixture(autouse=True)
+def _progress_mode() -> Iterator[None]:
+    """Commands set the process-wide progress mode (--progress json): restore it after each
+    test, so that a test reading stderr does not depend on which tests ran before."""
+    from urbangeo.progress import get_mode, set_mode
+
+    mode = get_mode()
+    yield
+    set_mode(mode)

@@ -165,6 +165,7 @@ def test_osm_stage_end_to_end(tmp_path):
         "cached": 0,
         "failed": 0,
         "skipped": 1,
+        "truncated": 0,
     }
     table = gpd.read_file(gpkg, layer=C.LAYER_CAPTIONS)
     assert set(table[C.BACKEND]) == {"osm"} and set(table[C.MODEL]) == set(STYLES)

@@ -113,13 +113,16 @@ def test_key_echoed_on_401(gpkg, echo_server, capsys, caplog):
 
 
 def test_key_echoed_on_500_retried_then_failing(gpkg, echo_server, capsys, caplog):
+    from urbangeo.captions.stages import CaptionsFailedError
+
     server = echo_server(lambda auth: (500, "text/plain", f"crash while checking {auth}"))
-    result = run(gpkg, server)
-    assert result.counts["failed"] == 2 and result.counts["captions"] == 0
+    with pytest.raises(CaptionsFailedError) as err:  # every call failed: nothing written
+        run(gpkg, server)
+    assert "All 2 caption calls failed" in str(err.value) and "***" in str(err.value)
     assert server.requests == 2 * (FAST.max_retries + 1)
     out = capsys.readouterr()
     assert "HTTP 500" in out.err and "after 3 tries" in out.err and "***" in out.err
-    assert_nowhere(gpkg.parent, out.out, out.err, caplog.text)
+    assert_nowhere(gpkg.parent, str(err.value), out.out, out.err, caplog.text)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import geopandas as gpd
@@ -51,7 +52,7 @@ def test_bad_inputs(tmp_path):
     gpkg = make_run(tmp_path, n_regions=1, n_points=0)
     with pytest.raises(InputError, match="kind"):
         caption_stage(gpkg, kinds=["aerial"])
-    with pytest.raises(InputError, match="Unknown caption backend"):
+    with pytest.raises(InputError, match=r"backend.*not one of the choices"):
         caption_stage(gpkg, backend="llava")
     with pytest.raises(InputError, match="refine"):
         caption_stage(gpkg, refine=True)
@@ -141,3 +142,66 @@ def test_score_command(spacy_ready):
     assert data["attributes"]["f1"] == pytest.approx(1.0, abs=1e-5)
     assert data["score"] == pytest.approx((5 * 0.5 + 5 * 1.0) / 12, abs=1e-5)
     assert data["graphs"][0]["relations"] == [["car", "on", "road"]]
+
+
+def test_old_spellings_still_work(tmp_path, loopback):
+    """-o for --gpkg and --max-retries for --retries: accepted, with a deprecation warning."""
+    statuses = [500]
+
+    def handler(method, path, body):
+        if statuses:
+            return statuses.pop(), "application/json", b'{"error": "busy"}'
+        return json_reply({"choices": [{"message": {"content": "Roofs and roads."}}]})
+
+    server = loopback(handler)
+    gpkg = make_run(tmp_path, n_regions=2, n_points=0)
+    args = ["-o", str(gpkg), "--backend", "openai", "--base-url", server.url + "/v1"]
+    out = CliRunner().invoke(caption, [*args, "--model", "m", "--max-retries", "0"])
+    assert out.exit_code == 0, out.output
+    assert "-o for the run's GeoPackage is deprecated" in out.output
+    assert "--max-retries is deprecated; use --retries" in out.output
+    # no retry: the one image whose first request got 500 failed, the other was captioned
+    assert len(server.requests) == 2
+    assert read_stage_records(gpkg)["caption"].counts["failed"] == 1
+    assert "--max-retries" not in CliRunner().invoke(caption, ["--help"]).output
+
+
+def test_settings_choose_the_captioner(tmp_path):
+    from urbangeo.captions.captioners.openai import DEFAULT_RETRY
+    from urbangeo.captions.stages import stage_captioner
+    from urbangeo.settings import CaptionSettings
+
+    s = CaptionSettings(
+        backend="openai", models=("m",), base_url="http://127.0.0.1:9/v1", retries=2, timeout=5
+    )
+    captioner = stage_captioner(tmp_path / "run.gpkg", s)
+    try:
+        # --retries sets the number of retries; the captioner keeps its own backoff
+        assert captioner.retry == dataclasses.replace(DEFAULT_RETRY, max_retries=2)
+        assert captioner.timeout == 5 and captioner.pool_size == s.concurrency
+    finally:
+        captioner.close()
+
+
+def test_an_injected_captioner_and_settings_object(tmp_path):
+    from urbangeo.captions.captioners import Captioner
+    from urbangeo.settings import CaptionSettings
+
+    class Echo(Captioner):
+        name = "echo"
+        closed = False
+
+        def caption(self, image, prompt, model, item):
+            return f"{model} sees {item.image_id}."
+
+        def close(self):
+            self.closed = True
+
+    gpkg = make_run(tmp_path, n_regions=2, n_points=1)
+    echo = Echo(["x", "y"])
+    settings = CaptionSettings(select="first", kinds=(C.KIND_SATELLITE,))
+    result = caption_stage(gpkg, settings, captioner=echo)
+    assert result.counts["captions"] == 4 and not echo.closed  # the caller owns it
+    table = gpd.read_file(gpkg, layer=C.LAYER_CAPTIONS)
+    assert set(table[C.BACKEND]) == {"echo"} and not table["truncated"].any()
+    assert read_stage_records(gpkg)["caption"].params["select"] == "first"

@@ -86,14 +86,14 @@ def test_tiny_blip_captions(tiny_blip):
 def test_stage_with_transformers(tiny_blip, tmp_path):
     gpkg = make_run(tmp_path, n_regions=2, n_points=0)
     result = caption_stage(
-        gpkg, backend="transformers", models=[tiny_blip], max_new_tokens=5, select="first"
+        gpkg, backend="transformers", models=[tiny_blip], max_tokens=5, select="first"
     )
     assert result.counts["captions"] == 2
     again = caption_stage(
         gpkg,
         backend="transformers",
         models=[tiny_blip],
-        max_new_tokens=5,
+        max_tokens=5,
         select="first",
         overwrite=True,
     )

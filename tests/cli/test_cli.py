@@ -263,3 +263,148 @@ def test_run_bad_input(runner, tmp_path):
     bad.write_text("[train]\nepoks = 3\n")
     result = invoke(runner, "run", "--config", bad, "-o", tmp_path / "k")
     assert result.exit_code == 1 and "Unknown setting(s) in [train]: epoks" in result.output
+
+
+# ---- issue #14, geo: limits and clear errors before any work --------------------------------
+
+
+def test_sample_refuses_an_interval_that_makes_millions_of_points(runner, tmp_path, monkeypatch):
+    import urbangeo.geo.stages as geo_stages
+
+    gpkg = tmp_path / "k" / "run.gpkg"
+    assert invoke(runner, "grid", "--city", "kotka", "--gpkg", gpkg, "-q").exit_code == 0
+
+    def never(*args, **kwargs):
+        raise AssertionError("sampled before the estimate refused the interval")
+
+    monkeypatch.setattr(geo_stages, "sample_points", never)
+    args = ("sample", "--gpkg", gpkg, "--interval", "0.01", "--merge-tolerance", "0.001")
+    result = invoke(runner, *args)
+    assert result.exit_code == 1, result.output
+    assert "every 0.01 m makes about 4,46" in result.output
+    assert "more than the limit of 1,000,000" in result.output
+    assert "Use --interval 0.045 or more" in result.output and "--force" in result.output
+    assert C.LAYER_SV_POINTS not in list_layers(gpkg)
+
+
+def test_grid_warns_about_the_cost_of_many_regions(runner, tmp_path):
+    result = invoke(
+        runner, "grid", "--city", "kotka", "--cell-size", "10", "--gpkg", tmp_path / "g.gpkg"
+    )
+    assert result.exit_code == 0, result.output
+    assert "warning: The grid has 49,504 regions" in result.output
+    assert "0.23 s per region" in result.output and "rough" in result.output
+    quiet = invoke(
+        runner, "grid", "--city", "kotka", "--cell-size", "250", "--gpkg", tmp_path / "s.gpkg"
+    )
+    assert "warning" not in quiet.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--bbox", "-180,-90,180,90"), "beyond UTM's latitudes"),
+        (("--bbox", "-180,-80,180,80"), "too wide for one UTM zone"),
+        (("--bbox", "-33.9,151.2,-33.8,151.3"), "Did you mean --bbox 151.2,-33.9,151.3,-33.8"),
+        (("--city", "kotka", "--crs", "EPSG:99999"), "Unknown CRS 'EPSG:99999'"),
+        (("--city", "kotka", "--crs", "EPSG:4326"), "not a projected CRS"),
+    ],
+)
+def test_grid_refuses_before_any_work(runner, tmp_path, args, message):
+    out = tmp_path / "new" / "run.gpkg"
+    result = invoke(runner, "grid", *args, "--gpkg", out)
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not out.parent.exists()
+
+
+def test_grid_boundary_files_that_need_a_word_more(runner, tmp_path):
+    import geopandas as gpd
+    import shapely
+
+    geojson = tmp_path / "utm.geojson"
+    ring = [[500_000, 6_700_000], [502_000, 6_700_000], [502_000, 6_702_000], [500_000, 6_700_000]]
+    geojson.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "properties": {},
+                        "geometry": {"type": "Polygon", "coordinates": [ring]},
+                    }
+                ],
+            }
+        )
+    )
+    result = invoke(runner, "grid", "--boundary", geojson, "--gpkg", tmp_path / "a.gpkg")
+    assert result.exit_code == 1 and "no CRS of its own" in result.output
+    assert "--boundary-crs" in result.output and "ogr2ogr -a_srs" in result.output
+    args = ("grid", "--boundary", geojson, "--boundary-crs", "EPSG:32635", "-q")
+    assert invoke(runner, *args, "--gpkg", tmp_path / "b.gpkg").exit_code == 0
+
+    city = tmp_path / "city.gpkg"
+    for name, size in (("districts", 1000), ("parks", 3000)):
+        frame = gpd.GeoDataFrame(
+            geometry=[shapely.box(500_000, 6_700_000, 500_000 + size, 6_700_000 + size)], crs=32635
+        )
+        frame.to_file(city, layer=name)
+    result = invoke(runner, "grid", "--boundary", city, "--gpkg", tmp_path / "c.gpkg")
+    assert result.exit_code == 1 and "has 2 layers" in result.output
+    assert "--layer" in result.output and "districts (Polygon), parks (Polygon)" in result.output
+    assert not (tmp_path / "c.gpkg").exists()
+    result = invoke(
+        runner, "grid", "--boundary", city, "--layer", "parks", "--gpkg", tmp_path / "c.gpkg", "-q"
+    )
+    assert result.exit_code == 0, result.output
+    assert len(read_layer(tmp_path / "c.gpkg", C.LAYER_REGIONS)) == 9
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """A tmpfs at tmp_path/"ro" whose ``remount()`` makes it read-only (root's permissions do
+    not stop a write, a read-only file system does). Skipped where mounting is not allowed."""
+    import os
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(
+            f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}"
+        )
+
+    def remount() -> None:
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True, capture_output=True)
+        assert os.statvfs(folder).f_flag & os.ST_RDONLY
+
+    try:
+        yield folder, remount
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def test_a_rerun_on_read_only_storage_is_a_clear_error(runner, read_only_mount):
+    import socket
+
+    folder, remount = read_only_mount
+    gpkg = folder / "k" / "run.gpkg"
+    assert invoke(runner, "grid", "--city", "kotka", "--gpkg", gpkg, "-q").exit_code == 0
+    # a lock left behind by a process that is gone (a crash before the storage went read-only)
+    stale = {"pid": 2**22 + 7, "host": socket.gethostname(), "since": 0, "command": "urbangeo"}
+    (folder / "k" / ".urbangeo.lock").write_text(json.dumps(stale))
+    remount()
+    for args in (
+        ("grid", "--city", "kotka", "--gpkg", gpkg, "--overwrite"),
+        ("sample", "--gpkg", gpkg),
+    ):
+        result = invoke(runner, *args)
+        assert result.exit_code == 1, result.output
+        assert "is on read-only storage" in result.output
+        assert "Copy the run folder to writable storage" in result.output
+    assert {C.LAYER_BOUNDARY, C.LAYER_REGIONS} <= set(list_layers(gpkg))  # still readable

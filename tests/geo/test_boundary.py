@@ -1,3 +1,5 @@
+import json
+
 import geopandas as gpd
 import pytest
 import shapely
@@ -148,3 +150,76 @@ def test_place_offline_fails_with_the_offline_options(loopback, monkeypatch):
     with pytest.raises(InputError, match="Could not geocode 'Nowhere'") as info:
         B.load_boundary(place="Nowhere")
     assert "--city NAME (bundled: kotka, helsinki)" in info.value.hint
+
+
+@pytest.mark.parametrize(
+    ("bbox", "reading"),
+    [
+        (
+            (-33.9, 151.2, -33.8, 151.3),
+            "Did you mean --bbox 151.2,-33.9,151.3,-33.8 (the numbers read as S,W,N,E",
+        ),
+        ((24.96, 60.18, 24.93, 60.16), "Did you mean --bbox 24.93,60.16,24.96,60.18"),
+        ((26.97, 60.54, 26.93, 60.52), "Did you mean --bbox 26.93,60.52,26.97,60.54"),
+    ],
+)
+def test_a_bbox_with_swapped_numbers_offers_the_reading_they_suggest(bbox, reading):
+    with pytest.raises(InputError, match="Invalid bbox") as info:
+        B.boundary_from_bbox(*bbox)
+    assert reading in info.value.hint
+
+
+def test_a_bbox_across_the_antimeridian_is_explained_not_reordered():
+    with pytest.raises(InputError, match="west is not less than east") as info:
+        B.boundary_from_bbox(179, -20, -179, -15)
+    assert "antimeridian" in info.value.hint and "Did you mean" not in info.value.hint
+
+
+def _projected_geojson(path):
+    """A GeoJSON in UTM metres that names no CRS (as many tools write it)."""
+    ring = [[500_000, 6_700_000], [502_000, 6_700_000], [502_000, 6_702_000], [500_000, 6_700_000]]
+    feature = {
+        "type": "Feature",
+        "properties": {},
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+    }
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    return path
+
+
+def test_a_projected_geojson_without_a_crs_is_refused_with_how_to_set_one(tmp_path):
+    path = _projected_geojson(tmp_path / "district.geojson")
+    with pytest.raises(InputError, match="not degrees of WGS 84") as info:
+        B.boundary_from_file(path)  # was geopandas' RuntimeError: Unable to determine UTM CRS
+    assert "RFC 7946" in info.value.message
+    assert "--boundary-crs" in info.value.hint and "ogr2ogr -a_srs" in info.value.hint
+    loaded = B.boundary_from_file(path, crs="EPSG:32635")
+    assert loaded.crs.to_epsg() == 32635 and loaded.area.iloc[0] == pytest.approx(2e6)
+
+
+def _two_layers(path, second_geom):
+    gpd.GeoDataFrame(geometry=[shapely.box(0, 0, 1000, 1000)], crs=32635).to_file(
+        path, layer="districts"
+    )
+    gpd.GeoDataFrame(geometry=[second_geom], crs=32635).to_file(path, layer="other")
+    return path
+
+
+def test_a_file_of_several_polygon_layers_needs_a_layer(tmp_path):
+    path = _two_layers(tmp_path / "city.gpkg", shapely.box(0, 0, 5000, 5000))
+    with pytest.raises(InputError, match="has 2 layers") as info:
+        B.boundary_from_file(path)  # was: the first layer, silently
+    assert "--layer" in info.value.hint
+    assert "districts (Polygon)" in info.value.hint and "other (Polygon)" in info.value.hint
+    loaded = B.boundary_from_file(path, layer="other")
+    assert loaded.area.iloc[0] == pytest.approx(25e6)
+    assert loaded[C.SOURCE].iloc[0] == f"file:{path}|layer=other"
+    with pytest.raises(InputError, match="no layer 'parks'") as info:
+        B.check_boundary_file(path, layer="parks")
+    assert "districts" in info.value.hint
+
+
+def test_the_only_polygon_layer_of_a_file_is_the_boundary(tmp_path):
+    path = _two_layers(tmp_path / "city.gpkg", shapely.Point(10, 10))
+    assert B.boundary_layer(path) == "districts"
+    assert B.boundary_from_file(path).area.iloc[0] == pytest.approx(1e6)

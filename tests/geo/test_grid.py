@@ -6,7 +6,7 @@ import pytest
 import shapely
 
 from tests.conftest import UTM35
-from urbangeo.errors import InputError, UrbangeoWarning
+from urbangeo.errors import InputError
 from urbangeo.geo.grid import make_grid
 
 
@@ -76,12 +76,43 @@ def test_geographic_boundary_is_gridded_in_its_utm_zone():
     np.testing.assert_allclose(widths, 1000.0)
 
 
-def test_a_geographic_crs_is_not_used_as_metres():
-    with pytest.warns(UrbangeoWarning, match="geographic CRS"):
-        grid = make_grid(
-            _boundary(shapely.box(26.93, 60.52, 26.97, 60.54), crs="EPSG:4326"), crs="EPSG:4326"
-        )
-    assert grid.crs.is_projected
+@pytest.mark.parametrize(
+    ("crs", "message"),
+    [
+        ("EPSG:4326", "not a projected CRS"),  # degrees: once replaced by UTM with a warning
+        ("EPSG:2263", "US survey foot, not metres"),
+        ("EPSG:99999", "Unknown CRS 'EPSG:99999'"),  # was pyproj's CRSError, a traceback
+    ],
+)
+def test_a_crs_that_is_not_projected_metres_is_refused(crs, message):
+    boundary = _boundary(shapely.box(26.93, 60.52, 26.97, 60.54), crs="EPSG:4326")
+    with pytest.raises(InputError, match=message) as info:
+        make_grid(boundary, crs=crs)
+    assert "projected CRS in metres" in info.value.hint
+
+
+@pytest.mark.parametrize(
+    ("bbox", "message"),
+    [
+        ((-180, -90, 180, 90), "beyond UTM's latitudes"),  # was 0 regions, exit 0
+        ((10, 85, 11, 86), "beyond UTM's latitudes"),  # was geopandas' RuntimeError
+        ((-180, -80, 180, 80), "too wide for one UTM zone"),  # was 22,226 cells in zone 30N
+        ((0, 0, 20, 10), r"off by up to 1\.\d%"),
+    ],
+)
+def test_areas_no_utm_zone_holds_are_refused_without_a_crs(bbox, message):
+    boundary = _boundary(shapely.box(*bbox), crs="EPSG:4326")
+    with pytest.raises(InputError, match=message) as info:
+        make_grid(boundary, cell_size=100_000)
+    assert "--crs" in info.value.hint and "split the area" in info.value.hint
+
+
+def test_wide_areas_fit_a_utm_zone_towards_the_poles_or_with_a_crs():
+    # 20 degrees of longitude at 60-65 N: within 1 % in one UTM zone
+    assert len(make_grid(_boundary(shapely.box(20, 60, 40, 65), crs=4326), cell_size=50_000))
+    world = _boundary(shapely.box(-180, -80, 180, 80), crs=4326)
+    grid = make_grid(world, cell_size=2_000_000, crs="EPSG:3857")
+    assert grid.crs.to_epsg() == 3857 and len(grid) > 0
 
 
 def test_cells_that_only_touch_the_boundary_are_left_out():

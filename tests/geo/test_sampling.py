@@ -166,3 +166,20 @@ def test_stride_positions_carry_over_line_ends():
     line, dist = stride_positions(np.array([300.0, 300.0, 900.0]), 500)  # 1500 m: end kept
     assert list(line) == [0, 1, 2, 2]
     np.testing.assert_allclose(dist, [0, 200, 400, 900])
+
+
+def test_too_many_points_are_refused_before_sampling_with_an_interval_that_fits():
+    from urbangeo.geo.limits import MAX_SV_POINTS, check_point_count
+
+    # 10 km of road, with the two directions of a two-way street counted once
+    roads = utm_lines([(X0, Y0), (X0 + 10_000, Y0)], [(X0 + 10_000, Y0), (X0, Y0)])
+    with pytest.raises(InputError, match=r"10\.0 km of roads every 1 m makes about 10,001") as info:
+        sample_points(roads, interval=1, merge_tolerance=0, max_points=5_000)
+    assert "--interval 2.1 or more" in info.value.hint and "--force" in info.value.hint
+    assert len(sample_points(roads, interval=2.1, merge_tolerance=0, max_points=5_000)) <= 5_000
+    forced = sample_points(roads, interval=1, merge_tolerance=0, max_points=5_000, force=True)
+    assert len(forced) == 10_001
+    # the documented limit: a million points; --interval 0.01 on the 44.7 km of Kotka is over it
+    with pytest.raises(InputError, match="more than the limit of 1,000,000"):
+        check_point_count(44_667.0, 0.01)
+    assert MAX_SV_POINTS == 1_000_000 and check_point_count(44_667.0, 0.045) <= MAX_SV_POINTS

@@ -44,10 +44,19 @@ def test_stages_functions_and_settings_cover_the_same_stages():
     assert tuple(STAGE_SETTINGS) == tuple(STAGE_FUNCTIONS) == C.STAGES
 
 
-#: Stages whose command and function are made from the declaration. tiles, streetview,
-#: caption, train and embed still declare their own options (issue #13 is open for them); the
-#: runner already passes them their declared settings.
-CONVERTED = ("grid", "sample", "indicators", "predict", "cluster", "map")
+#: Stages whose command and function are made from the declaration (the others still declare
+#: their own options; the runner passes them their declared settings through an adapter).
+CONVERTED = (
+    "grid",
+    "sample",
+    "tiles",
+    "streetview",
+    "caption",
+    "indicators",
+    "predict",
+    "cluster",
+    "map",
+)
 
 
 @pytest.mark.parametrize("stage", CONVERTED)

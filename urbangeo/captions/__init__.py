@@ -6,8 +6,9 @@ captioner or scorer needs them, from the ``captions`` extra.
 
 Layout:
 
-- :mod:`~urbangeo.captions.stages`: :func:`caption_stage` (the ``urbangeo caption`` command),
-  :func:`read_caption_items`, :func:`run_calls`
+- :mod:`~urbangeo.captions.stages`: :func:`caption_stage` (the ``urbangeo caption`` command,
+  settings :class:`~urbangeo.settings.CaptionSettings`), :func:`read_caption_items`,
+  :func:`run_calls`, :class:`CaptionsFailedError`
 - :mod:`~urbangeo.captions.captioners`: the :class:`Captioner` base
   (:mod:`~urbangeo.captions.captioners.base`) and one module per backend (``osm``,
   ``openai``, ``transformers``), registered by name in :data:`CAPTIONERS`;
@@ -34,6 +35,7 @@ _EXPORTS = {
     "caption_stage": "stages",
     "read_caption_items": "stages",
     "run_calls": "stages",
+    "CaptionsFailedError": "stages",
     "BACKENDS": "captioners",
     "CAPTIONERS": "captioners",
     "make_captioner": "captioners",

@@ -4,6 +4,10 @@ Every model call is keyed by (input sha256, backend, model, prompt, generation o
 record is appended and flushed the moment the call returns, so Ctrl-C loses nothing, and a
 rerun finds every answer it has already paid for. The file is both the audit log of the run
 and the cache; a torn last line (a kill in mid-write) is ignored.
+
+A caption is stored with at most :data:`~urbangeo.settings.captions.MAX_CAPTION_CHARS`
+characters: a longer reply is cut and its record says ``"truncated": true`` (records written
+before the cap are cut the same way when read).
 """
 
 from __future__ import annotations
@@ -17,6 +21,22 @@ from typing import Any
 
 from urbangeo import constants as C
 from urbangeo.io.files import sha256_bytes
+from urbangeo.settings.captions import MAX_CAPTION_CHARS
+
+
+def cap_caption(text: str, limit: int = MAX_CAPTION_CHARS) -> tuple[str, bool]:
+    """``text`` cut to at most ``limit`` characters, and whether it was cut."""
+    if len(text) <= limit:
+        return text, False
+    return text[:limit].rstrip(), True
+
+
+def _capped(record: dict) -> dict:
+    """A record whose caption is within the cap (flagged ``truncated`` when it was cut)."""
+    caption = record.get("caption")
+    if isinstance(caption, str) and len(caption) > MAX_CAPTION_CHARS:
+        record["caption"], record["truncated"] = cap_caption(caption)
+    return record
 
 
 def call_key(
@@ -53,7 +73,7 @@ class CaptionCache:
                 continue
             try:
                 record = json.loads(line)
-                self._records[record["key"]] = record
+                self._records[record["key"]] = _capped(record)
             except (json.JSONDecodeError, KeyError, TypeError):
                 self.torn_lines += 1
         if data and not data.endswith(b"\n"):
@@ -72,8 +92,15 @@ class CaptionCache:
         return self._records.get(key)
 
     def put(self, key: str, caption: str, **fields: Any) -> dict:
-        """Record a call's caption (and any JSON-serialisable fields) and flush it to disk."""
+        """Record a call's caption (and any JSON-serialisable fields) and flush it to disk.
+
+        A caption over :data:`MAX_CAPTION_CHARS` is cut and the record gets ``truncated: true``;
+        the record stored is returned (use its ``caption``).
+        """
+        caption, truncated = cap_caption(caption)
         record = {"key": key, **fields, "caption": caption, "time": round(time.time(), 3)}
+        if truncated:
+            record["truncated"] = True
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -260,30 +260,32 @@ def refine_one(
     max_crops: int = 6,
     threshold: float = PHRASE_THRESHOLD,
 ) -> str:
-    """The refined caption of one (image, model) call whose long caption is ``call.caption``."""
+    """The refined caption of one (image, model) call whose long caption is ``call.caption``.
+
+    When the merged caption replaces it, ``call.truncated`` says whether the merge was cut.
+    """
     from PIL import Image
 
     item, model = call.item, call.model
     rgb = Image.open(io.BytesIO(image)).convert("RGB")
     boxes = maximal_rectangles(sam.boxes(rgb), rgb.size)[:max_crops]
 
-    def cached(picture: bytes, prompt: str, role: str) -> str | None:
+    def cached(picture: bytes, prompt: str, role: str) -> dict | None:
         key = call_key(sha256_bytes(picture), captioner.name, model, prompt, captioner.options())
         record = cache.get(key)
         if record is not None:
-            return record["caption"]
+            return record
         try:
             text = captioner.caption(picture, prompt, model, item)
         except CaptionError:
             return None
-        cache.put(key, text, image_id=item.image_id, kind=item.kind, role=role,
-                  backend=captioner.name, model=model,
-                  prompt_sha256=sha256_bytes(prompt.encode()))  # fmt: skip
-        return text
+        return cache.put(key, text, image_id=item.image_id, kind=item.kind, role=role,
+                         backend=captioner.name, model=model,
+                         prompt_sha256=sha256_bytes(prompt.encode()))  # fmt: skip
 
     local_prompt = prompts.local.format(kind=item.kind)
-    locals_ = [cached(crop_bytes(rgb, b), local_prompt, "local") for b in boxes]
-    locals_ = [t for t in locals_ if t]
+    records = [cached(crop_bytes(rgb, b), local_prompt, "local") for b in boxes]
+    locals_ = [r["caption"] for r in records if r and r["caption"]]
     long_phrases = set(_phrases(parser, [call.caption]))
     local_phrases = [p for p in _phrases(parser, locals_) if p not in long_phrases]
     kept = filter_phrases(local_phrases, owl.scores(rgb, local_phrases), threshold)
@@ -292,7 +294,10 @@ def refine_one(
     details = "\n".join(f"- {p}" for p in kept)
     merge_prompt = prompts.merge.format(kind=item.kind, caption=call.caption, details=details)
     merged = cached(image, merge_prompt, "merge")
-    return merged or call.caption
+    if not merged or not merged["caption"]:
+        return call.caption
+    call.truncated = bool(merged.get("truncated"))
+    return merged["caption"]
 
 
 def refine_calls(

@@ -25,9 +25,9 @@ from typing import Any, Protocol
 
 from urbangeo._optional import import_optional
 from urbangeo.errors import InputError
+from urbangeo.settings.captions import PARSERS
 
 FACTUAL_MODEL = "lizhuang144/flan-t5-base-VG-factual-sg"
-PARSERS = ("auto", "rule", "factual")
 
 
 def _norm(text: str) -> str:

@@ -2,42 +2,70 @@
 
 Reads the ``images`` layer (image_id, kind, region_id, point_id, path relative to the
 GeoPackage's folder, status) and writes the ``captions`` table: one row per candidate
-(image_id, kind, region_id, point_id, backend, model, caption, score, selected), where
-``score`` is the candidate's consensus score (mean CAPTURE against the image's other
-candidates) and ``selected`` marks the one kept. Every call goes through the cache in
+(image_id, kind, region_id, point_id, backend, model, caption, score, selected, truncated),
+where ``score`` is the candidate's consensus score (mean CAPTURE against the image's other
+candidates), ``selected`` marks the one kept and ``truncated`` a caption cut to
+:data:`~urbangeo.settings.captions.MAX_CAPTION_CHARS`. Every call goes through the cache in
 ``captions.jsonl`` beside the GeoPackage, so a rerun pays for nothing it has already done.
+When every call fails the stage writes nothing and raises :class:`CaptionsFailedError`.
+Settings: :class:`~urbangeo.settings.CaptionSettings`; the run mechanism: :mod:`urbangeo.stage`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from urbangeo import constants as C
 from urbangeo.captions.cache import CaptionCache, cache_path_for, call_key
 from urbangeo.captions.captioners import Captioner, CaptionError, ImageItem, make_captioner
-from urbangeo.captions.prompts import Prompts, load_prompts
-from urbangeo.errors import InputError, MissingLayerError
+from urbangeo.captions.prompts import load_prompts
+from urbangeo.errors import InputError, MissingLayerError, UrbangeoError
 from urbangeo.io.files import sha256_bytes
-from urbangeo.io.gpkg import check_can_write, list_layers, read_layer, write_layers
+from urbangeo.io.gpkg import list_layers, read_layer
 from urbangeo.io.pool import BoundedPool
-from urbangeo.io.runs import StageRecord, stage_table
+from urbangeo.io.runs import StageResult
 from urbangeo.progress import message, progress
+from urbangeo.settings import CaptionSettings
+from urbangeo.settings.captions import MAX_CAPTION_CHARS, SELECT_MODES
+from urbangeo.stage import StageRun, stage
+
+if TYPE_CHECKING:
+    from urbangeo.io.http import RetryPolicy
 
 STAGE = "caption"
+#: Column of the captions table: the caption was cut to MAX_CAPTION_CHARS characters.
+TRUNCATED = "truncated"
 CAPTION_COLUMNS = [
     C.IMAGE_ID, C.KIND, C.REGION_ID, C.POINT_ID, C.BACKEND, C.MODEL, C.CAPTION, C.SCORE,
-    C.SELECTED,
+    C.SELECTED, TRUNCATED,
 ]  # fmt: skip
 PARSES_JSONL = "caption_parses.jsonl"
-SELECT_MODES = ("capture", "first")
+
+__all__ = [
+    "CAPTION_COLUMNS",
+    "SELECT_MODES",
+    "Call",
+    "CaptionsFailedError",
+    "caption_stage",
+    "read_caption_items",
+    "run_calls",
+    "selection_table",
+    "stage_captioner",
+]
+
+
+class CaptionsFailedError(UrbangeoError):
+    """Every call of the stage failed: nothing was written; the same command continues."""
 
 
 @dataclass
@@ -50,6 +78,8 @@ class Call:
     caption: str | None = None
     cached: bool = False
     error: str | None = None
+    #: The caption was cut to MAX_CAPTION_CHARS characters.
+    truncated: bool = False
 
 
 def read_caption_items(gpkg: str | os.PathLike) -> tuple[list[ImageItem], pd.DataFrame]:
@@ -129,18 +159,20 @@ def _text(value: Any) -> str | None:
     return text or None
 
 
-def _captioner(
-    path: Path, backend: str | Captioner, models: Sequence[str] | None, options: dict
-) -> Captioner:
-    if isinstance(backend, Captioner):
-        return backend
-    if backend == "osm":
-        osm, city = options.pop("osm", None), options.pop("city", None)
+def stage_captioner(path: Path, s: CaptionSettings, retry: RetryPolicy | None = None) -> Captioner:
+    """The captioner that the settings ask for, with its backend's options.
+
+    ``retry`` replaces the openai backend's retry policy (by default its
+    :data:`~urbangeo.captions.captioners.openai.DEFAULT_RETRY` with ``s.retries`` retries).
+    """
+    models = list(s.models or ())
+    if s.backend == "osm":
+        osm = s.osm
         if osm is None:
             from urbangeo.io.osm import run_extract
 
             try:
-                osm = run_extract(path, roads=None, city=city)
+                osm = run_extract(path, roads=None, city=s.city)
             except MissingLayerError:
                 osm = None
         if osm is None:
@@ -148,11 +180,24 @@ def _captioner(
                 "The osm caption backend needs an OpenStreetMap extract.",
                 hint="Pass --osm FILE.osm.pbf or --city NAME (a bundled city).",
             )
-        options["osm_path"] = osm
-    else:
-        for key in ("osm", "city", "seed", "radius"):
-            options.pop(key, None)
-    return make_captioner(backend, models, **options)
+        return make_captioner("osm", models, osm_path=osm, seed=s.seed, radius=s.radius)
+    if s.backend == "openai":
+        from urbangeo.captions.captioners.openai import DEFAULT_RETRY
+
+        return make_captioner(
+            "openai",
+            models,
+            base_url=s.base_url,
+            api_key_env=s.api_key_env,
+            timeout=s.timeout,
+            retry=retry or dataclasses.replace(DEFAULT_RETRY, max_retries=s.retries),
+            max_tokens=s.max_tokens,
+            temperature=s.temperature,
+            pool_size=s.concurrency,
+        )
+    if s.backend == "transformers":
+        return make_captioner("transformers", models, device=s.device, max_new_tokens=s.max_tokens)
+    return make_captioner(s.backend, models)  # a captioner registered by a plugin
 
 
 def run_calls(
@@ -166,15 +211,16 @@ def run_calls(
 ) -> None:
     """Make the calls that the cache does not answer, ``concurrency`` at a time.
 
-    Each answer is appended to the cache as it arrives. A :class:`CaptionError` marks its
-    call failed; any other error (an unreachable endpoint) stops the remaining calls and is
-    raised.
+    Each answer is appended to the cache as it arrives (cut to ``MAX_CAPTION_CHARS``, then
+    ``call.truncated``). A :class:`CaptionError` marks its call failed; any other error (an
+    unreachable endpoint) stops the remaining calls and is raised.
     """
     todo = []
     for call, image, prompt in calls:
         record = cache.get(call.key)
         if record is not None:
             call.caption, call.cached = record["caption"], True
+            call.truncated = bool(record.get("truncated"))
         else:
             todo.append((call, image, prompt))
 
@@ -185,8 +231,7 @@ def run_calls(
         except CaptionError as exc:
             call.error = str(exc)
             return
-        call.caption = text
-        cache.put(
+        record = cache.put(
             call.key,
             text,
             image_id=call.item.image_id,
@@ -197,6 +242,7 @@ def run_calls(
             prompt_sha256=sha256_bytes(prompt.encode()),
             seconds=round(time.perf_counter() - started, 3),
         )
+        call.caption, call.truncated = record["caption"], bool(record.get("truncated"))
 
     workers = max(1, int(concurrency)) if captioner.thread_safe else 1
     with progress(len(calls), task=task, unit="call") as bar:
@@ -212,58 +258,39 @@ def run_calls(
                 pool.submit(call, one, call, image, prompt)
 
 
+@stage(CaptionSettings, outputs=(C.LAYER_CAPTIONS,))
 def caption_stage(
-    gpkg: str | os.PathLike,
+    run: StageRun,
+    s: CaptionSettings,
     *,
-    backend: str | Captioner = "osm",
-    models: Sequence[str] | None = None,
-    prompts: Prompts | str | os.PathLike | None = None,
-    kinds: Sequence[str] | None = None,
-    limit: int | None = None,
-    concurrency: int = 4,
-    refine: bool = False,
+    overwrite: bool,
+    captioner: Captioner | None = None,
+    retry: RetryPolicy | None = None,
     refine_options: dict | None = None,
-    select: str = "capture",
-    parser: str = "auto",
-    overwrite: bool = False,
-    **backend_options: Any,
-) -> Any:
+) -> StageResult:
     """Caption the run's images and write the ``captions`` table (see the module docstring).
 
-    ``backend`` is ``osm``, ``openai`` or ``transformers`` (or a :class:`Captioner`);
-    ``models`` the models (several per image, as in the paper; for ``osm``: styles);
-    ``backend_options`` go to the backend (``base_url``, ``api_key_env``, ``timeout``,
-    ``retry``, ``max_tokens``, ``temperature``; ``osm``, ``city``, ``seed``, ``radius``;
-    ``device``...). ``refine`` runs the divide-and-conquer refinement
-    (:mod:`urbangeo.captions.refine`) on each caption. ``select``: ``capture`` (consensus)
-    or ``first`` (no scoring).
+    ``captioner`` replaces the one the settings describe (the caller keeps and closes it);
+    ``retry`` the openai backend's retry policy; ``refine_options`` go to
+    :func:`urbangeo.captions.refine.refine_calls` (``sam``/``owl`` models, ``max_crops``...).
+    Raises :class:`CaptionsFailedError` when every call fails (nothing written).
     """
-    from urbangeo.io.runs import StageResult
-
-    path = check_can_write(gpkg, [C.LAYER_CAPTIONS], overwrite=overwrite)
-    if select not in SELECT_MODES:
-        raise InputError(f"Unknown selection '{select}'.", hint=f"Choose {SELECT_MODES}.")
-    started = time.perf_counter()
-    prompts = prompts if isinstance(prompts, Prompts) else load_prompts(prompts)
+    path = run.path
+    prompts = load_prompts(s.prompts)
     items, _ = read_caption_items(path)
-    if kinds:
-        unknown = set(kinds) - {C.KIND_SATELLITE, C.KIND_STREETVIEW}
-        if unknown:
-            raise InputError(
-                f"Unknown image kind(s) {sorted(unknown)}.",
-                hint=f"Use {C.KIND_SATELLITE} and/or {C.KIND_STREETVIEW}.",
-            )
-        items = [i for i in items if i.kind in kinds]
-    if limit is not None:
-        items = items[: max(0, int(limit))]
-    captioner = _captioner(path, backend, models, dict(backend_options))
-    if refine and not captioner.needs_image:
-        raise InputError(
-            f"--refine needs a captioner that sees the image; '{captioner.name}' does not.",
-            hint="Use --backend openai or transformers with --refine.",
-        )
+    if s.kinds:
+        items = [i for i in items if i.kind in s.kinds]
+    if s.limit is not None:
+        items = items[: s.limit]
+    owned = captioner is None
+    captioner = stage_captioner(path, s, retry) if captioner is None else captioner
     cache = CaptionCache(cache_path_for(path))
     try:
+        if s.refine and not captioner.needs_image:
+            raise InputError(
+                f"--refine needs a captioner that sees the image; '{captioner.name}' does not.",
+                hint="Use --backend openai or transformers with --refine.",
+            )
         # A caption is half of an image-text pair: no image, nothing to caption (even for
         # captioners that describe the place rather than the pixels).
         eligible = [i for i in items if i.path is not None]
@@ -284,30 +311,39 @@ def caption_stage(
             for model in captioner.models:
                 key = call_key(input_sha, captioner.name, model, prompt, captioner.options())
                 calls.append((Call(item, model, key), image, prompt))
-        run_calls(captioner, calls, cache, concurrency=concurrency)
-        if refine:
+        run_calls(captioner, calls, cache, concurrency=s.concurrency)
+        if s.refine:
             from urbangeo.captions.refine import refine_calls
 
+            chosen = {"sam_model": s.sam_model, "owl_model": s.owl_model, "device": s.device}
+            options = {k: v for k, v in chosen.items() if v is not None}
             refine_calls(
                 captioner,
                 [c for c, _, _ in calls if c.caption],
                 images,
                 cache,
                 prompts=prompts,
-                concurrency=concurrency,
-                **(refine_options or {}),
+                concurrency=s.concurrency,
+                **{**options, **(refine_options or {})},
             )
     finally:
-        captioner.close()
+        if owned:
+            captioner.close()
 
+    done = [c for c, _, _ in calls if c.caption]
     failures = [(c.item, c.error) for c, _, _ in calls if c.error] + failed_inputs
-    for item, error in failures[:5]:
-        message(f"Image {item.image_id}: {error}", level="warning")
-    if len(failures) > 5:
-        message(f"... and {len(failures) - 5} more failed calls.", level="warning")
-    table = selection_table(
-        [c for c, _, _ in calls if c.caption], captioner.name, select, parser, path
-    )
+    _warn_failures(failures)
+    if failures and not done:
+        raise _all_failed(failures)
+    cut = sum(1 for c in done if c.truncated)
+    if cut:
+        message(
+            f"{cut:,} caption{'s' if cut > 1 else ''} longer than {MAX_CAPTION_CHARS:,} "
+            f"characters {'were' if cut > 1 else 'was'} cut to that length (column "
+            f'{TRUNCATED} of table captions; "{TRUNCATED}": true in {C.CAPTIONS_JSONL}).',
+            level="warning",
+        )
+    table = selection_table(done, captioner.name, s.select, s.parser, path)
     counts = {
         "images": len(items),
         "captioned": int(table[C.IMAGE_ID].nunique()) if len(table) else 0,
@@ -315,27 +351,45 @@ def caption_stage(
         "cached": sum(1 for c, _, _ in calls if c.cached),
         "failed": len(failures),
         "skipped": skipped,
+        "truncated": cut,
     }
     params = {
         "backend": captioner.name,
         "models": list(captioner.models),
         "options": captioner.options(),
         "prompts": sha256_bytes(repr(prompts).encode()),
-        "refine": bool(refine),
-        "select": select,
+        "refine": bool(s.refine),
+        "select": s.select,
+        "parser": s.parser,
     }
-    record = StageRecord(STAGE, params, counts, time.perf_counter() - started)
-    write_layers(
-        path,
-        {C.LAYER_CAPTIONS: table, "urbangeo_stages": stage_table(path, record)},
-        overwrite=True,  # checked before the work began
-    )
+    result = run.commit({C.LAYER_CAPTIONS: table}, counts=counts, params=params)
     message(
         f"Wrote {len(table):,} captions of {counts['captioned']:,} images to {path} "
         f"(table captions; {counts['cached']:,} from the cache, {counts['failed']:,} failed, "
         f"{skipped:,} images without a file skipped)."
     )
-    return StageResult(STAGE, path, counts)
+    return result
+
+
+def _warn_failures(failures: Sequence[tuple[ImageItem, str | None]]) -> None:
+    for item, error in failures[:5]:
+        message(f"Image {item.image_id}: {error}", level="warning")
+    if len(failures) > 5:
+        message(f"... and {len(failures) - 5} more failed calls.", level="warning")
+
+
+def _all_failed(failures: Sequence[tuple[ImageItem, str | None]]) -> CaptionsFailedError:
+    """The error of a stage whose every call failed, naming the most common reason."""
+    reason, times = Counter(str(e) for _, e in failures).most_common(1)[0]
+    n = len(failures)
+    share = "every one" if times == n else f"{times:,} of them"
+    return CaptionsFailedError(
+        f"All {n:,} caption call{'s' if n > 1 else ''} failed ({share}: {reason}); nothing "
+        "was written.",
+        hint="Once the cause is fixed (is the server up? --base-url, --model, --timeout), the "
+        f"same command continues: captions already made stay in {C.CAPTIONS_JSONL} and are "
+        "never asked for twice.",
+    )
 
 
 def selection_table(
@@ -353,12 +407,13 @@ def selection_table(
             C.CAPTION: c.caption,
             C.SCORE: math.nan,
             C.SELECTED: False,
+            TRUNCATED: bool(c.truncated),
         }
         for c in calls
     ]
     table = pd.DataFrame(rows, columns=CAPTION_COLUMNS)
     if not len(table):
-        return table.astype({C.SCORE: float, C.SELECTED: bool})
+        return table.astype({C.SCORE: float, C.SELECTED: bool, TRUNCATED: bool})
     groups = table.groupby(C.IMAGE_ID, sort=False).indices
     scorer = None
     if select == "capture" and any(len(ix) > 1 for ix in groups.values()):
@@ -374,7 +429,7 @@ def selection_table(
                 table.loc[table.index[ix], C.SCORE] = result.scores
                 table.loc[table.index[ix[result.index]], C.SELECTED] = True
             bar.update(1)
-    return table.astype({C.SCORE: float, C.SELECTED: bool})
+    return table.astype({C.SCORE: float, C.SELECTED: bool, TRUNCATED: bool})
 
 
 def consensus_scorer(parser: str = "auto", gpkg: Path | None = None):

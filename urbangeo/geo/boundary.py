@@ -13,10 +13,13 @@ from importlib import resources
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
+import pyogrio
 import shapely
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError, UrbangeoWarning
+from urbangeo.geo.limits import check_bbox
 
 OFFLINE_OPTIONS = (
     "--city NAME (bundled: {cities}), --boundary FILE (any vector file GDAL reads), "
@@ -86,8 +89,15 @@ def city_boundary(name: str) -> gpd.GeoDataFrame:
     return _one_row(frame.geometry, name=city.name, source=f"city:{city.name}")
 
 
-def check_boundary_file(path: str | os.PathLike) -> Path:
-    """``path`` as a Path, or a clear error when there is no such file."""
+def check_boundary_file(path: str | os.PathLike, *, layer: str | None = None) -> Path:
+    """``path`` as a Path, or a clear error when there is no such file or ``layer`` in it, or
+    when the file has several layers that could be the boundary and ``layer`` names none."""
+    path = _existing(path)
+    boundary_layer(path, layer)
+    return path
+
+
+def _existing(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.exists():
         raise InputError(
@@ -98,32 +108,116 @@ def check_boundary_file(path: str | os.PathLike) -> Path:
     return path
 
 
-def boundary_from_file(path: str | os.PathLike, *, layer: str | None = None) -> gpd.GeoDataFrame:
-    """The union of the polygons in a vector file of any CRS (invalid geometries repaired)."""
-    path = check_boundary_file(path)
+#: Geometry types (as GDAL names them) of layers that can hold a boundary's polygons.
+_POLYGONAL = ("Polygon", "Surface", "Unknown", "Geometry", "GeometryCollection")
+
+
+def boundary_layer(path: str | os.PathLike, layer: str | None = None) -> str | None:
+    """The layer of ``path`` to read the boundary from (None: the file's only layer).
+
+    ``layer`` must be one of the file's layers. Without it, a file of one layer is read as it
+    is; a file of several layers is read from its only layer with polygons (points, lines and
+    tables cannot be a boundary); several polygon layers are refused, listing them, since
+    picking one silently could grid the wrong area.
+    """
+    path = Path(path)
     try:
-        frame = gpd.read_file(path, layer=layer, engine="pyogrio")
+        listed = pyogrio.list_layers(path)
     except Exception as exc:
         raise InputError(
             f"Cannot read boundary file {path}: {exc}",
             hint="Give a polygon file GDAL reads (GeoPackage, GeoJSON, Shapefile...).",
         ) from exc
-    if frame.crs is None:
+    names = [str(row[0]) for row in listed]
+    kinds = {str(row[0]): str(row[1]) for row in listed}
+    described = ", ".join(f"{n} ({kinds[n]})" for n in names)
+    if layer is not None:
+        if layer not in names:
+            raise InputError(
+                f"Boundary file {path} has no layer {layer!r}.",
+                hint=f"Its layers: {described}. Give one of them to --layer.",
+            )
+        return layer
+    if len(names) <= 1:
+        return None
+    polygonal = [n for n in names if any(k in kinds[n] for k in _POLYGONAL)]
+    if len(polygonal) == 1:
+        return polygonal[0]
+    raise InputError(
+        f"Boundary file {path} has {len(names)} layers"
+        + (f", {len(polygonal)} of them with polygons" if polygonal else "")
+        + ": which one is the boundary?",
+        hint=f"Name it with --layer NAME (Python: boundary_layer=NAME). Layers: {described}.",
+    )
+
+
+def boundary_from_file(
+    path: str | os.PathLike, *, layer: str | None = None, crs: object | None = None
+) -> gpd.GeoDataFrame:
+    """The union of the polygons in a vector file of any CRS (invalid geometries repaired).
+
+    ``layer`` as :func:`boundary_layer` chooses it; ``crs``, the CRS of the file's coordinates
+    where the file names none or a wrong one (it replaces the file's own, as
+    ``ogr2ogr -a_srs`` does). Coordinates outside the range of the file's geographic CRS (a
+    projected GeoJSON without a ``crs`` member, which GDAL reads as WGS84) are refused.
+    """
+    path = _existing(path)
+    chosen = boundary_layer(path, layer)
+    try:
+        frame = gpd.read_file(path, layer=chosen, engine="pyogrio")
+    except Exception as exc:
         raise InputError(
-            f"Boundary file {path} has no CRS.",
-            hint="Set one, e.g. `ogr2ogr -a_srs EPSG:4326 fixed.gpkg input`, and retry.",
+            f"Cannot read boundary file {path}: {exc}",
+            hint="Give a polygon file GDAL reads (GeoPackage, GeoJSON, Shapefile...).",
+        ) from exc
+    set_crs = (
+        f"Give the CRS of its coordinates with --boundary-crs (e.g. --boundary-crs EPSG:3067), "
+        f"or set it in the file: `ogr2ogr -a_srs EPSG:3067 fixed.gpkg {path}` (QGIS: Assign "
+        "Projection)."
+    )
+    if crs is not None:
+        from urbangeo.geo.crs import user_crs
+
+        frame = frame.set_crs(user_crs(crs), allow_override=True)
+    if frame.crs is None:
+        raise InputError(f"Boundary file {path} has no CRS.", hint=set_crs)
+    _check_degrees(frame, path, hint=set_crs, given=crs is not None)
+    name = path.stem if chosen is None else f"{path.stem}:{chosen}"
+    source = f"file:{path}" if chosen is None else f"file:{path}|layer={chosen}"
+    return _one_row(frame.geometry, name=name, source=source)
+
+
+def _check_degrees(frame: gpd.GeoDataFrame, path: Path, *, hint: str, given: bool) -> None:
+    """Refuse coordinates that cannot be degrees in a file whose CRS is geographic."""
+    if frame.crs is None or not frame.crs.is_geographic or frame.empty:
+        return
+    west, south, east, north = frame.total_bounds
+    slack = 1e-6  # rounding in files written from degrees
+    if not np.isfinite([west, south, east, north]).all():
+        return
+    if max(abs(west), abs(east)) <= 180 + slack and max(abs(south), abs(north)) <= 90 + slack:
+        return
+    if given:
+        why = "the CRS given with --boundary-crs"
+    elif path.suffix.lower() in (".geojson", ".json"):
+        why = (
+            "GeoJSON without a 'crs' member is read as WGS84 (RFC 7946): the file names no CRS "
+            "of its own"
         )
-    return _one_row(frame.geometry, name=path.stem, source=f"file:{path}")
+    else:
+        why = "the CRS the file names"
+    raise InputError(
+        f"Boundary file {path} has coordinates from ({west:.10g}, {south:.10g}) to "
+        f"({east:.10g}, {north:.10g}), which are not degrees of {frame.crs.name} ({why}); they "
+        "look like metres of a projected CRS.",
+        hint=hint,
+    )
 
 
 def boundary_from_bbox(west: float, south: float, east: float, north: float) -> gpd.GeoDataFrame:
-    """A rectangle in WGS84 degrees."""
-    if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
-        raise InputError(
-            f"Invalid bbox {west},{south},{east},{north}.",
-            hint="Give --bbox W,S,E,N in WGS84 degrees with W < E and S < N, "
-            "e.g. --bbox 26.93,60.52,26.97,60.54.",
-        )
+    """A rectangle in WGS84 degrees (refused when the numbers are not W,S,E,N; see
+    :func:`urbangeo.geo.limits.check_bbox`)."""
+    check_bbox(west, south, east, north)
     geom = gpd.GeoSeries([shapely.box(west, south, east, north)], crs=C.WGS84)
     return _one_row(geom, name="bbox", source=f"bbox:{west},{south},{east},{north}")
 
@@ -161,10 +255,15 @@ def load_boundary(
     *,
     city: str | None = None,
     file: str | os.PathLike | None = None,
-    bbox: tuple[float, float, float, float] | str | None = None,
+    bbox: tuple[float, ...] | str | None = None,
     place: str | None = None,
+    layer: str | None = None,
+    file_crs: object | None = None,
 ) -> gpd.GeoDataFrame:
-    """The boundary from exactly one source: a bundled city, a file, a bbox or a place name."""
+    """The boundary from exactly one source: a bundled city, a file, a bbox or a place name.
+
+    ``layer`` and ``file_crs`` are those of :func:`boundary_from_file`.
+    """
     given = {k: v for k, v in dict(city=city, file=file, bbox=bbox, place=place).items() if v}
     if len(given) != 1:
         raise InputError(
@@ -176,7 +275,7 @@ def load_boundary(
     if city:
         return city_boundary(city)
     if file:
-        return boundary_from_file(file)
+        return boundary_from_file(file, layer=layer, crs=file_crs)
     if bbox:
         return boundary_from_bbox(*(parse_bbox(bbox) if isinstance(bbox, str) else bbox))
     return boundary_from_place(str(place))

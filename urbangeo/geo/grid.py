@@ -10,7 +10,7 @@ import shapely
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError
-from urbangeo.geo.crs import metric_crs
+from urbangeo.geo.crs import grid_crs, utm_crs
 
 
 def make_grid(
@@ -29,8 +29,10 @@ def make_grid(
     whatever the boundary. Cells whose interior meets the boundary are kept, with
     ``inside_share``, the part of the cell inside it (0-1].
 
-    Raises :class:`InputError` for a non-positive cell size or, unless ``force``, for a grid
-    whose bounding box holds more than ``max_cells`` cells.
+    Raises :class:`InputError` for a non-positive cell size, for a ``crs`` that is unknown, not
+    projected or not in metres, without ``crs`` for an area no single UTM zone holds (see
+    :func:`urbangeo.geo.crs.utm_crs`) or, unless ``force``, for a grid whose bounding box holds
+    more than ``max_cells`` cells.
     """
     if not (isinstance(cell_size, int | float) and math.isfinite(cell_size) and cell_size > 0):
         raise InputError(
@@ -39,7 +41,7 @@ def make_grid(
         )
     if boundary.crs is None:
         raise InputError("The boundary has no CRS.", hint="Give the boundary file a CRS.")
-    target = metric_crs(boundary, crs)
+    target = grid_crs(crs) if crs is not None else utm_crs(boundary)
     geom = shapely.union_all(boundary.to_crs(target).geometry.values)
     if geom.is_empty:
         raise InputError("The boundary is empty.", hint="Check the boundary's geometry.")

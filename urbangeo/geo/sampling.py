@@ -37,6 +37,7 @@ from scipy.sparse.csgraph import connected_components
 from urbangeo import constants as C
 from urbangeo.errors import InputError
 from urbangeo.geo.crs import metric_crs
+from urbangeo.geo.limits import MAX_SV_POINTS, check_point_count
 from urbangeo.geo.linemerge import PlainCoords, unique_merged_coords
 
 _GEOD = Geod(ellps="WGS84")
@@ -195,12 +196,16 @@ def sample_points(
     interval: float = C.DEFAULT_INTERVAL_M,
     merge_tolerance: float = C.DEFAULT_MERGE_TOLERANCE_M,
     regions: gpd.GeoDataFrame | None = None,
+    max_points: int = MAX_SV_POINTS,
+    force: bool = False,
 ) -> gpd.GeoDataFrame:
     """Street-view sample points along ``roads`` (see the module docstring for the method).
 
     ``roads`` in a geographic CRS are reprojected to their UTM zone. Returns a GeoDataFrame in
     the roads' metric CRS with ``point_id``, ``region_id`` (when ``regions`` are given, else
-    None), ``heading``, ``lon`` and ``lat``.
+    None), ``heading``, ``lon`` and ``lat``. More than ``max_points`` points (the merged
+    roads' length / ``interval``, counted before any point is made) are refused unless
+    ``force``: see :func:`urbangeo.geo.limits.check_point_count`.
     """
     check_sampling_settings(interval=interval, merge_tolerance=merge_tolerance)
     if roads.crs is None:
@@ -211,6 +216,7 @@ def sample_points(
     del lines, plain
 
     lengths = paths.lengths
+    check_point_count(float(lengths.sum()), float(interval), max_points=max_points, force=force)
     line, dist = stride_positions(lengths, float(interval))
     x, y = paths.locate(line, dist)
     points = shapely.points(x, y)

@@ -6,12 +6,16 @@ street-view points). Settings: :class:`~urbangeo.settings.GridSettings`,
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from urbangeo import constants as C
+from urbangeo.errors import OutputError, UrbangeoWarning
 from urbangeo.geo.boundary import check_boundary_file, load_boundary
 from urbangeo.geo.grid import make_grid
+from urbangeo.geo.limits import check_point_count, grid_cost_warning
 from urbangeo.geo.roads import load_roads
 from urbangeo.geo.sampling import sample_points
 from urbangeo.io.files import new_folders_removed_on_error
@@ -37,18 +41,54 @@ def grid_stage(
     """
     chosen = settings_of(GridSettings, settings, values)
     if chosen.boundary_file is not None:
-        check_boundary_file(chosen.boundary_file)  # a missing input before a clash of outputs
+        # a missing input (file, layer) before a clash of outputs
+        check_boundary_file(chosen.boundary_file, layer=chosen.boundary_layer)
+    check_storage_writable(gpkg)
     with new_folders_removed_on_error(gpkg):
         return _grid(gpkg, chosen, overwrite=overwrite)
+
+
+def check_storage_writable(gpkg: str | os.PathLike) -> None:
+    """Refuse, before the run's lock and any work, a GeoPackage on read-only storage.
+
+    The folder of ``gpkg`` (or the nearest one above it that exists) is asked whether its file
+    system is mounted read-only; permissions are left to the lock and the write checks.
+    """
+    folder = Path(gpkg).absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not hasattr(os, "statvfs"):  # pragma: no cover - Windows
+        return
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return
+    if read_only:
+        raise OutputError(
+            f"{folder} is on read-only storage: urbangeo cannot write the run's GeoPackage "
+            f"{gpkg}, its lock or its records there.",
+            hint=f"Copy the run folder to writable storage (e.g. `cp -r {folder} ~/runs/`) and "
+            "run there, or mount the storage read-write. Reading works as it is "
+            "(`urbangeo status`, QGIS).",
+        )
 
 
 @stage(GridSettings, outputs=(C.LAYER_BOUNDARY, C.LAYER_REGIONS))
 def _grid(run: StageRun, s: GridSettings, *, overwrite: bool) -> StageResult:
     with progress(3, task="grid", unit="step") as bar:
         bar.update(0, status="boundary")
-        boundary = load_boundary(city=s.city, file=s.boundary_file, bbox=s.bbox, place=s.place)
+        boundary = load_boundary(
+            city=s.city,
+            file=s.boundary_file,
+            bbox=s.bbox,
+            place=s.place,
+            layer=s.boundary_layer,
+            file_crs=s.boundary_crs,
+        )
         bar.update(1, status="cells")
         regions = make_grid(boundary, cell_size=s.cell_size, crs=s.crs, force=s.force)
+        if text := grid_cost_warning(len(regions)):
+            warnings.warn(text, UrbangeoWarning, stacklevel=2)
         bar.update(1, status="write")
         params = {
             "source": str(boundary[C.SOURCE].iloc[0]),
@@ -69,13 +109,34 @@ def _grid(run: StageRun, s: GridSettings, *, overwrite: bool) -> StageResult:
     return result
 
 
-@stage(SampleSettings, outputs=(C.LAYER_ROADS, C.LAYER_SV_POINTS))
-def sample_stage(run: StageRun, s: SampleSettings, *, overwrite: bool) -> StageResult:
+def sample_stage(
+    gpkg: str | os.PathLike | None,
+    settings: SampleSettings | Mapping[str, Any] | None = None,
+    *,
+    overwrite: bool = False,
+    **values: Any,
+) -> StageResult:
     """Write layers ``roads`` and ``sv_points`` (street-view points) to ``gpkg``.
 
-    Reads ``boundary`` and ``regions`` from ``gpkg`` (written by :func:`grid_stage`).
+    Reads ``boundary`` and ``regions`` from ``gpkg`` (written by :func:`grid_stage`). More
+    than :data:`~urbangeo.geo.limits.MAX_SV_POINTS` points (road length / interval, estimated
+    before sampling) are refused unless ``force``.
+
+    Settings: the fields of :class:`~urbangeo.settings.SampleSettings`, as keyword arguments
+    or as ``settings``.
     """
+    chosen = settings_of(
+        SampleSettings, settings, {k: v for k, v in values.items() if v is not None}
+    )
+    if gpkg is not None:  # without one, the stage says that it needs one
+        check_storage_writable(gpkg)
+    return _sample(gpkg, chosen, overwrite=overwrite)
+
+
+@stage(SampleSettings, outputs=(C.LAYER_ROADS, C.LAYER_SV_POINTS))
+def _sample(run: StageRun, s: SampleSettings, *, overwrite: bool) -> StageResult:
     path = run.path
+    assert path is not None  # the stage refuses to run without its GeoPackage
     with progress(4, task="sample", unit="step") as bar:
         bar.update(0, status="read regions")
         regions = read_layer(path, C.LAYER_REGIONS)
@@ -83,9 +144,15 @@ def sample_stage(run: StageRun, s: SampleSettings, *, overwrite: bool) -> StageR
         source = run_extract(path, roads=s.roads, city=s.city)
         bar.update(1, status="roads")
         road_lines = load_roads(source, boundary=boundary, network=s.network, crs=regions.crs)
+        # refused before sampling: a tiny interval would exhaust the memory
+        check_point_count(float(road_lines[C.LENGTH_M].sum()), s.interval, force=s.force)
         bar.update(1, status="points")
         points = sample_points(
-            road_lines, interval=s.interval, merge_tolerance=s.merge_tolerance, regions=regions
+            road_lines,
+            interval=s.interval,
+            merge_tolerance=s.merge_tolerance,
+            regions=regions,
+            force=s.force,
         )
         bar.update(1, status="write")
         params = {
@@ -111,3 +178,4 @@ def sample_stage(run: StageRun, s: SampleSettings, *, overwrite: bool) -> StageR
 
 
 grid_stage.settings_class = GridSettings  # type: ignore[attr-defined]
+sample_stage.settings_class = SampleSettings  # type: ignore[attr-defined]

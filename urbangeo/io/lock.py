@@ -104,7 +104,13 @@ def run_lock(folder: str | os.PathLike, *, command: str = "urbangeo") -> Iterato
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             if attempt < 2 and _stale(path):
-                path.unlink(missing_ok=True)  # left by a process that is gone
+                try:
+                    path.unlink(missing_ok=True)  # left by a process that is gone
+                except OSError as exc:  # read-only storage
+                    raise OutputError(
+                        f"Cannot write in {folder}: {exc.strerror}.",
+                        hint="Copy the run folder somewhere writable, or write to another folder.",
+                    ) from exc
                 continue
             other = read_lock(folder) or {}
             raise OutputError(

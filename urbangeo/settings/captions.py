@@ -9,10 +9,19 @@ from urbangeo import constants as C
 from urbangeo.errors import InputError
 from urbangeo.settings._base import MAX_SEED, StageSettings, setting
 
+#: How the caption of an image is chosen among its candidates (``--select``).
 SELECT_MODES = ("capture", "first")
+#: Scene-graph parsers for CAPTURE (``--parser``; :mod:`urbangeo.captions.scenegraph`).
 PARSERS = ("auto", "rule", "factual")
+#: The osm captioner's styles (its "models"; :mod:`urbangeo.captions.osm.describe`).
 OSM_STYLES = ("planner", "observer", "analyst")
-#: The most characters kept of one caption (far above any --max-tokens); longer replies are cut.
+#: Metres around a street-view point whose OSM features describe it (``--radius``).
+DEFAULT_CONTEXT_RADIUS_M = 75.0
+#: The environment variable holding the openai backend's API key unless --api-key-env names one.
+DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
+#: The most characters kept of one caption, far above any --max-tokens (a token is about four
+#: characters): a longer reply (a runaway model, a server that ignores max_tokens) is cut to
+#: this, flagged ``truncated`` in captions.jsonl and in the captions table, and warned about.
 MAX_CAPTION_CHARS = 20_000
 
 
@@ -58,8 +67,8 @@ class CaptionSettings(StageSettings):
         multiple=True,
         choices=(C.KIND_SATELLITE, C.KIND_STREETVIEW),
     )
-    limit: int | None = setting(None, "Caption only the first N images.", min=0)
-    concurrency: int = setting(4, "Requests in flight at once.", min=1, max=256)
+    limit: int | None = setting(None, "Caption only the first N images.", unit="N", min=0)
+    concurrency: int = setting(4, "Requests in flight at once.", unit="N", min=1, max=256)
     select: str = setting(
         "capture",
         "capture: keep the caption with the best mean CAPTURE score against the image's other "
@@ -89,8 +98,8 @@ class CaptionSettings(StageSettings):
     )
     api_key_env: str | None = setting(
         None,
-        "openai: the environment variable holding the API key (default OPENAI_API_KEY, if "
-        "set). The key itself is never taken on the command line, logged or stored.",
+        f"openai: the environment variable holding the API key (default {DEFAULT_API_KEY_ENV}, "
+        "if set). The key itself is never taken on the command line, logged or stored.",
         unit="VAR",
     )
     timeout: float = setting(
@@ -100,20 +109,29 @@ class CaptionSettings(StageSettings):
         5,
         "Tries after the first on HTTP 429/5xx and timeouts, with exponential backoff "
         "(Retry-After honoured).",
+        unit="N",
         min=0,
         max=20,
+        deprecated=("--max-retries",),
     )
-    max_tokens: int = setting(512, "Caption length cap (tokens).", min=1, max=32768)
+    max_tokens: int = setting(
+        512,
+        f"Caption length cap (tokens). A reply longer than {MAX_CAPTION_CHARS:,} characters "
+        "is cut and flagged (column truncated).",
+        unit="TOKENS",
+        min=1,
+        max=32768,
+    )
     temperature: float | None = setting(
-        None, "Sampling temperature (server default if unset).", min=0, max=2
+        None, "Sampling temperature (server default if unset).", unit="TEMP", min=0, max=2
     )
     osm: Path | None = setting(
         None, "osm: the .osm.pbf extract (default: the run's bundled city).", exists=True
     )
     city: str | None = setting(None, "osm: take features from this bundled city.", unit="NAME")
-    seed: int = setting(0, "osm: wording seed.", min=0, max=MAX_SEED)
+    seed: int = setting(0, "osm: wording seed.", unit="N", min=0, max=MAX_SEED)
     radius: float = setting(
-        75.0,
+        DEFAULT_CONTEXT_RADIUS_M,
         "osm: street-view points are described from the features this close.",
         unit="METRES",
         min=0,

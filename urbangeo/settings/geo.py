@@ -7,6 +7,7 @@ from pathlib import Path
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError
+from urbangeo.geo.limits import MAX_SV_POINTS, check_bbox
 from urbangeo.settings._base import StageSettings, setting
 
 
@@ -37,6 +38,19 @@ class GridSettings(StageSettings):
         plugin="Boundary polygon layer",
         plugin_kind="vector",
     )
+    boundary_layer: str | None = setting(
+        None,
+        "The layer of the --boundary file to use. Needed when the file has several polygon "
+        "layers; otherwise its only (polygon) layer is used.",
+        unit="NAME",
+        flag="--layer",
+    )
+    boundary_crs: str | None = setting(
+        None,
+        "The CRS of the --boundary file's coordinates, when the file names none or a wrong one "
+        "(a GeoJSON without a 'crs' member is read as WGS84 degrees).",
+        unit="CRS",
+    )
     bbox: tuple[float, ...] | None = setting(
         None, "A rectangle in WGS84 degrees.", unit="W,S,E,N", plugin="Extent", plugin_kind="extent"
     )
@@ -53,7 +67,8 @@ class GridSettings(StageSettings):
     )
     crs: str | None = setting(
         None,
-        "Projected CRS of the grid (e.g. EPSG:3067). Default: the local UTM zone.",
+        "Projected CRS in metres of the grid (e.g. EPSG:3067). Default: the local UTM zone, "
+        "for areas one zone holds (within 80°S-84°N, lengths off by at most 1 %).",
         unit="CRS",
     )
     force: bool = setting(
@@ -76,6 +91,26 @@ class GridSettings(StageSettings):
                 "Give one boundary source: --boundary, --bbox or --place.",
                 hint="A bundled --city gives way to any of them.",
             )
+        for name, flag in (("boundary_layer", "--layer"), ("boundary_crs", "--boundary-crs")):
+            if getattr(self, name) is not None and self.boundary_file is None:
+                raise InputError(
+                    f"[grid] {name} ({flag}) applies to a --boundary file, and none is given.",
+                    hint=f"Give --boundary FILE, or leave {flag} out.",
+                )
+        if self.crs is not None or self.boundary_crs is not None:
+            from urbangeo.geo.crs import grid_crs, user_crs
+
+            if self.crs is not None:
+                grid_crs(self.crs)  # unknown, geographic or not in metres: refused before work
+            if self.boundary_crs is not None:
+                user_crs(self.boundary_crs)
+        if self.bbox is not None:
+            check_bbox(*self.bbox)
+            if self.crs is None:
+                from urbangeo.geo.boundary import boundary_from_bbox
+                from urbangeo.geo.crs import utm_crs
+
+                utm_crs(boundary_from_bbox(*self.bbox))  # an area no UTM zone holds
 
 
 @dataclass(frozen=True)
@@ -111,6 +146,12 @@ class SampleSettings(StageSettings):
         "Merge sample points closer than this (duplicates where roads meet).",
         unit="METRES",
         min=0,
+    )
+    force: bool = setting(
+        False,
+        f"Sample more than {MAX_SV_POINTS:,} street-view points (estimated before sampling as "
+        "road length / interval).",
+        runtime=True,
     )
 
     def check(self) -> None:

@@ -21,8 +21,8 @@ from urbangeo.io.http import (
     RetryPolicy,
     redact_url,
 )
+from urbangeo.settings.captions import DEFAULT_API_KEY_ENV
 
-DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 #: The captioner's retries: longer first waits than a tile server's, at most a minute each.
 DEFAULT_RETRY = RetryPolicy(max_retries=5, backoff=1.0, max_wait=60.0)
 #: Statuses that no retry mends: a wrong URL, model or method.

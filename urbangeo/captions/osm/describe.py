@@ -11,8 +11,9 @@ import random
 
 from urbangeo.captions.osm.features import PlaceFeatures
 from urbangeo.captions.osm.writer import Writer
+from urbangeo.settings.captions import OSM_STYLES as STYLES
 
-STYLES = ("planner", "observer", "analyst")
+__all__ = ["MAX_WORDS", "MIN_WORDS", "STYLES", "describe"]
 MIN_WORDS, MAX_WORDS = 100, 200
 
 

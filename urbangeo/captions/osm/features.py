@@ -24,13 +24,12 @@ from urbangeo.captions.osm.vocabulary import (
     SHOP_WORDS,
     WATER,
 )
+from urbangeo.settings.captions import DEFAULT_CONTEXT_RADIUS_M
 
 if TYPE_CHECKING:
     from urbangeo.captions.captioners.base import ImageItem
 
-#: Metres around a street-view point whose features its caption describes (the point's
-#: neighbourhood; a region's caption describes the region itself).
-DEFAULT_CONTEXT_RADIUS_M = 75.0
+__all__ = ["DEFAULT_CONTEXT_RADIUS_M", "PlaceFeatures", "is_number", "place_features"]
 
 
 @dataclass
