@@ -164,22 +164,29 @@ def predict(
     The paper's protocol: targets ln(1 + y); regions without a value dropped; per seed a
     6:2:2 train/val/test split (n_val = n_test = round(0.2 n), halves up); an MLP head per
     indicator on the standardised, frozen embeddings with early stopping on val, beside a
-    ridge baseline (penalty chosen on val) and a coordinates-only k-NN baseline (how much
-    neighbouring regions alone explain). Prints test R², RMSE and MAE as mean ± std over
-    the seeds; -o writes them as JSON.
+    ridge head (penalty chosen on val) and the baselines (--baselines): the same heads on a
+    random encoder's and on image-statistics embeddings of the run's images (computed once,
+    cached in baselines/), a coordinates-only k-NN (how much neighbouring regions alone
+    explain) and the training mean. Below 100 regions (--cv auto) a 6:2:2 test set is too
+    small to score on, so each target is scored by repeated 5-fold cross-validation instead:
+    every region tested once per repeat. Prints test R², RMSE and MAE as mean ± std over the
+    seeds (repeats), with the protocol and test n of each target; BELOW MEAN marks a model
+    that does worse than predicting the mean. -o writes them as JSON.
 
     \b
     Input: --gpkg RUN.gpkg, or --embeddings E.parquet --indicators I.csv (files given with
     --gpkg replace the run's own). Transfer: --train-on and --test-on.
     Output: with --gpkg, layer 'predictions': region polygons with, per indicator,
-    NAME_observed, NAME_predicted (indicator units), NAME_residual (predicted - observed in
-    ln(1 + y)) and NAME_test_seeds (or NAME_split with --predictions-from SEED).
+    NAME_observed, NAME_predicted (indicator units, out-of-fold), NAME_residual (predicted -
+    observed in ln(1 + y)), NAME_split (test, never-tested, fold k, no-target) and
+    NAME_test_seeds; metrics.json beside it.
 
     \b
     Examples:
       urbangeo predict --gpkg kotka/run.gpkg
       urbangeo predict --embeddings emb.parquet --indicators beijing.csv --target population
       urbangeo predict --gpkg run.gpkg --split block --block-size 5000 -o metrics.json
+      urbangeo predict --gpkg run.gpkg --cv kfold --folds 10 --repeats 3 --baselines coords
       urbangeo predict --train-on beijing/run.gpkg --test-on shanghai/run.gpkg
     """
     from urbangeo.downstream.stages import predict_stage, transfer_stage

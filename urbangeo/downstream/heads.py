@@ -90,9 +90,9 @@ def fit_ridge(
 
     Solved through the eigendecomposition of the standardised training Gram matrix (d × d), so
     every penalty costs one small product; ``cache`` (a dict) shares it between tasks with the
-    same training rows.
+    same training rows of the same ``X`` (use one cache per feature matrix).
     """
-    key = (task.train.tobytes(), X.shape)
+    key = (id(X), task.train.tobytes(), X.shape)
     if cache is not None and key in cache:
         mu, sd, evals, evecs, Xs = cache[key]
     else:

@@ -24,3 +24,14 @@ def summarize(values: list[float]) -> dict[str, object]:
     arr = np.asarray(values, dtype=np.float64)
     std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
     return {"mean": float(arr.mean()), "std": std, "values": [float(v) for v in arr]}
+
+
+def is_below_baseline(r2: float, mean_r2: float | None = None) -> bool:
+    """Whether a mean R² is below the mean baseline.
+
+    R² < 0 is worse than predicting the test regions' own mean, and so worse than any
+    constant, the training mean included (a constant's R² is at most 0). ``mean_r2``, the
+    training-mean predictor's R² on the same regions, counts too where it is above 0 (pooled
+    out-of-fold predictions of fold-wise means can be).
+    """
+    return bool(r2 < max(0.0, mean_r2 if mean_r2 is not None else 0.0))

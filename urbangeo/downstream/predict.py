@@ -1,12 +1,23 @@
 """Predicting urban indicators from frozen region embeddings (the paper's protocol).
 
-For each indicator: targets ``ln(1 + y)``; regions without a finite value dropped; per seed a
-6:2:2 train/validation/test split (random, or by spatial blocks, see :mod:`.splits`); an MLP
-head on the standardised embeddings with early stopping on validation; beside it a ridge
-baseline (penalty chosen on validation) and, when the regions have coordinates, a
-coordinates-only k-NN baseline (k chosen on validation) that shows how much of the score
-neighbouring regions alone explain. Test R², RMSE and MAE (in ``ln(1 + y)``) as mean ± std
-over the seeds.
+For each indicator: targets ``ln(1 + y)``; regions without a finite value dropped. Test scores
+come from one of two schemes, chosen per target by ``cv``:
+
+* ``split``: per seed a 6:2:2 train/validation/test split (random, or by spatial blocks, see
+  :mod:`.splits`); metrics on the test regions of each seed.
+* ``kfold``: repeated k-fold cross-validation; per repeat every region is tested once, by the
+  model of the fold that held it out (trained on 3/4 and validated on 1/4 of the other
+  regions); metrics on the pooled out-of-fold predictions of each repeat.
+* ``auto``: ``kfold`` below :data:`~urbangeo.downstream.splits.KFOLD_BELOW` regions with a
+  value, else ``split``.
+
+Models, all fitted on the same regions: an MLP head on the standardised embeddings with early
+stopping on validation; a ridge head (penalty chosen on validation); the same heads on
+baseline embeddings (``extra_features``: a random encoder, image statistics); a
+coordinates-only k-NN (k chosen on validation), which shows how much of the score neighbouring
+regions alone explain; and the training mean. R², RMSE and MAE (in ``ln(1 + y)``) as mean ± std
+over the seeds or repeats, with their n; a model whose mean R² is below the mean baseline is
+flagged (:func:`~urbangeo.downstream.metrics.is_below_baseline`).
 
 Transfer (:func:`transfer`): fit on one city's regions (split 3:1 into train and validation,
 the 6:2 of 6:2:2), test on all regions of another; the baseline is the training mean.
@@ -16,8 +27,8 @@ from __future__ import annotations
 
 import warnings
 import zlib
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
@@ -30,118 +41,46 @@ from urbangeo.downstream.heads import (
     fit_mlp_heads,
     fit_ridge,
 )
-from urbangeo.downstream.metrics import METRICS, regression_metrics, summarize
-from urbangeo.downstream.splits import RATIOS, SPLITS, block_split, random_split
+from urbangeo.downstream.metrics import METRICS, is_below_baseline, regression_metrics, summarize
+from urbangeo.downstream.report import (
+    HEADS,
+    MODEL_LABELS,
+    SET_NAMES,
+    PredictionReport,
+    TargetResult,
+    model_label,
+)
+from urbangeo.downstream.splits import (
+    KFOLD_BELOW,
+    RATIOS,
+    SPLITS,
+    Parts,
+    block_kfold_split,
+    block_split,
+    kfold_split,
+    random_split,
+)
 from urbangeo.downstream.tables import MIN_REGIONS, Dataset, indicator_columns
 from urbangeo.errors import InputError, UrbangeoWarning
 from urbangeo.progress import progress
 
 MODELS = ("mlp", "ridge", "coords_knn", "train_mean")
-MODEL_LABELS = {
-    "mlp": "MLP head (embedding)",
-    "ridge": "ridge (embedding)",
-    "coords_knn": "k-NN on x/y only",
-    "train_mean": "training mean",
-}
-#: Split labels of the predictions layer.
-SET_NAMES = ("train", "val", "test")
+#: How test scores are measured (see the module docstring).
+CV = ("auto", "split", "kfold")
 
-
-@dataclass
-class TargetResult:
-    """Everything measured for one indicator."""
-
-    name: str
-    n_regions: int
-    sizes: list[tuple[int, int, int]]
-    #: model -> metric -> {"mean", "std", "values"}
-    metrics: dict[str, dict[str, dict]]
-    #: model -> (seeds × regions) predictions in model units (ln(1+y) unless log=False)
-    predictions: dict[str, np.ndarray] = field(repr=False)
-    #: (seeds × regions): 0 train, 1 val, 2 test, -1 no valid target
-    sets: np.ndarray = field(repr=False)
-    #: model -> per-seed choice (MLP best epoch, ridge alpha, k of k-NN)
-    chosen: dict[str, list[float]] = field(default_factory=dict)
-
-
-@dataclass
-class PredictionReport:
-    """Results of :func:`evaluate` or :func:`transfer`."""
-
-    protocol: dict
-    targets: dict[str, TargetResult]
-    region_ids: pd.Index
-    observed: pd.DataFrame
-
-    def to_dict(self) -> dict:
-        """A JSON-serialisable summary (no per-region predictions)."""
-        return {
-            "protocol": self.protocol,
-            "targets": {
-                name: {
-                    "n_regions": r.n_regions,
-                    "sizes": [dict(zip(("train", "val", "test"), s, strict=True)) for s in r.sizes],
-                    "metrics": r.metrics,
-                    "chosen": r.chosen,
-                }
-                for name, r in self.targets.items()
-            },
-        }
-
-    def table(self) -> str:
-        """The results as a plain-text table: mean ± std over the seeds."""
-        unit = "ln(1+y)" if self.protocol.get("log", True) else "y"
-        seeds = len(self.protocol["seeds"])
-        w = max([16, *(len(name) for name in self.targets)])
-        head = f"{'target':<{w}} {'n':>6}  {'model':<22} {'R²':>15} {'RMSE':>15} {'MAE':>15}"
-        lines = [
-            f"{self.protocol['kind']} ({self.protocol['split']} split), test metrics in {unit}, "
-            f"mean ± std over {seeds} seed(s)",
-            head,
-            "-" * len(head),
-        ]
-        for name, r in self.targets.items():
-            for i, (model, values) in enumerate(r.metrics.items()):
-                cells = [f"{values[m]['mean']:.3f} ± {values[m]['std']:.3f}" for m in METRICS]
-                label = MODEL_LABELS.get(model, model)
-                first = f"{name:<{w}} {r.n_regions:>6}" if i == 0 else " " * (w + 7)
-                lines.append(f"{first}  {label:<22} " + " ".join(f"{c:>15}" for c in cells))
-        return "\n".join(lines)
-
-    def prediction_frame(self, *, model: str = "mlp", seed: int | None = None) -> pd.DataFrame:
-        """Per region: observed, predicted, residual (and split) per target.
-
-        ``seed=None`` averages every seed's model (the ensemble mean; its training regions are
-        in-sample for some seeds, ``{t}_test_seeds`` counts the seeds that tested a region);
-        a seed gives that seed's model and ``{t}_split`` (train, val, test, or empty).
-        Observed and predicted are in the indicator's own units; the residual
-        (predicted − observed) is in model units, ln(1 + y) unless log=False.
-        """
-        seeds = list(self.protocol["seeds"])
-        log = self.protocol.get("log", True)
-        out = pd.DataFrame(index=self.region_ids)
-        for name, r in self.targets.items():
-            preds = r.predictions[model]
-            if seed is None:
-                pred = preds.mean(axis=0)
-            else:
-                if seed not in seeds:
-                    raise InputError(
-                        f"Seed {seed} was not run (seeds: {seeds}).",
-                        hint="Choose one of the seeds, or the ensemble.",
-                    )
-                pred = preds[seeds.index(seed)]
-            observed = self.observed[name].to_numpy(dtype=np.float64)
-            obs_model = _transform(observed, log)
-            out[f"{name}_observed"] = observed
-            out[f"{name}_predicted"] = np.expm1(pred) if log else pred
-            out[f"{name}_residual"] = pred - obs_model
-            if seed is None:
-                out[f"{name}_test_seeds"] = (r.sets == 2).sum(axis=0)
-            else:
-                labels = np.array(["", *SET_NAMES], dtype=object)
-                out[f"{name}_split"] = labels[r.sets[seeds.index(seed)] + 1]
-        return out
+__all__ = [
+    "CV",
+    "MODELS",
+    "MODEL_LABELS",
+    "SET_NAMES",
+    "PredictionReport",
+    "TargetResult",
+    "evaluate",
+    "model_label",
+    "scheme_for",
+    "select_targets",
+    "transfer",
+]
 
 
 def _transform(values: np.ndarray, log: bool) -> np.ndarray:
@@ -196,8 +135,10 @@ def _target_problem(column: pd.Series, *, log: bool, min_regions: int) -> tuple[
     if values.size < min_regions:
         return (
             f"has {values.size} region(s) with a value; at least {min_regions} are needed",
-            "A 6:2:2 split needs enough regions to train, validate and test; attach more "
-            "ground truth or use a finer grid.",
+            "With fewer, no model has enough regions to train, validate and be tested on: "
+            "10 regions in 5-fold cross-validation train on 6, validate on 2 and test on 2 per "
+            "fold, and a score from fewer says nothing. Attach more ground truth or use a finer "
+            "grid.",
         )
     if log and values.min() <= -1:
         return (
@@ -223,23 +164,40 @@ def _seeds(seeds: int | Sequence[int]) -> list[int]:
     return out
 
 
-def evaluate(
-    dataset: Dataset,
-    targets: Sequence[str] | None = None,
-    *,
-    seeds: int | Sequence[int] = 5,
-    split: str = "random",
-    block_size: float | None = None,
-    log: bool = True,
-    mlp: MLPConfig = DEFAULT_MLP,
-) -> PredictionReport:
-    """Fit and test every model on every target for every seed (see the module docstring)."""
+def scheme_for(cv: str, n_valid: int) -> str:
+    """The scheme (``split`` or ``kfold``) of a target with ``n_valid`` regions."""
+    if cv not in CV:
+        raise InputError(f"Unknown cv {cv!r}.", hint=f"Choose one of: {', '.join(CV)}.")
+    if cv == "auto":
+        return "kfold" if n_valid < KFOLD_BELOW else "split"
+    return cv
+
+
+@dataclass
+class _Fit:
+    """One model to fit: a target, its row of results (seed/repeat), fold, and regions."""
+
+    name: str
+    row: int
+    fold: int
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+@dataclass
+class _MeanFit:
+    predictions: np.ndarray
+    chosen: float = 0.0
+
+
+def _mean_fits(tasks: list[HeadTask], n_predict: int) -> list[_MeanFit]:
+    return [_MeanFit(np.full(n_predict, t.y[t.train].mean())) for t in tasks]
+
+
+def _check_split(split: str, xy: np.ndarray | None, block_size: float | None) -> None:
     if split not in SPLITS:
         raise InputError(f"Unknown split {split!r}.", hint=f"Choose one of: {', '.join(SPLITS)}.")
-    seed_list = _seeds(seeds)
-    names = select_targets(dataset.indicators, targets, log=log)
-    X = dataset.features.to_numpy(dtype=np.float64)
-    xy = None if dataset.coords is None else dataset.coords[["x", "y"]].to_numpy(np.float64)
     if split == "block":
         if xy is None:
             raise InputError(
@@ -252,7 +210,68 @@ def evaluate(
                 "The block split needs --block-size METRES.",
                 hint="Use several region sizes, e.g. --block-size 5000 for 1 km regions.",
             )
-    if xy is None:
+
+
+def _partitions(
+    scheme: str, split: str, n: int, xy: np.ndarray | None, block_size: float, folds: int, seed: int
+) -> list[Parts]:
+    """The (train, val, test) positions of one seed (split) or repeat (k-fold)."""
+    if scheme == "kfold":
+        if split == "block":
+            assert xy is not None
+            return block_kfold_split(xy, block_size, folds, seed)
+        return kfold_split(n, folds, seed)
+    if split == "block":
+        assert xy is not None
+        return [block_split(xy, block_size, seed)]
+    return [random_split(n, seed)]
+
+
+def _aligned(extra: Mapping[str, pd.DataFrame] | None, index: pd.Index) -> dict[str, np.ndarray]:
+    """Baseline features in the dataset's region order; every region must have a row."""
+    out = {}
+    for name, frame in (extra or {}).items():
+        values = frame.reindex(index).to_numpy(dtype=np.float64)
+        missing = int(np.isnan(values).any(axis=1).sum())
+        if missing:
+            raise InputError(
+                f"The {name} baseline has no embedding for {missing} of the {len(index)} regions.",
+                hint="Baseline embeddings must cover the regions of the embeddings scored.",
+            )
+        out[name] = values
+    return out
+
+
+def evaluate(
+    dataset: Dataset,
+    targets: Sequence[str] | None = None,
+    *,
+    seeds: int | Sequence[int] = 5,
+    split: str = "random",
+    block_size: float | None = None,
+    log: bool = True,
+    mlp: MLPConfig = DEFAULT_MLP,
+    cv: str = "auto",
+    folds: int = 5,
+    repeats: int | None = None,
+    extra_features: Mapping[str, pd.DataFrame] | None = None,
+    baseline_heads: Sequence[str] = HEADS,
+    coords_baseline: bool = True,
+) -> PredictionReport:
+    """Fit and test every model on every target (see the module docstring).
+
+    ``seeds``: the 6:2:2 splits; ``repeats``: the k-fold repeats (seeds 0..repeats-1; default
+    the ``seeds``). ``extra_features``: baseline embeddings by name (region_id-indexed), each
+    fitted with ``baseline_heads``; ``coords_baseline``: the coordinates-only k-NN.
+    """
+    seed_list = _seeds(seeds)
+    repeat_list = _seeds(repeats) if repeats is not None else seed_list
+    names = select_targets(dataset.indicators, targets, log=log)
+    X = dataset.features.to_numpy(dtype=np.float64)
+    extra = _aligned(extra_features, dataset.features.index)
+    xy = None if dataset.coords is None else dataset.coords[["x", "y"]].to_numpy(np.float64)
+    _check_split(split, xy, block_size)
+    if xy is None and coords_baseline:
         warnings.warn(
             "No region coordinates: the coordinates-only baseline is skipped.",
             UrbangeoWarning,
@@ -260,103 +279,169 @@ def evaluate(
         )
     n = len(X)
     tasks: list[HeadTask] = []
-    plan: list[tuple[str, int, np.ndarray]] = []
+    plan: list[_Fit] = []
     sets: dict[str, np.ndarray] = {}
     ys: dict[str, np.ndarray] = {}
+    schemes: dict[str, str] = {}
+    rows: dict[str, list[int]] = {}
     for name in names:
         y = _transform(dataset.indicators[name].to_numpy(dtype=np.float64), log)
         valid = np.flatnonzero(np.isfinite(y))
+        scheme = schemes[name] = scheme_for(cv, len(valid))
+        rows[name] = repeat_list if scheme == "kfold" else seed_list
         ys[name] = y
-        sets[name] = np.full((len(seed_list), n), -1, dtype=np.int64)
-        for s, seed in enumerate(seed_list):
-            if split == "random":
-                parts = random_split(len(valid), seed)
-            else:
-                assert xy is not None and block_size  # the block split checked both above
-                parts = block_split(xy[valid], float(block_size), seed)
-            train, val, test = (valid[p] for p in parts)
-            for k, rows in enumerate((train, val, test)):
-                sets[name][s, rows] = k
-            tasks.append(HeadTask(y, train, val, seed, key=_key(name)))
-            plan.append((name, s, test))
+        sets[name] = np.full((len(rows[name]), n), -1, dtype=np.int64)
+        sub_xy = None if xy is None else xy[valid]
+        for r, seed in enumerate(rows[name]):
+            parts = _partitions(scheme, split, len(valid), sub_xy, block_size or 0, folds, seed)
+            for f, part in enumerate(parts):
+                train, val, test = (valid[p] for p in part)
+                if scheme == "kfold":
+                    sets[name][r, test] = f
+                    key = _key(f"{name}#fold{f}")
+                else:
+                    for k, set_rows in enumerate((train, val, test)):
+                        sets[name][r, set_rows] = k
+                    key = _key(name)
+                tasks.append(HeadTask(y, train, val, seed, key=key))
+                plan.append(_Fit(name, r, f, train, val, test))
 
-    with progress(3, task="predict", unit="model") as bar:
-        bar.update(0, status=f"MLP heads ({len(tasks)})")
-        mlp_fits = fit_mlp_heads(X, tasks, mlp)
-        bar.update(1, status="ridge")
-        cache: dict = {}
-        ridge_fits = [fit_ridge(X, t, cache=cache) for t in tasks]
-        bar.update(1, status="coordinates baseline")
-        knn_fits = [fit_knn(xy, t) for t in tasks] if xy is not None else None
+    feature_sets = {"": X, **extra}
+    fits: dict[str, list] = {}
+    steps = sum(len(HEADS if k == "" else baseline_heads) for k in feature_sets) + 1
+    with progress(steps, task="predict", unit="model") as bar:
+        for features, values in feature_sets.items():
+            heads = HEADS if features == "" else tuple(baseline_heads)
+            prefix = f"{features}:" if features else ""
+            what = f" on {features}" if features else ""
+            if "mlp" in heads:
+                bar.update(0, status=f"MLP heads{what} ({len(tasks)})")
+                fits[prefix + "mlp"] = fit_mlp_heads(values, tasks, mlp)
+                bar.update(1)
+            if "ridge" in heads:
+                bar.update(0, status=f"ridge{what}")
+                cache: dict = {}  # one per feature set: it is keyed by training rows
+                fits[prefix + "ridge"] = [fit_ridge(values, t, cache=cache) for t in tasks]
+                bar.update(1)
+        bar.update(0, status="coordinates baseline")
+        if xy is not None and coords_baseline:
+            fits["coords_knn"] = [fit_knn(xy, t) for t in tasks]
+        fits["train_mean"] = _mean_fits(tasks, n)
         bar.update(1)
 
-    fits = {"mlp": mlp_fits, "ridge": ridge_fits}
-    if knn_fits is not None:
-        fits["coords_knn"] = knn_fits
-    results = _collect(names, seed_list, plan, fits, ys, sets, n)
+    results = _collect(names, plan, fits, ys, sets, schemes, rows, folds, n)
     protocol = {
         "kind": "within-city",
         "dataset": dataset.name,
+        "cv": cv,
+        "kfold_below": KFOLD_BELOW,
+        "schemes": schemes,
         "split": split,
         "block_size": block_size,
         "ratios": list(RATIOS),
         "seeds": seed_list,
+        "folds": folds,
+        "repeats": repeat_list,
         "log": log,
         "features": int(X.shape[1]),
         "regions": n,
+        "models": {m: model_label(m) for m in fits},
+        "baseline_features": {k: int(v.shape[1]) for k, v in extra.items()},
         "mlp": asdict(mlp),
         "rounding": "n_val = n_test = floor(0.2 n + 0.5), n_train = n - n_val - n_test"
         if split == "random"
         else "whole blocks; each goes to the set furthest below its 6:2:2 share",
+        "kfold_rule": "test folds as sklearn KFold(folds, shuffle=True, random_state=seed) "
+        "(block split: whole blocks, each to the smallest fold); the other regions 3:1 "
+        "train/val, n_val = floor(0.25 m + 0.5)",
     }
     return PredictionReport(protocol, results, dataset.features.index, dataset.indicators[names])
 
 
 def _collect(
     names: list[str],
-    seed_list: list[int],
-    plan: list[tuple[str, int, np.ndarray]],
+    plan: list[_Fit],
     fits: dict[str, list],
     ys: dict[str, np.ndarray],
     sets: dict[str, np.ndarray],
+    schemes: dict[str, str],
+    rows: dict[str, list[int]],
+    folds: int,
     n_predict: int,
 ) -> dict[str, TargetResult]:
     results = {}
     for name in names:
-        entries = [(i, s, test) for i, (t, s, test) in enumerate(plan) if t == name]
+        entries = [(i, p) for i, p in enumerate(plan) if p.name == name]
+        scheme, n_rows = schemes[name], len(rows[name])
         metrics: dict[str, dict[str, dict]] = {}
         predictions: dict[str, np.ndarray] = {}
         chosen: dict[str, list[float]] = {}
         for model, model_fits in fits.items():
-            per_seed: dict[str, list[float]] = {m: [] for m in METRICS}
-            predictions[model] = np.empty((len(seed_list), n_predict))
-            chosen[model] = []
-            for i, s, test in entries:
-                fit = model_fits[i]
-                predictions[model][s] = fit.predictions
-                chosen[model].append(float(fit.chosen))
-                values = regression_metrics(ys[name][test], fit.predictions[test])
-                for m in METRICS:
-                    per_seed[m].append(values[m])
-            metrics[model] = {m: summarize(v) for m, v in per_seed.items()}
+            chosen[model] = [float(model_fits[i].chosen) for i, _ in entries]
+            if scheme == "kfold":
+                pred, scores = _kfold_scores(entries, model_fits, ys[name], sets[name], n_rows)
+            else:
+                pred = np.empty((n_rows, n_predict))
+                scores = []
+                for i, p in entries:
+                    pred[p.row] = model_fits[i].predictions
+                    values = regression_metrics(ys[name][p.test], pred[p.row][p.test])
+                    scores.append((values, len(p.test)))
+            predictions[model] = pred
+            metrics[model] = {
+                m: {**summarize([v[m] for v, _ in scores]), "n": [k for _, k in scores]}
+                for m in METRICS
+            }
+        mean_r2 = metrics["train_mean"]["r2"]["mean"] if "train_mean" in metrics else None
+        below = {
+            model: is_below_baseline(values["r2"]["mean"], mean_r2)
+            for model, values in metrics.items()
+            if model != "train_mean"
+        }
         set_rows = sets[name]
-        sizes = [_set_sizes(row) for row in set_rows]
         results[name] = TargetResult(
             name=name,
             n_regions=int((set_rows[0] >= 0).sum()),
-            sizes=sizes,
+            sizes=[(len(p.train), len(p.val), len(p.test)) for _, p in entries],
             metrics=metrics,
             predictions=predictions,
             sets=set_rows,
             chosen=chosen,
+            scheme=scheme,
+            seeds=list(rows[name]),
+            folds=folds if scheme == "kfold" else 0,
+            below_baseline=below,
         )
     return results
 
 
-def _set_sizes(row: np.ndarray) -> tuple[int, int, int]:
-    """The number of regions in the train, validation and test sets (0, 1, 2) of one seed."""
-    train, val, test = (int((row == k).sum()) for k in range(3))
-    return train, val, test
+def _kfold_scores(
+    entries: list[tuple[int, _Fit]],
+    model_fits: list,
+    y: np.ndarray,
+    sets: np.ndarray,
+    n_rows: int,
+) -> tuple[np.ndarray, list[tuple[dict[str, float], int]]]:
+    """Out-of-fold predictions per repeat, and the metrics of each repeat's pooled predictions.
+
+    Regions without a target (in no test fold) get the mean of the repeat's fold models.
+    """
+    n = sets.shape[1]
+    pred = np.zeros((n_rows, n))
+    others = np.zeros((n_rows, n))
+    count = np.zeros(n_rows)
+    for i, p in entries:
+        values = model_fits[i].predictions
+        pred[p.row, p.test] = values[p.test]
+        others[p.row] += values
+        count[p.row] += 1
+    untested = sets < 0
+    pred[untested] = (others / np.maximum(count, 1)[:, None])[untested]
+    scores = []
+    for r in range(n_rows):
+        tested = ~untested[r]
+        scores.append((regression_metrics(y[tested], pred[r, tested]), int(tested.sum())))
+    return pred, scores
 
 
 def transfer(
@@ -393,7 +478,10 @@ def transfer(
     X = train.features.to_numpy(np.float64)
     Xt = test.features[list(train.features.columns)].to_numpy(np.float64)
     n_test = len(Xt)
-    tasks, plan, ys, sets = [], [], {}, {}
+    tasks: list[HeadTask] = []
+    plan: list[_Fit] = []
+    ys: dict[str, np.ndarray] = {}
+    sets: dict[str, np.ndarray] = {}
     for name in names:
         y = _transform(train.indicators[name].to_numpy(np.float64), log)
         yt = _transform(test.indicators[name].to_numpy(np.float64), log)
@@ -405,7 +493,7 @@ def transfer(
             tr, va, _ = random_split(len(valid), seed, ratios=(RATIOS[0], RATIOS[1], 0.0))
             sets[name][s, test_rows] = 2
             tasks.append(HeadTask(y, valid[tr], valid[va], seed, key=_key(name)))
-            plan.append((name, s, test_rows))
+            plan.append(_Fit(name, s, 0, valid[tr], valid[va], test_rows))
     with progress(2, task="transfer", unit="model") as bar:
         bar.update(0, status=f"MLP heads ({len(tasks)})")
         mlp_fits = fit_mlp_heads(X, tasks, mlp, X_predict=Xt)
@@ -413,13 +501,14 @@ def transfer(
         cache: dict = {}
         ridge_fits = [fit_ridge(X, t, X_predict=Xt, cache=cache) for t in tasks]
         bar.update(1)
-    mean_fits = [_MeanFit(np.full(n_test, t.y[t.train].mean())) for t in tasks]
-    fits: dict[str, list] = {"mlp": mlp_fits, "ridge": ridge_fits, "train_mean": mean_fits}
-    results = _collect(names, seed_list, plan, fits, ys, sets, n_test)
-    for (name, _, test_rows), task in zip(plan, tasks, strict=True):
-        if len(results[name].sizes) == len(seed_list):
-            results[name].sizes = []
-        results[name].sizes.append((len(task.train), len(task.val), len(test_rows)))
+    fits: dict[str, list] = {
+        "mlp": mlp_fits,
+        "ridge": ridge_fits,
+        "train_mean": _mean_fits(tasks, n_test),
+    }
+    schemes = dict.fromkeys(names, "transfer")
+    rows = dict.fromkeys(names, seed_list)
+    results = _collect(names, plan, fits, ys, sets, schemes, rows, 0, n_test)
     protocol = {
         "kind": "transfer",
         "train_on": train.name,
@@ -429,12 +518,7 @@ def transfer(
         "log": log,
         "features": int(X.shape[1]),
         "regions": {"train_city": len(X), "test_city": n_test},
+        "models": {m: model_label(m) for m in fits},
         "mlp": asdict(mlp),
     }
     return PredictionReport(protocol, results, test.features.index, test.indicators[names])
-
-
-@dataclass
-class _MeanFit:
-    predictions: np.ndarray
-    chosen: float = 0.0

@@ -56,13 +56,19 @@ def predict_stage(
     ``region_embeddings`` layer; indicators from its ``indicators`` table or the regions'
     columns; ``embeddings``/``indicators`` files replace either), or an ``embeddings`` and an
     ``indicators`` file. ``output``: metrics JSON (default with ``gpkg``: ``metrics.json``
-    beside it). The layer holds the ``model``'s predictions of the seed ``predictions_from``,
-    or the mean over the seeds' models ("ensemble"). ``mlp``: the MLP head's configuration
-    (:class:`~urbangeo.downstream.heads.MLPConfig`; default ``DEFAULT_MLP``).
+    beside it). Scores by 6:2:2 splits or repeated k-fold (``cv``), beside the ``baselines``
+    (the image ones embedded once and cached in ``baselines/`` beside the GeoPackage). The
+    layer holds the ``model``'s out-of-fold predictions, averaged over the seeds (repeats)
+    ("ensemble") or of one seed, and ``NAME_split`` saying where each came from. The record's
+    counts include ``below_baseline``: the targets the ``model`` predicts worse than their
+    mean. ``mlp``: the MLP head's configuration (:class:`~urbangeo.downstream.heads.MLPConfig`;
+    default ``DEFAULT_MLP``).
     """
+    from urbangeo.downstream.baselines import image_baselines
     from urbangeo.downstream.heads import DEFAULT_MLP
     from urbangeo.downstream.predict import evaluate
     from urbangeo.downstream.tables import dataset_from_files, dataset_from_gpkg
+    from urbangeo.settings.downstream import DEFAULT_BASELINES
 
     path = run.path
     if path is None and (s.embeddings is None or s.indicators is None):
@@ -80,6 +86,12 @@ def predict_stage(
         dataset = dataset_from_gpkg(path, embeddings=s.embeddings, indicators=s.indicators)
     else:
         dataset = dataset_from_files(s.embeddings, s.indicators)  # type: ignore[arg-type]
+    extra, baselines = image_baselines(
+        path,
+        s.baseline_names,
+        regions=dataset.features.index,
+        explicit=s.baselines != DEFAULT_BASELINES,
+    )
     report = evaluate(
         dataset,
         list(s.targets) if s.targets else None,
@@ -88,10 +100,19 @@ def predict_stage(
         block_size=s.block_size,
         log=s.log,
         mlp=mlp or DEFAULT_MLP,  # type: ignore[arg-type]
+        cv=s.cv,
+        folds=s.folds,
+        repeats=s.repeats,
+        extra_features=extra,
+        baseline_heads=("ridge",) if s.model == "ridge" else ("mlp", "ridge"),
+        coords_baseline="coords" in s.baseline_names,
     )
+    report.protocol["baselines"] = {"asked": list(s.baseline_names), **baselines}
+    below = report.below_baseline(s.model)
     counts: dict = {"regions": len(dataset.features), "targets": len(report.targets)}
     for name, target in report.targets.items():
         counts[f"r2_{s.model}_{name}"] = round(target.metrics[s.model]["r2"]["mean"], 4)
+    counts["below_baseline"] = len(below)
     files = []
     if output is not None:
         files.append(write_json(output, report.to_dict()))
@@ -104,13 +125,23 @@ def predict_stage(
         "indicators": str(s.indicators) if s.indicators else "run",
         "targets": list(report.targets),
         "seeds": report.protocol["seeds"],
+        "cv": s.cv,
+        "schemes": report.protocol["schemes"],
+        "folds": s.folds,
+        "repeats": report.protocol["repeats"],
         "split": s.split,
         "block_size": s.block_size,
         "log": s.log,
         "model": s.model,
+        "baselines": list(s.baseline_names),
         "predictions": "ensemble" if s.predictions_seed is None else s.predictions_seed,
     }
     result = run.commit(layers, counts=counts, params=params, files=files, report=report)
+    if below:
+        message(
+            f"The {s.model} head predicts {', '.join(below)} worse than the mean baseline "
+            "(R² < 0): nothing learned there."
+        )
     if path is not None:
         message(
             f"Wrote predictions of {len(report.targets)} indicator(s) to {path} "
@@ -134,7 +165,7 @@ def transfer_stage(
     """Fit on one city, test on another; each a ``RUN.gpkg`` or ``EMBEDDINGS,INDICATORS``.
 
     Not a pipeline stage: nothing is written to either GeoPackage or recorded; ``output``
-    writes the metrics as JSON.
+    writes the metrics as JSON. Counts: the MLP head's R² per target and ``below_baseline``.
     """
     from urbangeo.downstream.heads import DEFAULT_MLP
     from urbangeo.downstream.predict import transfer
@@ -151,7 +182,10 @@ def transfer_stage(
         mlp=mlp or DEFAULT_MLP,  # type: ignore[arg-type]
     )
     files = (write_json(output, report.to_dict()),) if output is not None else ()
-    counts = {name: round(r.metrics["mlp"]["r2"]["mean"], 4) for name, r in report.targets.items()}
+    counts: dict = {
+        name: round(r.metrics["mlp"]["r2"]["mean"], 4) for name, r in report.targets.items()
+    }
+    counts["below_baseline"] = len(report.below_baseline("mlp"))
     return StageResult("transfer", None, counts, files=files, report=report)
 
 
@@ -450,13 +484,17 @@ def _selected_captions(gpkg: Path) -> tuple[pd.Series | None, pd.Series | None]:
 
 @stage(MapSettings)
 def map_stage(run: StageRun, s: MapSettings, *, overwrite: bool) -> StageResult:
-    """Write an offline folium map of the run's products (``maps/map.html`` beside it).
+    """Write an offline folium map of the run's products (``maps/map.html`` beside it), and
+    the run's QGIS project (``run.qgz`` beside the GeoPackage: :mod:`urbangeo.viz.project`).
 
-    Layers, each toggleable: clusters, per predicted indicator its prediction, ground truth
-    and residual, ground truth of indicators without predictions, and the street-view points;
-    tooltips show the region's values and its selected caption when there is a captions table.
+    Layers, each toggleable: the run's images as an offline base layer, clusters, per
+    predicted indicator its prediction, ground truth and residual, ground truth of indicators
+    without predictions, the roads, the study area and the street-view points; tooltips show
+    the region's image, values and selected caption (:mod:`urbangeo.viz.maps`).
     """
     from urbangeo.viz.maps import build_map, write_map
+    from urbangeo.viz.project import write_project
+    from urbangeo.viz.thumbs import run_image_uris
 
     path = run.path
     assert path is not None  # the stage needs the GeoPackage
@@ -483,6 +521,11 @@ def map_stage(run: StageRun, s: MapSettings, *, overwrite: bool) -> StageResult:
             observed = observed.drop(columns=[c for c in ("lon", "lat", "x", "y") if c in observed])
         points = read_layer(path, C.LAYER_SV_POINTS) if C.LAYER_SV_POINTS in layers else None
         region_captions, point_captions = _selected_captions(path)
+        region_images, point_images = run_image_uris(path)
+        context = {
+            key: read_layer(path, name) if name in layers else None
+            for key, name in (("boundary", C.LAYER_BOUNDARY), ("roads", C.LAYER_ROADS))
+        }
         bar.update(1, status="build")
         fmap = build_map(
             regions,
@@ -492,11 +535,15 @@ def map_stage(run: StageRun, s: MapSettings, *, overwrite: bool) -> StageResult:
             points=points,
             region_captions=region_captions,
             point_captions=point_captions,
+            region_images=region_images,
+            point_images=point_images,
             tiles=s.tiles,
             title=f"urbangeo: {path.parent.name or path.stem}",
+            **context,
         )
         bar.update(1, status="write")
         write_map(fmap, out)
+        project = write_project(path.parent, gpkg_name=path.name)
         bar.update(1)
     shown = [
         name
@@ -508,6 +555,9 @@ def map_stage(run: StageRun, s: MapSettings, *, overwrite: bool) -> StageResult:
         )
         if frame is not None
     ]
-    result = run.commit(counts={"layers": len(shown)}, files=[out])
-    message(f"Wrote the map of {', '.join(shown) or 'the regions'} to {out}.")
+    result = run.commit(counts={"layers": len(shown)}, files=[out, project])
+    message(
+        f"Wrote the map of {', '.join(shown) or 'the regions'} to {out}, and the QGIS project "
+        f"to {project}."
+    )
     return result
