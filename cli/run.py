@@ -45,7 +45,7 @@ from urbangeo_cli._options import override_options
     "--from",
     "from_stage",
     type=click.Choice(C.STAGES),
-    help="Redo this stage and every later one, even if done.",
+    help="Redo this stage and every stage that reads it, even if done.",
 )
 @override_options(GridSettings, ("city", "boundary_file", "bbox", "place", "cell_size"))
 @override_options(SampleSettings, ("roads", "interval", "network"))

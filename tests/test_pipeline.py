@@ -104,7 +104,7 @@ def test_from_embed_redoes_only_what_follows(tiny_run):
     time.sleep(1.1)  # finished times have one-second resolution
     results = run_pipeline(run_dir, config=TINY, from_stage="embed")
     redone = {r.stage for r in results if not r.skipped}
-    assert redone == {"embed", "indicators", "predict", "cluster", "map"}
+    assert redone == {"embed", "predict", "cluster", "map"}  # indicators do not read embed
     after = _finished(run_dir)
     for stage in C.STAGES:
         if stage in redone:
@@ -135,7 +135,7 @@ def test_a_stage_redone_by_hand_is_redone_by_the_next_run(tiny_run, tmp_path):
 
     results = run_pipeline(run_dir, config=TINY)
     redone = {r.stage for r in results if not r.skipped}
-    assert redone == {"embed", "indicators", "predict", "cluster", "map"}
+    assert redone == {"embed", "predict", "cluster", "map"}  # indicators do not read embed
     assert read_stage_records(gpkg)["embed"].params["encoder"] == "trained"
     assert {row["status"] for row in run_status(run_dir)} <= {"done", "not run"}
     assert all(r.skipped for r in run_pipeline(run_dir, config=TINY))

@@ -71,6 +71,21 @@ STAGES = (
     "cluster",
     "map",
 )
+#: What each stage reads from the stages before it. Redoing a stage makes every stage that
+#: reads it, directly or not, stale; its siblings (tiles and streetview) stay as they are.
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "grid": (),
+    "sample": ("grid",),
+    "tiles": ("grid", "sample"),  # sample: the extract its roads came from
+    "streetview": ("sample",),
+    "caption": ("tiles", "streetview"),
+    "train": ("caption",),
+    "embed": ("train", "tiles", "streetview"),
+    "indicators": ("grid", "sample"),
+    "predict": ("embed", "indicators"),
+    "cluster": ("embed", "indicators"),
+    "map": ("sample", "caption", "predict", "cluster", "indicators"),
+}
 RUN_GPKG = "run.gpkg"
 RUN_TOML = "run.toml"
 

@@ -28,7 +28,7 @@ from urbangeo import constants as C
 from urbangeo.errors import InputError, OutputError
 from urbangeo.io.files import new_folders_removed_on_error, write_text_atomic
 from urbangeo.io.lock import holder_alive, read_lock, run_lock
-from urbangeo.io.runs import StageResult, read_stage_records
+from urbangeo.io.runs import StageResult, downstream_of, read_stage_records
 from urbangeo.progress import message
 from urbangeo.settings import DEFAULT_PROFILE, STAGE_SETTINGS, StageSettings, profile
 from urbangeo.settings.model import MODES
@@ -166,10 +166,10 @@ def dump_config(config: dict[str, dict[str, Any]]) -> str:
 # ---- state --------------------------------------------------------------------------------
 
 
-def stage_fingerprint(stage: str, settings: StageSettings, previous: str) -> str:
+def stage_fingerprint(stage: str, settings: StageSettings, inputs: str) -> str:
     """Hash of a stage's settings (all of them, defaults included, but not how it runs:
     threads, device, checkpoint spacing) and the fingerprint of the stage before it."""
-    blob = json.dumps([stage, settings.to_dict(runtime=False), previous], sort_keys=True)
+    blob = json.dumps([stage, settings.to_dict(runtime=False), inputs], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -258,21 +258,23 @@ def _run_stages(
         state.update(read_state(run_dir))
         write_text_atomic(run_dir / C.RUN_TOML, dump_config(config))
         stages = state.setdefault("stages", {})
-        previous = ""
-        forced = False
+        prints: dict[str, str] = {}
+        forced: set[str] = set()
         records = _record_marks(gpkg)
         for stage in C.STAGES:
-            fp = stage_fingerprint(stage, settings[stage], previous)
-            previous = fp
-            forced = forced or stage == from_stage
+            inputs = "".join(prints[name] for name in C.STAGE_INPUTS[stage])
+            fp = prints[stage] = stage_fingerprint(stage, settings[stage], inputs)
+            if stage == from_stage:
+                forced |= {stage, *downstream_of(stage)}
             entry = stages.get(stage, {})
-            if not forced and _changed_by_hand(stage, entry, records):
+            if stage not in forced and _changed_by_hand(stage, entry, records):
                 message(
                     f"Stage {stage}: changed outside `urbangeo run` since this run did it; "
-                    "redoing it and every later stage."
+                    "redoing it and the stages that read it."
                 )
-                forced = True
-            if not forced and entry.get("status") == "done" and entry.get("fingerprint") == fp:
+                forced |= {stage, *downstream_of(stage)}
+            done = entry.get("status") == "done" and entry.get("fingerprint") == fp
+            if stage not in forced and done:
                 results.append(StageResult(stage, gpkg, entry.get("counts", {}), skipped=True))
                 message(f"Stage {stage}: already done with these settings, skipped.")
                 continue
@@ -283,9 +285,9 @@ def _run_stages(
                 results.append(StageResult(stage, gpkg, {}, skipped=True))
                 continue
             interrupted = entry.get("status") in ("running", "interrupted", "failed")
-            resume = interrupted and entry.get("fingerprint") == fp and not forced
+            resume = interrupted and entry.get("fingerprint") == fp and stage not in forced
             stages[stage] = {"status": "running", "fingerprint": fp, "started": _now()}
-            for later in C.STAGES[C.STAGES.index(stage) + 1 :]:
+            for later in downstream_of(stage):
                 stages.pop(later, None)
             _write_state(run_dir, state)
             started = time.perf_counter()

@@ -74,7 +74,7 @@ class StageRun:
     ) -> StageResult:
         """Write ``layers`` and this stage's record atomically; the stage's result.
 
-        ``params`` default to the stage's settings; records of every later stage are dropped.
+        ``params`` default to the stage's settings; records of the stages that read this one are dropped.
         Without a GeoPackage (a stage run on files alone) nothing is recorded.
         """
         counts = dict(counts)

@@ -96,3 +96,16 @@ def test_web_providers_can_be_pointed_elsewhere():
         "mapillary": "URBANGEO_MAPILLARY_URL",
         "baidu": "URBANGEO_BAIDU_URL",
     }
+
+
+def test_the_settings_list_sources_and_providers_without_heavy_imports():
+    code = (
+        "import sys; from urbangeo.settings import StreetviewSettings, TilesSettings; "
+        "StreetviewSettings(provider='google'); TilesSettings(render='osm'); "
+        "print(StreetviewSettings.fields()[0].spec.choice_list() is None, "
+        "sorted(m for m in ('numpy', 'geopandas', 'PIL', 'requests', 'rasterio') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True []"
+    assert TILE_SOURCES.names()[0] == "osm"

@@ -148,5 +148,9 @@ def test_satellite_and_streetview_rows_live_side_by_side(run, tmp_path):
     images = read_layer(gpkg, C.LAYER_IMAGES)
     assert (images[C.KIND] == C.KIND_STREETVIEW).sum() == 1
     assert set(images[images[C.KIND] == C.KIND_SATELLITE][C.WIDTH]) == {48}
+    # Redoing tiles keeps the record of its sibling: streetview reads nothing tiles writes;
+    # the street-view rows and files stay, and its next run keeps them.
     records = read_stage_records(gpkg)
-    assert {"tiles", "streetview"} <= set(records)
+    assert "tiles" in records and "streetview" in records
+    result = streetview_stage(gpkg, folder=photos)
+    assert result.counts["ok"] == 1 and "streetview" in read_stage_records(gpkg)

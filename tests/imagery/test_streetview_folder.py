@@ -14,6 +14,7 @@ from tests.imagery.helpers import X0, Y0, grid, jpeg_bytes, make_run, points
 from urbangeo import constants as C
 from urbangeo.errors import InputError, UrbangeoWarning
 from urbangeo.imagery.coords import wgs84_to_bd09
+from urbangeo.imagery.manifest import ImagesFailedError
 from urbangeo.imagery.stages import streetview_stage
 from urbangeo.io.files import sha256_file
 from urbangeo.io.gpkg import read_layer
@@ -174,10 +175,11 @@ def test_truncated_image_is_a_failed_row(run, tmp_path):
     lon, lat = offset(sv, 0)
     data = jpeg_bytes(size=(256, 256))
     (folder / f"1_{lon:.6f},{lat:.6f}_202001_3.jpg").write_bytes(data[: len(data) // 2])
-    failed = r"1 streetview images failed \(none succeeded\); the most common reason"
-    with pytest.warns(UserWarning, match=failed):
-        result = streetview_stage(gpkg, folder=folder)
-    assert result.counts[C.STATUS_FAILED] == 1
+    # The only image failed and none succeeded: an error, with the failed row written.
+    failed = r"No streetview image could be made: 1 failed; the most common reason"
+    with pytest.raises(ImagesFailedError, match=failed) as err:
+        streetview_stage(gpkg, folder=folder)
+    assert "unreadable image" in err.value.message
     assert "unreadable image" in _images(gpkg).loc["sv_0_3", C.REASON]
 
 

@@ -112,7 +112,9 @@ def test_failures_keep_the_key_out_of_the_manifest_and_the_cli(run, header_serve
     monkeypatch.setenv("URBANGEO_GOOGLE_URL", server.url)
     args = ["--gpkg", str(gpkg), "--provider", "google", "--rate-limit", "0", "--retries", "1"]
     result = CliRunner().invoke(streetview, args)
-    assert result.exit_code == 0, result.output
+    # One image failed, the other point has none: nothing usable, so exit 1 (rows kept).
+    assert result.exit_code == 1, result.output
+    assert "No streetview image could be made: 1 failed" in result.output
     images = _images(gpkg)
     failed = images.loc["sv_0_10"]
     assert failed[C.STATUS] == C.STATUS_FAILED and "HTTP 500" in failed[C.REASON]

@@ -21,6 +21,7 @@ from tests.imagery.helpers import (
 )
 from urbangeo import constants as C
 from urbangeo.errors import InputError
+from urbangeo.imagery.manifest import ImagesFailedError
 from urbangeo.imagery.sources.xyz import auto_zoom, resolve_xyz
 from urbangeo.imagery.stages import tiles_stage
 from urbangeo.io.gpkg import read_layer
@@ -31,6 +32,7 @@ from urbangeo.io.http import (
     HttpError,
     UnreachableError,
 )
+from urbangeo.io.runs import read_stage_records
 
 TILE_PATH = re.compile(r"^/(\d+)/(\d+)/(\d+)\.png$")
 R = 6378137.0
@@ -267,11 +269,11 @@ def test_server_errors_make_failed_rows_that_a_rerun_retries(tmp_path, header_se
     server = header_server(handler)
     gpkg = make_run(tmp_path, grid(2, 1))
     url = server.url + "/{z}/{x}/{y}.png"
-    with pytest.warns(UserWarning, match=r"2 satellite images failed \(none succeeded\)") as warned:
-        result = tiles_stage(gpkg, xyz=url, zoom=14, size=32, retries=0, rate_limit=0)
-    failed = next(str(w.message) for w in warned if "images failed" in str(w.message))
-    assert "HTTP 500" in failed and "Rerun" in failed
-    assert result.counts == {"ok": 0, "missing": 0, "failed": 2}
+    # Every image failed: an error (not a run that reads like a success), the rows kept.
+    with pytest.raises(ImagesFailedError, match="No satellite image could be made: 2") as err:
+        tiles_stage(gpkg, xyz=url, zoom=14, size=32, retries=0, rate_limit=0)
+    assert "HTTP 500" in err.value.message and "Rerun" in err.value.hint
+    assert read_stage_records(gpkg)["tiles"].counts["failed"] == 2
     reasons = read_layer(gpkg, C.LAYER_IMAGES)[C.REASON]
     assert all("HTTP 500" in r for r in reasons)
     assert not list((tmp_path / "images/.tilecache").rglob("*.*"))  # errors are not cached

@@ -10,7 +10,8 @@
   base, registered by name in ``PROVIDERS`` (``folder``, ``google``, ``mapillary``,
   ``baidu``; one module each, photo locations in :mod:`.streetview.location`), built by
   ``make_provider``;
-- :mod:`~urbangeo.imagery.manifest`: the ``images`` layer, atomic image files, resume;
+- :mod:`~urbangeo.imagery.manifest`: the ``images`` layer, atomic image files, resume, new
+  images staged until the layer that describes them is committed;
 - :mod:`~urbangeo.imagery.coords`: WGS84 / GCJ-02 / BD-09; :mod:`~urbangeo.imagery.panorama`:
   perspective views from equirectangular panoramas.
 
@@ -39,6 +40,7 @@ _EXPORTS = {
     "make_provider": "urbangeo.imagery.streetview",
     "ImageJob": "urbangeo.imagery.manifest",
     "ImageResult": "urbangeo.imagery.manifest",
+    "ImagesFailedError": "urbangeo.imagery.manifest",
     "Manifest": "urbangeo.imagery.manifest",
 }
 

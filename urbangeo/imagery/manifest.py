@@ -5,11 +5,24 @@ so a file that exists is complete. The layer is written in batches and at the en
 crash the next run rebuilds the rows of images already on disk (each one decoded with Pillow
 first, so a truncated file is refetched, never trusted). A rerun skips an image whose file
 exists and whose sha256 matches its row.
+
+Files and rows change together. A file that a row describes is never replaced before the
+layer that describes its successor is written: with ``overwrite`` the new images go to a
+staging folder beside the old ones (``images/.staging/<kind>/``) and are moved into place
+right after the new layer is committed. Until then a failure (an error, a full disk, Ctrl-C)
+leaves the earlier layer and files as they were, and the staged images are reused by the next
+run with the same settings. A crash between the commit and the moves is finished by the next
+run of the stage (a staged file whose sha256 is the committed row's is moved into place).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
+import json
+import os
+import shutil
 import struct
 import time
 import warnings
@@ -18,6 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import geopandas as gpd
 import numpy as np
@@ -26,10 +40,20 @@ import shapely
 from PIL import Image
 
 from urbangeo import constants as C
-from urbangeo.errors import OutputError, UrbangeoWarning
-from urbangeo.io.files import sha256_bytes, sha256_file, write_bytes_atomic
+from urbangeo.errors import OutputError, UrbangeoError, UrbangeoWarning
+from urbangeo.io.files import sha256_bytes, sha256_file, write_bytes_atomic, write_text_atomic
 from urbangeo.io.gpkg import list_layers, read_layer, write_layers
-from urbangeo.io.runs import StageRecord, read_stage_records, stage_table
+from urbangeo.io.runs import (
+    STAGES_TABLE,
+    StageRecord,
+    StageResult,
+    downstream_of,
+    read_stage_records,
+    stage_table,
+)
+
+if TYPE_CHECKING:
+    from urbangeo.stage import StageRun
 
 #: Columns of the ``images`` layer, in order (plus the geometry).
 IMAGE_COLUMNS = [
@@ -50,6 +74,14 @@ IMAGE_COLUMNS = [
 PNG_SETTINGS_KEY = "urbangeo"
 #: Seconds between two writes of the manifest during a long run.
 FLUSH_EVERY_S = 30.0
+#: Where new images wait, per kind, until the layer that describes them is committed.
+STAGING_DIR = f"{C.IMAGES_DIR}/.staging"
+#: The settings the staged images were made with (staged images of other settings are dropped).
+STAGING_PARAMS = "params.json"
+
+
+class ImagesFailedError(UrbangeoError):
+    """Every image a stage tried failed and none is usable (a server down, a wrong URL...)."""
 
 
 @dataclass(frozen=True)
@@ -171,7 +203,8 @@ class Manifest:
 
     ``stage`` names the stage record; ``params`` are the settings that decide what an image
     looks like. Rows of the other kind are kept as they are. With a record of the same stage
-    made with other settings, a rerun needs ``overwrite`` (which redoes every image).
+    made with other settings, a rerun needs ``overwrite``, which redoes every image: the new
+    ones are staged and replace the old ones only at :meth:`commit`.
     """
 
     def __init__(
@@ -184,6 +217,7 @@ class Manifest:
         crs: object,
         overwrite: bool = False,
         flush_every: float = FLUSH_EVERY_S,
+        source: str = "",
     ) -> None:
         self.gpkg = gpkg
         self.root = gpkg.parent
@@ -193,11 +227,21 @@ class Manifest:
         self.crs = crs
         self.overwrite = overwrite
         self.flush_every = flush_every
+        #: The ``source`` of rows adopted from files on disk (when the stage knows it).
+        self.source = source
         self._last_flush = time.monotonic()
         self._started = time.perf_counter()
         self.rows: dict[str, dict] = {}
         self.others = empty_images_frame(crs)
         self.adopted = 0
+        #: Whether the rows differ from the layer as it was when the stage began.
+        self.changed = False
+        self.pending: set[str] = set()
+        self.order: dict[str, int] = {}
+        #: Where new images wait for :meth:`commit` (with ``overwrite``).
+        self.staging = self.root / STAGING_DIR / kind
+        self.record_before: StageRecord | None = None
+        previous: dict[str, dict] = {}
         if C.LAYER_IMAGES in list_layers(gpkg):
             existing = read_layer(gpkg, C.LAYER_IMAGES)
             if existing.crs is not None and crs is not None and existing.crs != crs:
@@ -206,7 +250,8 @@ class Manifest:
             self.others = existing[~mine]
             rows = (_row_dict(series) for _, series in existing[mine].iterrows())
             previous = {r[C.IMAGE_ID]: r for r in rows}
-            record = read_stage_records(gpkg).get(stage)
+            record = self.record_before = read_stage_records(gpkg).get(stage)
+            self._finish_moves(previous.values())
             if previous and record is not None and record.params != params and not overwrite:
                 changed = sorted(
                     k
@@ -219,23 +264,38 @@ class Manifest:
                     hint="Pass --overwrite (Python: overwrite=True) to replace them, or rerun "
                     "with the same settings to continue.",
                 )
-            if not overwrite:
-                self.rows = previous
+        if overwrite:
+            self._open_staging()
+        else:
+            self.rows = previous
 
+    # --- planning and resume ------------------------------------------------------------------
     def keep_only(self, image_ids: Iterable[str]) -> None:
         """Forget rows of images the current plan no longer has (e.g. after a new grid)."""
         wanted = set(image_ids)
-        self.rows = {k: v for k, v in self.rows.items() if k in wanted}
+        kept = {k: v for k, v in self.rows.items() if k in wanted}
+        self.changed = self.changed or len(kept) != len(self.rows)
+        self.rows = kept
 
-    # --- resume ---------------------------------------------------------------------------
+    def start(self, order: Iterable[str], todo: Iterable[str]) -> None:
+        """The plan's image ids in layer order, and those still to make (the pending ones)."""
+        self.order = {image_id: i for i, image_id in enumerate(order)}
+        self.pending = set(todo)
+
+    def staged_path(self, job: ImageJob) -> Path:
+        """Where the new image of ``job`` waits for :meth:`commit` (with ``overwrite``)."""
+        return self.staging / Path(job.path).name
+
     def is_done(self, job: ImageJob, *, settings: str | None = None) -> bool:
         """Whether ``job`` needs no work: its file exists and matches its row.
 
         A row with status missing (no imagery there) counts as done. A file without a row (a
-        run cut off before the manifest was written) is decoded and, if complete, adopted.
+        run cut off before the manifest was written) is decoded and, if complete, adopted;
+        with ``overwrite`` only a staged file is (one made by an earlier try of the same
+        settings), never the file being replaced. With ``settings``, a PNG must carry them.
         """
         if self.overwrite:
-            return False
+            return self._adopt(job, self.staged_path(job), settings)
         row = self.rows.get(job.image_id)
         file = self.root / job.path
         if row is not None and row[C.STATUS] == C.STATUS_MISSING:
@@ -244,19 +304,28 @@ class Manifest:
             if sha256_file(file) == row[C.SHA256]:
                 return True
             self.rows.pop(job.image_id)  # changed or truncated since: make it again
+            self.changed = True
             return False
-        if row is None and file.is_file():
-            size = check_image_file(file, settings=settings)
-            if size is not None:
-                self.record(
-                    job,
-                    ImageResult(
-                        C.STATUS_OK, width=size[0], height=size[1], sha256=sha256_file(file)
-                    ),
-                )
-                self.adopted += 1
-                return True
+        if row is None:
+            return self._adopt(job, file, settings)
         return False
+
+    def _adopt(self, job: ImageJob, file: Path, settings: str | None) -> bool:
+        if not file.is_file():
+            return False
+        size = check_image_file(file, settings=settings)
+        if size is None:
+            return False
+        result = ImageResult(
+            C.STATUS_OK,
+            width=size[0],
+            height=size[1],
+            sha256=sha256_file(file),
+            source=self.source,
+        )
+        self.record(job, result)
+        self.adopted += 1
+        return True
 
     def record(self, job: ImageJob, result: ImageResult) -> None:
         """Remember what became of ``job`` (and write the manifest if it is time to)."""
@@ -274,14 +343,26 @@ class Manifest:
             C.SHA256: result.sha256,
             "geometry": job.geometry,
         }
+        self.changed = True
+        self.pending.discard(job.image_id)
         if time.monotonic() - self._last_flush >= self.flush_every:
             self.flush()
 
     def write(
         self, job: ImageJob, data: bytes, *, source: str, size: tuple[int, int]
     ) -> ImageResult:
-        """Write an image's bytes atomically; the ok result to :meth:`record` (thread-safe)."""
-        write_bytes_atomic(self.root / job.path, data)
+        """Write an image's bytes atomically (staged, with ``overwrite``); the ok result to
+        :meth:`record` (thread-safe)."""
+        target = self.staged_path(job) if self.overwrite else self.root / job.path
+        try:
+            write_bytes_atomic(target, data)
+        except OSError as exc:
+            kept = " The earlier images and layer are unchanged." if self.overwrite else ""
+            raise OutputError(
+                f"Cannot write the image {target}: {exc.strerror or exc}.",
+                hint="Free some disk space (or fix the folder's permissions) and rerun the "
+                f"same command: it continues where it stopped.{kept}",
+            ) from exc
         return ImageResult(
             C.STATUS_OK, width=size[0], height=size[1], sha256=sha256_bytes(data), source=source
         )
@@ -290,10 +371,13 @@ class Manifest:
         """Write an image's bytes atomically and record it as ok."""
         self.record(job, self.write(job, data, source=source, size=size))
 
-    # --- writing ---------------------------------------------------------------------------
+    # --- reading ---------------------------------------------------------------------------
     def frame(self, order: Callable[[str], object] | None = None) -> gpd.GeoDataFrame:
         """The whole ``images`` layer: other kinds first, then this kind's rows."""
         rows = list(self.rows.values())
+        if order is None and self.order:
+            last = len(self.order)
+            order = lambda image_id: self.order.get(image_id, last)  # noqa: E731
         if order is not None:
             rows.sort(key=lambda r: order(r[C.IMAGE_ID]))
         mine = images_frame(rows, self.crs)
@@ -307,20 +391,27 @@ class Manifest:
         statuses = [r[C.STATUS] for r in self.rows.values()]
         return {s: statuses.count(s) for s in (C.STATUS_OK, C.STATUS_MISSING, C.STATUS_FAILED)}
 
-    def warn_failures(self) -> None:
-        """Warn when images failed, with the most common reason: a run where every image
-        failed should not read like a success."""
+    def _failures(self) -> tuple[int, str, int]:
+        """(images failed, the most common reason, how many failed for it)."""
         reasons = [
             r[C.REASON] or "no reason given"
             for r in self.rows.values()
             if r[C.STATUS] == C.STATUS_FAILED
         ]
         if not reasons:
-            return
+            return 0, "", 0
         reason, times = Counter(reasons).most_common(1)[0]
+        return len(reasons), reason, times
+
+    def warn_failures(self) -> None:
+        """Warn when images failed, with the most common reason: a run where images failed
+        should not read like a success."""
+        failed, reason, times = self._failures()
+        if not failed:
+            return
         ok = sum(r[C.STATUS] == C.STATUS_OK for r in self.rows.values())
         warnings.warn(
-            f"{len(reasons):,} {self.kind} images failed"
+            f"{failed:,} {self.kind} images failed"
             + (" (none succeeded)" if ok == 0 else "")
             + f"; the most common reason ({times:,} of them): {reason}. "
             "Rerun the same command to retry only those (each one's reason is in column "
@@ -329,16 +420,105 @@ class Manifest:
             stacklevel=2,
         )
 
-    def flush(self, *, pending: int = 0, order: Callable[[str], object] | None = None) -> None:
-        """Write the ``images`` layer and this stage's record in one atomic write."""
-        counts = {**self.counts(), "pending": pending}
-        record = StageRecord(self.stage, self.params, counts, time.perf_counter() - self._started)
-        write_layers(
-            self.gpkg,
-            {
-                C.LAYER_IMAGES: self.frame(order),
-                "urbangeo_stages": stage_table(self.gpkg, record),
-            },
-            overwrite=True,
+    def check_usable(self) -> None:
+        """Raise :class:`ImagesFailedError` when images failed and none is usable.
+
+        Without ``overwrite`` the failed rows are written first (with their reasons; a rerun
+        retries them); with it, the earlier layer and files stay as they were.
+        """
+        failed, reason, times = self._failures()
+        if not failed or self.counts()[C.STATUS_OK]:
+            return
+        self.flush()
+        where = (
+            "The earlier images and layer are unchanged; rerun"
+            if self.overwrite
+            else f"Each image's reason is in column '{C.REASON}' of layer {C.LAYER_IMAGES}. Rerun"
         )
+        raise ImagesFailedError(
+            f"No {self.kind} image could be made: {failed:,} failed; the most common reason "
+            f"({times:,} of them): {reason}",
+            hint="Check the image source (its address, key and status). "
+            f"{where} the same command to retry the failed images.",
+        )
+
+    # --- writing ---------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write the progress so far: the ``images`` layer and this stage's record (with the
+        count of images still pending), in one atomic write.
+
+        Nothing is written with ``overwrite`` (the earlier layer stays until :meth:`commit`)
+        or when nothing changed.
+        """
         self._last_flush = time.monotonic()
+        if self.overwrite or not self.changed:
+            return
+        counts = {**self.counts(), "pending": len(self.pending)}
+        record = StageRecord(self.stage, self.params, counts, time.perf_counter() - self._started)
+        table = stage_table(self.gpkg, record, invalidates=downstream_of(self.stage))
+        write_layers(self.gpkg, {C.LAYER_IMAGES: self.frame(), STAGES_TABLE: table}, overwrite=True)
+
+    def flush_quietly(self) -> None:
+        """:meth:`flush` after an error: a second error (a full disk) does not hide the first."""
+        with contextlib.suppress(Exception):
+            self.flush()
+
+    def commit(self, run: StageRun) -> StageResult:
+        """Finish the stage: the layer and the stage's record in one atomic write, then the
+        staged images moved into place. A rerun that changed nothing writes nothing."""
+        counts = self.counts()
+        recorded = {**counts, "pending": 0}
+        before = self.record_before
+        unchanged = (
+            not self.changed
+            and before is not None
+            and before.params == self.params
+            and before.counts == recorded
+        )
+        if unchanged:
+            result = StageResult(self.stage, self.gpkg, counts)
+        else:
+            result = run.commit({C.LAYER_IMAGES: self.frame()}, counts=recorded, params=self.params)
+        self._finish_moves(self.rows.values(), verify=not self.overwrite)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.staging.parent.rmdir()  # images/.staging, when no other kind waits there
+        return dataclasses.replace(result, counts=counts)
+
+    # --- staging ---------------------------------------------------------------------------
+    def _open_staging(self) -> None:
+        """Make the staging folder; staged images of other settings are dropped."""
+        marker = self.staging / STAGING_PARAMS
+        text = json.dumps(self.params, sort_keys=True, default=str)
+        if self.staging.exists():
+            try:
+                same = marker.read_text(encoding="utf-8") == text
+            except OSError:
+                same = False
+            if not same:
+                shutil.rmtree(self.staging, ignore_errors=True)
+        if not marker.is_file():
+            try:
+                write_text_atomic(marker, text)
+            except OSError as exc:
+                raise OutputError(
+                    f"Cannot write to {self.staging}: {exc.strerror or exc}.",
+                    hint="Free some disk space (or fix the folder's permissions) and rerun the "
+                    "same command. The earlier images and layer are unchanged.",
+                ) from exc
+
+    def _finish_moves(self, rows: Iterable[dict], *, verify: bool = True) -> None:
+        """Move the staged images of committed ``rows`` into place (``verify``: only those
+        whose sha256 is the row's, after a crash; the rows of :meth:`commit` are their own)."""
+        if not self.staging.is_dir():
+            return
+        for row in rows:
+            if row[C.STATUS] != C.STATUS_OK or not row[C.PATH] or not row[C.SHA256]:
+                continue
+            staged = self.staging / Path(row[C.PATH]).name
+            if not staged.is_file():
+                continue
+            if not verify or sha256_file(staged) == row[C.SHA256]:
+                final = self.root / row[C.PATH]
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged, final)

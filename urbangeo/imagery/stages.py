@@ -3,7 +3,11 @@
 Both add rows to the ``images`` layer (one per image, fetched or not) and save image files
 beside the GeoPackage (``images/satellite/``, ``images/streetview/``), each file written
 atomically. They resume: a rerun with the same settings skips every image whose file is
-intact, so after Ctrl-C or a crash the same call continues where it stopped.
+intact, so after Ctrl-C or a crash the same call continues where it stopped. With
+``overwrite`` the new images replace the old ones only once they are all made, together with
+the layer that describes them (:mod:`urbangeo.imagery.manifest`). Settings:
+:class:`~urbangeo.settings.TilesSettings`, :class:`~urbangeo.settings.StreetviewSettings`;
+the run mechanism: :mod:`urbangeo.stage`.
 """
 
 from __future__ import annotations
@@ -19,44 +23,20 @@ import numpy as np
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError
-from urbangeo.imagery.manifest import (
-    ImageJob,
-    ImageResult,
-    Manifest,
-    encode_png,
-    image_size,
-)
-from urbangeo.imagery.sources import (
-    DEFAULT_MIN_VALID,
-    DEFAULT_RESAMPLING,
-    TILE_KEY_ENV,
-    TileOptions,
-    TileSource,
-    make_tile_source,
-)
-from urbangeo.imagery.streetview import (
-    DEFAULT_FOV,
-    DEFAULT_MATCH_RADIUS_M,
-    DEFAULT_MAX_ANGLE,
-    ProviderOptions,
-    Shot,
-    StreetViewProvider,
-    make_provider,
-)
-from urbangeo.io.gpkg import check_can_write, read_layer
-from urbangeo.io.http import (
-    DEFAULT_CONCURRENCY,
-    DEFAULT_RATE_LIMIT,
-    DEFAULT_RETRIES,
-    HttpClient,
-)
+from urbangeo.imagery.manifest import ImageJob, ImageResult, Manifest, encode_png, image_size
+from urbangeo.imagery.sources import TileOptions, TileSource, make_tile_source
+from urbangeo.imagery.streetview import ProviderOptions, Shot, StreetViewProvider, make_provider
+from urbangeo.io.gpkg import read_layer
+from urbangeo.io.http import HttpClient
 from urbangeo.io.osm import run_extract
 from urbangeo.io.pool import BoundedPool
 from urbangeo.io.runs import StageResult
 from urbangeo.progress import message, progress
+from urbangeo.settings.imagery import DEFAULT_TILE_SIZE, StreetviewSettings, TilesSettings
+from urbangeo.stage import StageRun, stage
 
-DEFAULT_TILE_SIZE = 256
-RENDER_STYLES = ("osm",)
+__all__ = ["DEFAULT_TILE_SIZE", "safe_id", "satellite_jobs", "streetview_stage", "tiles_stage"]
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -94,101 +74,77 @@ def _osm_source(path: Path, osm: str | os.PathLike | None) -> Path:
     return source
 
 
-def _check_size(size: int) -> None:
-    if not 16 <= size <= 4096:
-        raise InputError(f"Image size {size} is out of range.", hint="Use --size from 16 to 4096.")
+def _tile_options(
+    path: Path, regions: gpd.GeoDataFrame, s: TilesSettings, client: HttpClient | None
+) -> TileOptions:
+    location: str | os.PathLike | None
+    if s.source == "raster":
+        location = s.raster
+    elif s.source == "xyz":
+        location = s.xyz
+    else:
+        location = _osm_source(path, s.osm)
+    return TileOptions(
+        location=location,
+        grid_crs=regions.crs,
+        run_dir=path.parent,
+        bands=s.bands,
+        zoom=s.zoom,
+        resampling=s.resampling,
+        min_valid=s.min_valid,
+        concurrency=s.concurrency,
+        rate_limit=s.rate_limit,
+        retries=s.retries,
+        timeout=s.timeout,
+        key_env=s.key_env,
+        user_agent=s.user_agent,
+        client=client,
+    )
 
 
+@stage(TilesSettings)
 def tiles_stage(
-    gpkg: str | os.PathLike,
+    run: StageRun,
+    s: TilesSettings,
     *,
-    raster: str | os.PathLike | None = None,
-    xyz: str | None = None,
-    render: str | None = None,
-    osm: str | os.PathLike | None = None,
-    size: int = DEFAULT_TILE_SIZE,
-    bands: tuple[int, ...] | None = None,
-    zoom: int | None = None,
-    resampling: str = DEFAULT_RESAMPLING,
-    min_valid: float = DEFAULT_MIN_VALID,
-    concurrency: int = DEFAULT_CONCURRENCY,
-    rate_limit: float = DEFAULT_RATE_LIMIT,
-    retries: int = DEFAULT_RETRIES,
-    key_env: str = TILE_KEY_ENV,
-    user_agent: str | None = None,
-    workers: int = 2,
-    overwrite: bool = False,
+    overwrite: bool,
     client: HttpClient | None = None,
     source: TileSource | None = None,
 ) -> StageResult:
-    """One overhead image per region from ``raster``, ``xyz`` or ``render="osm"``.
+    """One overhead image per region from ``raster``, ``xyz`` or ``render`` (default: the
+    offline OSM map).
 
     Reads ``regions`` from ``gpkg``; writes ``size`` × ``size`` PNGs to ``images/satellite/``
     and rows of kind ``satellite`` to the ``images`` layer. See
     :mod:`urbangeo.imagery.sources` for the sources; any other
     :class:`~urbangeo.imagery.sources.TileSource` can be passed as ``source`` (the caller
-    closes it).
+    closes it), and an :class:`~urbangeo.io.http.HttpClient` as ``client`` for ``xyz``.
+    Raises :class:`~urbangeo.imagery.manifest.ImagesFailedError` when images failed and none
+    could be made.
     """
-    path = check_can_write(gpkg, [])
-    if source is not None:
-        _check_size(size)
-        regions = read_layer(path, C.LAYER_REGIONS)
-        bounds = regions.geometry.bounds.to_numpy(dtype=float)
-        source.choose_zoom(bounds, size)
-        return _make_tiles(path, regions, bounds, source, size, workers, overwrite)
-    chosen = [name for name, v in (("raster", raster), ("xyz", xyz), ("render", render)) if v]
-    if len(chosen) != 1:
-        raise InputError(
-            "Give exactly one image source." if chosen else "No image source given.",
-            hint="Use one of --raster FILE.tif, --xyz URL_OR_PROVIDER or --render osm.",
-        )
-    _check_size(size)
-    if not 0 <= min_valid <= 1:
-        raise InputError("min_valid must be between 0 and 1.", hint="e.g. --min-valid 0.5")
+    path = run.path
     regions = read_layer(path, C.LAYER_REGIONS)
     bounds = regions.geometry.bounds.to_numpy(dtype=float)
-    location: str | os.PathLike | None
-    if render is not None:
-        if render not in RENDER_STYLES:
-            raise InputError(
-                f"Unknown map style {render!r}.", hint=f"Choose one of: {', '.join(RENDER_STYLES)}."
-            )
-        name, location = render, _osm_source(path, osm)
-    elif raster is not None:
-        name, location = "raster", raster
-    else:
-        name, location = "xyz", xyz
-    options = TileOptions(
-        location=location,
-        grid_crs=regions.crs,
-        run_dir=path.parent,
-        bands=bands,
-        zoom=zoom,
-        resampling=resampling,
-        min_valid=min_valid,
-        concurrency=concurrency,
-        rate_limit=rate_limit,
-        retries=retries,
-        key_env=key_env,
-        user_agent=user_agent,
-        client=client,
-    )
-    made = make_tile_source(name, options, bounds=bounds, size=size)
+    if source is not None:
+        source.choose_zoom(bounds, s.size)
+        return _make_tiles(run, regions, bounds, source, s, overwrite)
+    options = _tile_options(path, regions, s, client)
+    made = make_tile_source(s.source, options, bounds=bounds, size=s.size)
     try:
-        return _make_tiles(path, regions, bounds, made, size, workers, overwrite)
+        return _make_tiles(run, regions, bounds, made, s, overwrite)
     finally:
         made.close()  # also the HTTP client; a source passed in is the caller's to close
 
 
 def _make_tiles(
-    path: Path,
+    run: StageRun,
     regions: gpd.GeoDataFrame,
     bounds: np.ndarray,
     source: TileSource,
-    size: int,
-    workers: int,
+    s: TilesSettings,
     overwrite: bool,
 ) -> StageResult:
+    path, size = run.path, s.size
     params = {**source.params(), "size": size}
     settings = json.dumps(params, sort_keys=True)
     jobs = satellite_jobs(regions)
@@ -199,10 +155,11 @@ def _make_tiles(
         params=params,
         crs=regions.crs,
         overwrite=overwrite,
+        source=source.source,
     )
     manifest.keep_only(j.image_id for j in jobs)
     todo = [i for i, job in enumerate(jobs) if not manifest.is_done(job, settings=settings)]
-    order = {job.image_id: i for i, job in enumerate(jobs)}
+    manifest.start((job.image_id for job in jobs), (jobs[i].image_id for i in todo))
 
     def save(job: ImageJob, image: np.ndarray) -> ImageResult:
         # In a worker thread: encoding, hashing and file I/O run in parallel.
@@ -210,19 +167,16 @@ def _make_tiles(
         return manifest.write(job, data, source=source.source, size=(size, size))
 
     started = time.perf_counter()
-    remaining = len(todo)
     with progress(len(jobs), task="tiles", unit="tile") as bar:
         bar.update(len(jobs) - len(todo), status="done before")
 
         def settle(job: ImageJob, result: ImageResult) -> None:
             # In this thread, in the regions' order.
-            nonlocal remaining
             manifest.record(job, result)
-            remaining -= 1
             bar.update(1, status=None if result.status == C.STATUS_OK else result.status)
 
         try:
-            with BoundedPool(workers, settle, name="tiles") as pool:
+            with BoundedPool(s.workers, settle, name="tiles") as pool:
                 for k, tile in source.tiles(bounds[todo], size):
                     job = jobs[todo[k]]
                     if tile.status == C.STATUS_OK:
@@ -230,9 +184,12 @@ def _make_tiles(
                     else:
                         result = ImageResult(tile.status, reason=tile.reason, source=source.source)
                         pool.settled(job, result)
-        finally:
-            manifest.flush(pending=remaining, order=order.get)
-    counts = manifest.counts()
+        except BaseException:
+            manifest.flush_quietly()  # what was made is kept (not with overwrite: see commit)
+            raise
+    manifest.check_usable()
+    result = manifest.commit(run)
+    counts = result.counts
     manifest.warn_failures()
     seconds = time.perf_counter() - started
     rate = f", {len(todo) / seconds:,.0f} tiles/s" if todo and seconds > 0 else ""
@@ -241,84 +198,73 @@ def _make_tiles(
         f"{counts[C.STATUS_FAILED]:,} failed ({len(jobs) - len(todo):,} done before{rate}) "
         f"in {path.parent / C.SATELLITE_DIR} (layer images)."
     )
-    return StageResult("tiles", path, counts)
+    return result
 
 
+@stage(StreetviewSettings)
 def streetview_stage(
-    gpkg: str | os.PathLike,
+    run: StageRun,
+    s: StreetviewSettings,
     *,
-    provider: str | StreetViewProvider = "folder",
-    folder: str | os.PathLike | None = None,
-    csv: str | os.PathLike | None = None,
-    radius: float = DEFAULT_MATCH_RADIUS_M,
-    coords: str = "wgs84",
-    headings: tuple[float, ...] = (0.0,),
-    panorama_views: int = 0,
-    fov: float = DEFAULT_FOV,
-    pitch: float = 0.0,
-    size: tuple[int, int] | None = None,
-    max_angle: float = DEFAULT_MAX_ANGLE,
-    base_url: str | None = None,
-    concurrency: int = DEFAULT_CONCURRENCY,
-    rate_limit: float = DEFAULT_RATE_LIMIT,
-    retries: int = DEFAULT_RETRIES,
-    user_agent: str | None = None,
-    overwrite: bool = False,
+    overwrite: bool,
     client: HttpClient | None = None,
+    source: StreetViewProvider | None = None,
 ) -> StageResult:
     """Street-view images for the run's sample points from ``provider``.
 
     Reads ``sv_points`` from ``gpkg``; writes images to ``images/streetview/`` and rows of kind
     ``streetview`` to the ``images`` layer (``sv_{point_id}_{heading}``; points without an
-    image are rows with status missing). See :mod:`urbangeo.imagery.streetview`.
+    image are rows with status missing). See :mod:`urbangeo.imagery.streetview`; any other
+    :class:`~urbangeo.imagery.streetview.StreetViewProvider` can be passed as ``source`` (the
+    caller closes it), and an :class:`~urbangeo.io.http.HttpClient` as ``client``. Raises
+    :class:`~urbangeo.imagery.manifest.ImagesFailedError` when images failed and none could
+    be made.
     """
-    path = check_can_write(gpkg, [])
-    if radius <= 0:
-        raise InputError("radius must be positive.", hint="e.g. --radius 30")
-    points = read_layer(path, C.LAYER_SV_POINTS)
-    if isinstance(provider, str):
-        options = ProviderOptions(
-            folder=None if folder is None else Path(folder),
-            csv=None if csv is None else Path(csv),
-            radius=radius,
-            coords=coords,
-            headings=tuple(float(h) for h in headings) or (0.0,),
-            panorama_views=panorama_views,
-            fov=fov,
-            pitch=pitch,
-            size=size,
-            max_angle=max_angle,
-            base_url=base_url,
-            concurrency=concurrency,
-            rate_limit=rate_limit,
-            retries=retries,
-            user_agent=user_agent,
-            client=client,
-        )
-        provider = make_provider(provider, options)
+    points = read_layer(run.path, C.LAYER_SV_POINTS)
+    if source is not None:
+        return _make_streetview(run, points, source, overwrite)
+    options = ProviderOptions(
+        folder=s.folder,
+        csv=s.csv,
+        radius=s.radius,
+        coords=s.coords,
+        headings=s.headings or (0.0,),
+        panorama_views=s.panorama_views,
+        fov=s.fov,
+        pitch=s.pitch,
+        size=None if s.size is None else (s.size[0], s.size[1]),
+        max_angle=s.max_angle,
+        base_url=s.base_url,
+        concurrency=s.concurrency,
+        rate_limit=s.rate_limit,
+        retries=s.retries,
+        timeout=s.timeout,
+        user_agent=s.user_agent,
+        client=client,
+    )
+    provider = make_provider(s.provider or "folder", options)
     try:
-        return _make_streetview(path, points, provider, overwrite)
+        return _make_streetview(run, points, provider, overwrite)
     finally:
         provider.close()
 
 
 def _make_streetview(
-    path: Path, points: gpd.GeoDataFrame, provider: StreetViewProvider, overwrite: bool
+    run: StageRun, points: gpd.GeoDataFrame, provider: StreetViewProvider, overwrite: bool
 ) -> StageResult:
-    params = provider.params()
+    path = run.path
     manifest = Manifest(
         path,
         kind=C.KIND_STREETVIEW,
         stage="streetview",
-        params=params,
+        params=provider.params(),
         crs=points.crs,
         overwrite=overwrite,
     )
     shots = provider.plan(points)
     manifest.keep_only(s.job.image_id for s in shots)
-    order = {shot.job.image_id: i for i, shot in enumerate(shots)}
     todo = [shot for shot in shots if not manifest.is_done(shot.job)]
-    remaining = len(todo)
+    manifest.start((s.job.image_id for s in shots), (s.job.image_id for s in todo))
 
     def fetch_and_save(shot: Shot) -> ImageResult:
         # In a worker thread: the fetch and the file I/O; the manifest stays in this one.
@@ -333,18 +279,19 @@ def _make_streetview(
 
         def settle(shot: Shot, result: ImageResult) -> None:
             # In this thread, in the shots' order.
-            nonlocal remaining
             manifest.record(shot.job, result)
-            remaining -= 1
             bar.update(1, status=result.status)
 
         try:
             with BoundedPool(provider.concurrency, settle, name="streetview") as pool:
                 for shot in todo:
                     pool.submit(shot, fetch_and_save, shot)
-        finally:
-            manifest.flush(pending=remaining, order=order.get)
-    counts = manifest.counts()
+        except BaseException:
+            manifest.flush_quietly()  # what was made is kept (not with overwrite: see commit)
+            raise
+    manifest.check_usable()
+    result = manifest.commit(run)
+    counts = result.counts
     manifest.warn_failures()
     message(
         f"Street-view images ({provider.name}): {counts[C.STATUS_OK]:,} ok, "
@@ -352,4 +299,4 @@ def _make_streetview(
         f"({len(shots) - len(todo):,} done before) in {path.parent / C.STREETVIEW_DIR} "
         "(layer images)."
     )
-    return StageResult("streetview", path, counts)
+    return result

@@ -37,9 +37,17 @@ class StageResult:
 
 
 def downstream_of(stage: str) -> tuple[str, ...]:
-    """The stages after ``stage``: each may read what ``stage`` wrote, so redoing ``stage``
-    makes every one of them stale."""
-    return C.STAGES[C.STAGES.index(stage) + 1 :] if stage in C.STAGES else ()
+    """The stages that read what ``stage`` writes, directly or through others
+    (:data:`urbangeo.constants.STAGE_INPUTS`): redoing ``stage`` makes each of them stale."""
+    found: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for name, inputs in C.STAGE_INPUTS.items():
+            if name not in found and (stage in inputs or found & set(inputs)):
+                found.add(name)
+                changed = True
+    return tuple(s for s in C.STAGES if s in found)
 
 
 @dataclass(frozen=True)

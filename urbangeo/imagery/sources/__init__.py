@@ -13,20 +13,15 @@ the raster, missing tiles) is reported as missing, not drawn.
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from urbangeo._registry import Registry
-from urbangeo.imagery.sources.base import (
-    DEFAULT_MIN_VALID,
-    DEFAULT_RESAMPLING,
-    RESAMPLING,
-    TILE_KEY_ENV,
-    Tile,
-    TileOptions,
-    TileSource,
-)
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from urbangeo.imagery.sources.base import TileOptions, TileSource
 
 #: Tile sources by name (``tiles_stage`` picks one from ``render``, ``raster`` or ``xyz``).
 TILE_SOURCES = Registry(
@@ -37,6 +32,18 @@ TILE_SOURCES = Registry(
         "xyz": "urbangeo.imagery.sources.xyz:XyzSource",
     },
 )
+
+#: Names imported when first asked for: this package loads no numpy, rasterio or requests, so
+#: the settings can list :data:`TILE_SOURCES` cheaply.
+_LAZY = {
+    "DEFAULT_MIN_VALID": "urbangeo.settings.imagery",
+    "DEFAULT_RESAMPLING": "urbangeo.settings.imagery",
+    "RESAMPLING": "urbangeo.settings.imagery",
+    "TILE_KEY_ENV": "urbangeo.settings.imagery",
+    "Tile": "urbangeo.imagery.sources.base",
+    "TileOptions": "urbangeo.imagery.sources.base",
+    "TileSource": "urbangeo.imagery.sources.base",
+}
 
 __all__ = [
     "DEFAULT_MIN_VALID",
@@ -83,7 +90,9 @@ def make_tile_source(
 
 def __getattr__(name: str) -> Any:
     # The implementations load rasterio, mercantile or pyrosm: each is imported when asked for.
-    for key, target in TILE_SOURCES.items():
-        if target.endswith(f":{name}"):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    for key in TILE_SOURCES:
+        if TILE_SOURCES[key].endswith(f":{name}"):
             return TILE_SOURCES.get(key)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,14 +16,27 @@ from typing import ClassVar
 
 import numpy as np
 
-from urbangeo.io.http import DEFAULT_CONCURRENCY, DEFAULT_RATE_LIMIT, DEFAULT_RETRIES, HttpClient
+from urbangeo.io.http import HttpClient
+from urbangeo.settings.imagery import (  # the one declaration of the defaults (re-exported)
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MIN_VALID,
+    DEFAULT_RATE_LIMIT,
+    DEFAULT_RESAMPLING,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT_S,
+    RESAMPLING,
+    TILE_KEY_ENV,
+)
 
-#: A square with data on less than this share of its area is reported missing.
-DEFAULT_MIN_VALID = 0.5
-RESAMPLING = ("nearest", "bilinear", "cubic", "average", "lanczos")
-DEFAULT_RESAMPLING = "bilinear"
-#: The environment variable that holds a tile service's API key, unless another is named.
-TILE_KEY_ENV = "URBANGEO_TILE_KEY"
+__all__ = [
+    "DEFAULT_MIN_VALID",
+    "DEFAULT_RESAMPLING",
+    "RESAMPLING",
+    "TILE_KEY_ENV",
+    "Tile",
+    "TileOptions",
+    "TileSource",
+]
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,7 @@ class TileOptions:
     concurrency: int = DEFAULT_CONCURRENCY
     rate_limit: float = DEFAULT_RATE_LIMIT
     retries: int = DEFAULT_RETRIES
+    timeout: float = DEFAULT_TIMEOUT_S
     key_env: str = TILE_KEY_ENV
     user_agent: str | None = None
     client: HttpClient | None = None

@@ -26,15 +26,10 @@ from rasterio.vrt import WarpedVRT
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError
-from urbangeo.imagery.sources.base import (
-    DEFAULT_MIN_VALID,
-    DEFAULT_RESAMPLING,
-    Tile,
-    TileOptions,
-    TileSource,
-)
+from urbangeo.imagery.sources.base import Tile, TileOptions, TileSource
 from urbangeo.imagery.sources.warp import finish, lattice_step, resampling_method, warp_rgba
 from urbangeo.io.pool import BoundedPool
+from urbangeo.settings.imagery import DEFAULT_MIN_VALID, DEFAULT_RESAMPLING
 
 #: Block shape (rows, columns) of GDAL's warped VRTs.
 WARPED_BLOCK = (128, 512)

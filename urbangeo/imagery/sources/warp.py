@@ -13,7 +13,8 @@ from rasterio.transform import Affine, from_bounds
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError
-from urbangeo.imagery.sources.base import RESAMPLING, Tile
+from urbangeo.imagery.sources.base import Tile
+from urbangeo.settings.imagery import RESAMPLING
 
 
 def lattice_step(bounds: np.ndarray) -> float | None:

@@ -7,11 +7,13 @@ tile twice, mosaicked and warped into the square.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mercantile
 import numpy as np
@@ -22,18 +24,15 @@ from rasterio.transform import Affine
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError
-from urbangeo.imagery.sources.base import (
-    DEFAULT_MIN_VALID,
-    DEFAULT_RESAMPLING,
-    TILE_KEY_ENV,
-    Tile,
-    TileOptions,
-    TileSource,
-)
+from urbangeo.imagery.sources.base import Tile, TileOptions, TileSource
 from urbangeo.imagery.sources.warp import resampling_method, warp_rgba
 from urbangeo.io.files import sha256_bytes, write_bytes_atomic
-from urbangeo.io.http import HttpClient, HttpError, redact_url
+from urbangeo.io.http import HttpClient, HttpError, ReplyError, redact_url
 from urbangeo.io.pool import BoundedPool
+from urbangeo.settings.imagery import DEFAULT_MIN_VALID, DEFAULT_RESAMPLING, TILE_KEY_ENV
+
+if TYPE_CHECKING:
+    import requests
 
 #: Web-mercator tile size assumed for choosing a zoom level when the provider does not say.
 TILE_PX = 256
@@ -136,6 +135,28 @@ def _magic_ext(data: bytes) -> str:
 TILE_EXTS = ("png", "jpg", "webp", "tile")
 
 
+def check_tile(response: requests.Response) -> None:
+    """Raise :class:`ReplyError` unless ``response`` holds an image that decodes (a server that
+    answers 200 with an HTML page, an error text or a truncated image), naming its type."""
+    data = response.content
+    kind = response.headers.get("Content-Type", "").split(";")[0].strip() or "no content type"
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+        return
+    except Exception as exc:
+        if not data:
+            what = f"an empty reply ({kind})"
+        elif _magic_ext(data) == "tile" and not kind.startswith("image/"):
+            what = f"{kind}, not an image"
+        else:
+            what = f"a broken image ({kind}: {exc})"
+    raise ReplyError(
+        f"the tile server answered HTTP {response.status_code} with {what}",
+        status=response.status_code,
+    )
+
+
 class TileCache:
     """Raw tiles on disk, ``{root}/{z}/{x}/{y}.{ext}``; a 404 leaves ``{y}.404``."""
 
@@ -218,6 +239,7 @@ class XyzSource(TileSource):
                 concurrency=options.concurrency,
                 rate_limit=options.rate_limit,
                 retries=options.retries,
+                timeout=options.timeout,
                 user_agent=options.user_agent,
                 secrets=[key] if key else (),
                 service="The tile server",
@@ -270,7 +292,7 @@ class XyzSource(TileSource):
 
     def fetch(self, tile: mercantile.Tile) -> Path:
         """The cached file of ``tile`` (a ``.404`` marker if the server has none), fetching it
-        first if needed; :class:`HttpError` if that fails."""
+        first if needed; :class:`HttpError` if that fails or the reply is not an image."""
         cached = self.cache.find(tile)
         if cached is not None:
             return cached
@@ -278,6 +300,7 @@ class XyzSource(TileSource):
         response = self.client.get(url)
         if response.status_code == 404:
             return self.cache.put(tile, None)
+        check_tile(response)  # an HTML page or a broken image is a failed download, not cached
         self.fetched += 1
         return self.cache.put(tile, response.content)
 
@@ -306,23 +329,24 @@ class XyzSource(TileSource):
                 pool.submit(t, fetch, t)
         return results
 
-    def _decode(self, path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    def _decode(self, path: Path) -> tuple[np.ndarray, np.ndarray] | str | None:
+        """(RGB, alpha) of a cached tile; None for a ``.404`` marker; why it is unusable."""
         if path.suffix == ".404":
             return None
         try:
             with Image.open(path) as im:
                 im.load()
                 rgba = np.asarray(im.convert("RGBA"))
-        except Exception:
+        except Exception as exc:
             path.unlink(missing_ok=True)  # a corrupt cache entry is fetched again next time
-            return None
+            return f"a cached tile was broken ({exc}); it is fetched again on the next run"
         return rgba[..., :3], rgba[..., 3]
 
     def _mosaic(
         self,
         tiles: list[mercantile.Tile],
         files: dict[mercantile.Tile, Path | str],
-        pixels: dict[mercantile.Tile, tuple[np.ndarray, np.ndarray] | None],
+        pixels: dict[mercantile.Tile, tuple[np.ndarray, np.ndarray] | str | None],
     ) -> tuple[np.ndarray, np.ndarray, Affine, str]:
         xs = [t.x for t in tiles]
         ys = [t.y for t in tiles]
@@ -332,7 +356,9 @@ class XyzSource(TileSource):
         px = None
         for t in tiles:
             d = pixels.get(t)
-            if d is not None:
+            if isinstance(d, str):
+                problems.append(d)
+            elif d is not None:
                 decoded[t] = d
                 px = px or d[0].shape[0]
             elif isinstance(files.get(t), str):
@@ -351,7 +377,9 @@ class XyzSource(TileSource):
         left, _, _, top = mercantile.xy_bounds(mercantile.Tile(x0, y0, self.zoom))
         step = EARTH_CIRCUMFERENCE_M / (2**self.zoom * px)
         transform = Affine(step, 0, left, 0, -step, top)
-        return data, valid, transform, "; ".join(dict.fromkeys(problems))
+        unique = list(dict.fromkeys(problems))
+        more = f" (and {len(unique) - 1} more)" if len(unique) > 1 else ""
+        return data, valid, transform, (unique[0] + more) if unique else ""
 
     def tiles(self, bounds: np.ndarray, size: int) -> Iterator[tuple[int, Tile]]:
         """One image per square; tiles are fetched ``batch`` squares at a time."""

@@ -22,29 +22,13 @@ ids such as ``google:PANO_ID``), not to logs, not to error messages.
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from urbangeo._registry import Registry
-from urbangeo.imagery.streetview.base import (
-    DEFAULT_FOV,
-    DEFAULT_MATCH_RADIUS_M,
-    DEFAULT_MAX_ANGLE,
-    Fetched,
-    ProviderOptions,
-    Shot,
-    StreetViewProvider,
-    heading_id,
-    shot_job,
-)
-from urbangeo.imagery.streetview.location import (
-    IMAGE_SUFFIXES,
-    LocatedImage,
-    exif_location,
-    name_location,
-    read_locations_csv,
-    scan_folder,
-    xmp_location,
-)
+
+if TYPE_CHECKING:
+    from urbangeo.imagery.streetview.base import ProviderOptions, StreetViewProvider
 
 #: Street-view providers by name.
 PROVIDERS = Registry(
@@ -56,6 +40,30 @@ PROVIDERS = Registry(
         "baidu": "urbangeo.imagery.streetview.baidu:BaiduProvider",
     },
 )
+
+_BASE = "urbangeo.imagery.streetview.base"
+_LOCATION = "urbangeo.imagery.streetview.location"
+#: Names imported when first asked for: this package loads no geopandas, Pillow or requests,
+#: so the settings can list :data:`PROVIDERS` cheaply.
+_LAZY = {
+    "DEFAULT_FOV": "urbangeo.settings.imagery",
+    "DEFAULT_MATCH_RADIUS_M": "urbangeo.settings.imagery",
+    "DEFAULT_MAX_ANGLE": "urbangeo.settings.imagery",
+    "Fetched": _BASE,
+    "ProviderOptions": _BASE,
+    "Shot": _BASE,
+    "StreetViewProvider": _BASE,
+    "heading_id": _BASE,
+    "shot_job": _BASE,
+    "IMAGE_SUFFIXES": _LOCATION,
+    "LocatedImage": _LOCATION,
+    "exif_location": _LOCATION,
+    "name_location": _LOCATION,
+    "read_locations_csv": _LOCATION,
+    "scan_folder": _LOCATION,
+    "xmp_location": _LOCATION,
+    "WebProvider": "urbangeo.imagery.streetview.web",
+}
 
 __all__ = [
     "DEFAULT_FOV",
@@ -87,6 +95,8 @@ __all__ = [
 
 def make_provider(name: str, options: ProviderOptions | None = None) -> StreetViewProvider:
     """The provider registered as ``name`` (an :class:`InputError` lists the choices)."""
+    from urbangeo.imagery.streetview.base import ProviderOptions
+
     cls = PROVIDERS.get(name.strip().lower())
     return cls(options or ProviderOptions())
 
@@ -104,14 +114,13 @@ def env_urls() -> dict[str, str]:
 
 
 def __getattr__(name: str) -> Any:
-    # The providers are imported when asked for (each name is known from PROVIDERS alone).
+    # The providers and helpers are imported when asked for (each provider's name is known
+    # from PROVIDERS alone).
     if name == "ENV_URLS":
         return env_urls()
-    if name == "WebProvider":
-        from urbangeo.imagery.streetview.web import WebProvider
-
-        return WebProvider
-    for key, target in PROVIDERS.items():
-        if target.endswith(f":{name}"):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    for key in PROVIDERS:
+        if PROVIDERS[key].endswith(f":{name}"):
             return PROVIDERS.get(key)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,12 +18,30 @@ from PIL import Image
 
 from urbangeo import constants as C
 from urbangeo.imagery.manifest import ImageJob
-from urbangeo.io.http import DEFAULT_CONCURRENCY, DEFAULT_RATE_LIMIT, DEFAULT_RETRIES, HttpClient
+from urbangeo.io.http import HttpClient
+from urbangeo.settings.imagery import (  # the one declaration of the defaults (re-exported)
+    DEFAULT_CONCURRENCY,
+    DEFAULT_FOV,
+    DEFAULT_MATCH_RADIUS_M,
+    DEFAULT_MAX_ANGLE,
+    DEFAULT_RATE_LIMIT,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT_S,
+)
 
-#: A photo matches a sample point (folder) or is searched for (web APIs) within this radius.
-DEFAULT_MATCH_RADIUS_M = 30.0
-DEFAULT_FOV = 90.0
-DEFAULT_MAX_ANGLE = 60.0
+__all__ = [
+    "DEFAULT_FOV",
+    "DEFAULT_MATCH_RADIUS_M",
+    "DEFAULT_MAX_ANGLE",
+    "Fetched",
+    "ProviderOptions",
+    "Shot",
+    "StreetViewProvider",
+    "check_image",
+    "heading_id",
+    "point_rows",
+    "shot_job",
+]
 
 
 @dataclass(frozen=True)
@@ -65,6 +83,7 @@ class ProviderOptions:
     concurrency: int = DEFAULT_CONCURRENCY
     rate_limit: float = DEFAULT_RATE_LIMIT
     retries: int = DEFAULT_RETRIES
+    timeout: float = DEFAULT_TIMEOUT_S
     user_agent: str | None = None
     client: HttpClient | None = None
 

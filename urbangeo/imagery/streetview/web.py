@@ -54,6 +54,7 @@ class WebProvider(StreetViewProvider):
                 concurrency=options.concurrency,
                 rate_limit=options.rate_limit,
                 retries=options.retries,
+                timeout=options.timeout,
                 user_agent=options.user_agent,
                 secrets=[self.key],
                 service=f"The {self.name} API",
