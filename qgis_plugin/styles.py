@@ -1,4 +1,10 @@
-"""Loading a run's layers into the project, grouped and styled."""
+"""Loading a run's layers into the project, grouped and styled.
+
+urbangeo stores each layer's style in the run's GeoPackage (its ``layer_styles`` table), and
+QGIS applies a layer's stored default style by itself whenever it opens the layer, here too.
+The styles below are only the fallback for GeoPackages written before styles were stored
+(same colours: clusters in tab10, street-view points as dark dots with a white ring).
+"""
 
 from __future__ import annotations
 
@@ -31,7 +37,11 @@ LAYER_ORDER = (
     "regions",
     "boundary",
 )
-CLUSTER_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d")
+#: matplotlib's tab10, as urbangeo's maps and stored styles colour clusters.
+CLUSTER_COLOURS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)  # fmt: skip
 
 
 def gpkg_layers(gpkg: str | Path) -> list[str]:
@@ -44,8 +54,15 @@ def gpkg_layers(gpkg: str | Path) -> list[str]:
     return layers
 
 
+def has_stored_style(layer: QgsVectorLayer) -> bool:
+    """Whether QGIS found a default style for ``layer`` (in the GeoPackage's layer_styles)
+    and applied it, as it does when it opens a layer."""
+    _message, loaded = layer.loadDefaultStyle()
+    return bool(loaded)
+
+
 def style_layer(layer: QgsVectorLayer) -> None:
-    """Apply urbangeo's style for the layer's name."""
+    """Apply urbangeo's fallback style for the layer's name (GeoPackages without styles)."""
     name = layer.name()
     if name == "boundary":
         layer.setRenderer(_fill_renderer("0,0,0,0", "#222222", 0.8))
@@ -56,13 +73,19 @@ def style_layer(layer: QgsVectorLayer) -> None:
         layer.renderer().setSymbol(symbol)
     elif name in ("sv_points", "images"):
         symbol = QgsMarkerSymbol.createSimple(
-            {"name": "circle", "color": "#e41a1c", "size": "1.8", "outline_color": "white"}
+            {
+                "name": "circle",
+                "color": "#111111",
+                "size": "2.4",
+                "outline_color": "white",
+                "outline_width": "0.4",
+            }
         )
         layer.renderer().setSymbol(symbol)
     elif name == "clusters" and layer.fields().indexOf("cluster") >= 0:
         layer.setRenderer(_categorised(layer, "cluster"))
     elif name == "predictions":
-        field = _first_field(layer, suffix="_pred") or _first_field(layer, suffix="_residual")
+        field = _first_field(layer, suffix="_predicted") or _first_field(layer, suffix="_residual")
         if field:
             ramp = "RdBu" if field.endswith("_residual") else "Viridis"
             layer.setRenderer(_graduated(layer, field, ramp))
@@ -86,7 +109,8 @@ def load_run_layers(gpkg: str | Path, *, group_name: str | None = None) -> list[
         layer = QgsVectorLayer(f"{gpkg}|layername={name}", name, "ogr")
         if not layer.isValid():
             continue
-        style_layer(layer)
+        if not has_stored_style(layer):
+            style_layer(layer)
         project.addMapLayer(layer, False)
         group.addLayer(layer)
         loaded.append(layer)
@@ -114,7 +138,11 @@ def _categorised(layer: QgsVectorLayer, field: str) -> QgsCategorizedSymbolRende
     categories = []
     for i, value in enumerate(values):
         symbol = QgsSymbol.defaultSymbol(layer.geometryType())
-        symbol.setColor(QColor(CLUSTER_COLOURS[i % len(CLUSTER_COLOURS)]))
+        try:  # cluster k has colour k, as on urbangeo's maps
+            index = int(value)
+        except (TypeError, ValueError):
+            index = i
+        symbol.setColor(QColor(CLUSTER_COLOURS[index % len(CLUSTER_COLOURS)]))
         categories.append(QgsRendererCategory(value, symbol, str(value)))
     return QgsCategorizedSymbolRenderer(field, categories)
 

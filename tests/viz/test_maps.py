@@ -5,6 +5,7 @@ import subprocess
 import geopandas as gpd
 import pandas as pd
 import pytest
+import shapely
 from click.testing import CliRunner
 from PIL import Image
 
@@ -22,9 +23,37 @@ EVIL = '<script>document.title="pwned"</script><img src=x onerror="document.titl
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+LONG = "A long caption about the region. " * 20
+
+
+def satellite_images(folder, regions: gpd.GeoDataFrame) -> pd.DataFrame:
+    """A 32-px image per region (a colour and a diagonal stripe), as the tiles stage writes."""
+    out = folder / C.SATELLITE_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, rid in enumerate(regions[C.REGION_ID]):
+        image = Image.new("RGB", (32, 32), ((37 * i) % 256, (91 * i) % 256, 180))
+        for k in range(32):
+            image.putpixel((k, k), (255, 255, 255))
+        image_id = "s0" if rid == "0_0" else f"sat_{rid}"
+        image.save(out / f"{image_id}.png")
+        rows.append(
+            {
+                C.IMAGE_ID: image_id,
+                C.KIND: C.KIND_SATELLITE,
+                C.REGION_ID: rid,
+                C.POINT_ID: None,
+                C.PATH: f"{C.SATELLITE_DIR}/{image_id}.png",
+                C.STATUS: C.STATUS_OK,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A run with predictions, clusters, street-view points and captions, and its map."""
+    """A run with predictions, clusters, street-view points, captions, images, roads and a
+    boundary, and its map."""
     folder = tmp_path_factory.mktemp("maprun")
     gpkg, _, _ = make_run(folder)
     predict_stage(gpkg, seeds=2, mlp=MLPConfig(hidden=16, max_epochs=30))
@@ -35,23 +64,49 @@ def run(tmp_path_factory):
         geometry=[regions.geometry.iloc[i].centroid for i in (0, 1, 26)],
         crs=regions.crs,
     )
-    images = pd.DataFrame(
-        {
-            C.IMAGE_ID: ["s0", "p1"],
-            C.KIND: [C.KIND_SATELLITE, C.KIND_STREETVIEW],
-            C.REGION_ID: ["0_0", "1_0"],
-            C.POINT_ID: [None, 1],
-        }
+    images = pd.concat(
+        [
+            satellite_images(folder, regions),
+            pd.DataFrame(
+                {
+                    C.IMAGE_ID: ["p1"],
+                    C.KIND: [C.KIND_STREETVIEW],
+                    C.REGION_ID: ["1_0"],
+                    C.POINT_ID: [1],
+                    C.PATH: ["images/streetview/p1.jpg"],  # not on disk: no thumbnail
+                    C.STATUS: [C.STATUS_OK],
+                }
+            ),
+        ],
+        ignore_index=True,
     )
     captions = pd.DataFrame(
         {
-            C.IMAGE_ID: ["s0", "s0", "p1"],
-            C.CAPTION: [EVIL, "not selected", "a street " + EVIL],
-            C.SELECTED: [1, 0, 1],
+            C.IMAGE_ID: ["s0", "s0", "p1", "sat_1_0"],
+            C.CAPTION: [EVIL, "not selected", "a street " + EVIL, LONG],
+            C.SELECTED: [1, 0, 1, 1],
         }
     )
+    area = regions.union_all()
+    boundary = gpd.GeoDataFrame({"name": ["area"]}, geometry=[area.buffer(-200)], crs=regions.crs)
+    x0, y0, x1, y1 = area.bounds
+    roads = gpd.GeoDataFrame(
+        {C.ROAD_ID: [0, 1]},
+        geometry=[
+            shapely.LineString([(x0, y0), (x1, y1)]),
+            shapely.LineString([(x0, y1), (x1, y0)]),
+        ],
+        crs=regions.crs,
+    )
     write_layers(
-        gpkg, {C.LAYER_SV_POINTS: points, C.LAYER_IMAGES: images, C.LAYER_CAPTIONS: captions}
+        gpkg,
+        {
+            C.LAYER_SV_POINTS: points,
+            C.LAYER_IMAGES: images,
+            C.LAYER_CAPTIONS: captions,
+            C.LAYER_BOUNDARY: boundary,
+            C.LAYER_ROADS: roads,
+        },
     )
     result = map_stage(gpkg, tiles="none")
     return gpkg, result.files[0]
@@ -119,20 +174,56 @@ regions.eachLayer(function (l) {
 </script>
 """
 
+MEASURE = """
+<script>
+var regions = window.urbangeoLayers['Clusters'];
+regions.eachLayer(function (l) {
+  if (l.feature.properties.region_id === '1_0') { l.openTooltip(l.getCenter()); }
+});
+var box = document.querySelector('.leaflet-tooltip').getBoundingClientRect();
+document.body.setAttribute('data-tip', Math.round(box.width) + 'x' + Math.round(box.height));
+regions.eachLayer(function (l) {
+  if (l.feature.properties.region_id === '1_0') { l.openPopup(l.getCenter()); }
+});
+</script>
+"""
+
+#: Leaves only the base layer (and, with ``drop_base``, not even that).
+ONLY_BASE = """
+<script>
+Object.keys(window.urbangeoLayers).forEach(function (name) {
+  var layer = window.urbangeoLayers[name];
+  if (name !== 'Run imagery' || DROP_BASE) { layer.remove(); }
+});
+</script>
+"""
+
+
+def _with_script(html_path, tmp_path, script: str):
+    page = tmp_path / "page.html"
+    page.write_text(html_path.read_text().replace("</html>", script + "</html>"))
+    return page
+
 
 def test_map_in_a_real_browser(run, tmp_path):
     require(CHROMIUM is not None, "Chromium", "apt-get install --no-install-recommends chromium")
     _, html_path = run
-    page = tmp_path / "page.html"
-    page.write_text(html_path.read_text().replace("</html>", OPEN_TOOLTIPS + "</html>"))
+    page = _with_script(html_path, tmp_path, OPEN_TOOLTIPS)
     dom = chromium("--dump-dom", page.as_uri(), tmp_path=tmp_path).stdout
-    # 120 region squares of the shown layer and 3 street-view circle markers.
-    assert dom.count("leaflet-interactive") >= 123
+    # 120 region squares of the shown layer and 3 street-view circle markers; the imagery,
+    # roads and boundary are not interactive.
+    assert dom.count('class="leaflet-interactive"') == 123
+    assert dom.count('class="leaflet-image-layer') == 120  # one image per region
     assert 'id="urbangeo-legend"' in dom and "cluster 0 (" in dom
-    tooltip = re.search(r'<div class="leaflet-tooltip[^"]*".*?</div>', dom, re.S).group(0)
+    for title in ("Base: run imagery", "Clusters", "Study area", "Street-view points"):
+        assert f'<div class="title">{title}</div>' in dom  # a legend for every layer shown
+    tooltip = re.search(r'<div class="leaflet-tooltip[^"]*".*?</table>', dom, re.S).group(0)
     assert "0_0" in tooltip
+    assert re.search(r'<img class="thumb" alt="" src="data:image/(png|jpeg);base64,', tooltip)
+    tooltip = re.search(r'<div class="leaflet-tooltip.*?</div></div>', dom, re.S).group(0)
     assert "&lt;script&gt;document.title" in tooltip  # the caption, shown as text
-    assert "<img" not in tooltip and "pwned" not in re.search(r"<title>(.*?)</title>", dom).group(1)
+    assert "<img src" not in tooltip and 'src="x"' not in tooltip
+    assert "pwned" not in re.search(r"<title>(.*?)</title>", dom).group(1)
     shot = tmp_path / "shot.png"
     chromium(
         "--window-size=1000,800", f"--screenshot={shot}", html_path.as_uri(), tmp_path=tmp_path
@@ -140,6 +231,78 @@ def test_map_in_a_real_browser(run, tmp_path):
     image = Image.open(shot).convert("RGB")
     assert image.size == (1000, 800)
     assert len(image.getcolors(1 << 24)) > 50  # squares in three cluster colours, legend, text
+
+
+def test_tooltips_are_bounded_and_popups_scroll(run, tmp_path):
+    require(CHROMIUM is not None, "Chromium", "apt-get install --no-install-recommends chromium")
+    _, html_path = run
+    page = _with_script(html_path, tmp_path, MEASURE)
+    dom = chromium("--dump-dom", page.as_uri(), tmp_path=tmp_path).stdout
+    width, height = map(int, re.search(r'data-tip="(\d+)x(\d+)"', dom).groups())
+    assert 100 < width <= 340 and 60 < height <= 260  # a 400-character caption, clamped
+    assert "click for the whole caption" in dom
+    assert "leaflet-popup-scrolled" in dom  # the popup holds it all, scrolling
+
+
+def _map_area_colours(shot) -> int:
+    image = Image.open(shot).convert("RGB")
+    w, h = image.size
+    crop = image.crop((int(w * 0.3), int(h * 0.3), int(w * 0.6), int(h * 0.7)))
+    return len(crop.getcolors(1 << 24) or [])
+
+
+def test_base_layer_is_not_blank(run, tmp_path):
+    """With every overlay off the map still shows the run's imagery, offline; without it the
+    same area is a flat colour (what the check would see on a blank map)."""
+    require(CHROMIUM is not None, "Chromium", "apt-get install --no-install-recommends chromium")
+    _, html_path = run
+    counts = {}
+    for drop in (False, True):
+        script = ONLY_BASE.replace("DROP_BASE", "true" if drop else "false")
+        page = _with_script(html_path, tmp_path, script)
+        shot = tmp_path / f"base-{drop}.png"
+        chromium("--window-size=1000,800", f"--screenshot={shot}", page.as_uri(), tmp_path=tmp_path)
+        counts[drop] = _map_area_colours(shot)
+    assert counts[True] <= 3
+    assert counts[False] > 30
+
+
+def test_points_contrast_with_every_fill():
+    from urbangeo.viz.colors import CATEGORICAL, DIVERGING, SEQUENTIAL
+    from urbangeo.viz.leaflet import POINT_FILL, POINT_RING
+
+    fills = {*CATEGORICAL, *SEQUENTIAL, *DIVERGING}
+    assert POINT_FILL not in fills and POINT_RING not in fills
+
+
+def test_map_without_images_draws_the_roads(run):
+    from urbangeo.viz.maps import build_map
+
+    gpkg, _ = run
+    regions = read_layer(gpkg, C.LAYER_REGIONS)
+    roads = read_layer(gpkg, C.LAYER_ROADS)
+    fmap = build_map(regions, roads=roads, boundary=read_layer(gpkg, C.LAYER_BOUNDARY))
+    specs = {
+        child.spec.name: child.spec for child in fmap._children.values() if hasattr(child, "spec")
+    }
+    assert "Run imagery" not in specs
+    assert specs["Roads"].show and specs["Study area"].show
+    page = fmap.get_root().render()
+    assert "urbangeo-roads" in page
+
+
+def test_map_stage_writes_the_qgis_project(run):
+    gpkg, _ = run
+    assert (gpkg.parent / "run.qgz").is_file()
+
+
+def test_docs_map_png_is_a_screenshot_of_a_run():
+    from pathlib import Path
+
+    shot = Path(__file__).resolve().parents[2] / "docs" / "map.png"
+    image = Image.open(shot).convert("RGB")
+    assert image.size[0] >= 800 and image.size[1] >= 600
+    assert len(image.getcolors(1 << 24) or []) > 200  # imagery, fills, legend, text
 
 
 def test_cli_map(run, tmp_path):
@@ -152,3 +315,23 @@ def test_cli_map(run, tmp_path):
     help_text = CliRunner().invoke(map_command, ["--help"]).output
     for word in ("Example", "offline", "--tiles", "default"):
         assert word in help_text
+
+
+def test_inlined_images_stay_within_their_budget(tmp_path):
+    from urbangeo.viz.thumbs import image_uris
+
+    paths = {}
+    for i in range(4):
+        path = tmp_path / f"{i}.png"
+        Image.effect_noise((128, 128), 60 + i).convert("RGB").save(path)
+        paths[str(i)] = path
+    (tmp_path / "bad.png").write_text("not an image")
+    paths["bad"] = tmp_path / "bad.png"
+    full = image_uris(paths, px=128)
+    assert set(full) == {"0", "1", "2", "3"}  # the unreadable file is left out
+    assert all(uri.startswith("data:image/") for uri in full.values())
+    smaller = image_uris(paths, px=128, budget=sum(map(len, full.values())) // 2)
+    assert set(smaller) == set(full) and sum(map(len, smaller.values())) < sum(
+        map(len, full.values())
+    )
+    assert image_uris(paths, px=128, budget=100) == {}  # too much: no images at all

@@ -1,4 +1,5 @@
-"""What the user looks at: interactive folium maps and static plots of a run's products."""
+"""What the user looks at: interactive folium maps, the QGIS project and static plots of a run's
+products."""
 
 from urbangeo._lazy import lazy_exports
 
@@ -7,5 +8,6 @@ __all__, __getattr__, __dir__ = lazy_exports(
     {
         "build_map": ".maps",
         "write_map": ".maps",
+        "write_project": ".project",
     },
 )

@@ -1,12 +1,19 @@
 """Interactive folium maps of a run's products that work offline.
 
-The page is self-contained: Leaflet's JavaScript and CSS come from the PyPI package
-``xstatic-leaflet`` (Leaflet 1.9.3, BSD-2-Clause, licence header kept) and are inlined into the
-HTML when the map is written, with the CSS's images as data URIs. folium's default template
-also links jQuery, Bootstrap and Awesome Markers from CDNs; this map needs none of them (its
-layers, tooltips and legend are plain Leaflet and DOM code), so :class:`OfflineMap` drops
-folium's default asset lists instead of inlining more packages. Base tiles are optional: with
-``tiles="osm"`` the OpenStreetMap tiles load when online; with ``"none"`` nothing is fetched.
+The page is self-contained (:mod:`urbangeo.viz.leaflet`: Leaflet inlined from an installed
+package; folium's CDN assets dropped, the map needs none of them). What it shows:
+
+* **Base layer, offline**: the run's own images (``images/satellite/``: the rendering of the
+  OSM extract, or the raster or tiles the run used) placed on their regions, as small inlined
+  images (:mod:`urbangeo.viz.thumbs`). It is the one base that always matches the run and
+  needs no network; a run without images gets its roads drawn instead, on a light ground.
+  With ``tiles="osm"`` OpenStreetMap tiles are offered as a second base (online only).
+* **Overlays**: clusters, per indicator its prediction, ground truth and residual, ground
+  truth of other indicators, the roads, the study area's outline and the street-view points
+  (dark dots with a white ring, distinct from every fill colour; always on top).
+* **A legend** for every layer shown, and **tooltips** of bounded size with the region's
+  image, its values and its selected caption (clamped; a click opens the whole caption in a
+  scrolling popup).
 
 Safety: every value shown (captions, ids, indicator names) reaches the page as JSON data
 (escaped by Jinja's ``tojson``) and is put into the DOM with ``textContent``, never as HTML,
@@ -15,12 +22,8 @@ so a caption containing ``<script>`` shows as text.
 
 from __future__ import annotations
 
-import base64
-import html
 import os
-import re
-from dataclasses import dataclass, field
-from functools import cache
+from collections.abc import Mapping
 from pathlib import Path
 
 import geopandas as gpd
@@ -29,203 +32,25 @@ import pandas as pd
 import shapely
 
 from urbangeo import constants as C
-from urbangeo.errors import MissingExtraError
 from urbangeo.io.files import write_text_atomic
 from urbangeo.viz.colors import DIVERGING, SEQUENTIAL, cluster_color, ramp
+from urbangeo.viz.leaflet import (
+    BOUNDARY_COLOR,
+    POINT_FILL,
+    ROAD_COLOR,
+    LayerSpec,
+    elements,
+    leaflet_assets,
+    offline_map_class,
+)
+
+__all__ = ["CAPTION_CHARS", "TILES", "build_map", "leaflet_assets", "write_map"]
 
 TILES = ("none", "osm")
 #: Longest caption shown in a tooltip (characters).
 CAPTION_CHARS = 400
-
-
-@cache
-def leaflet_assets() -> tuple[str, str]:
-    """Leaflet's (JavaScript, CSS) from the installed xstatic-leaflet package."""
-    try:
-        from xstatic.pkg import leaflet
-    except ImportError as exc:
-        raise MissingExtraError(
-            f"Offline maps need the package 'xstatic-leaflet' ({exc}).",
-            hint="Install it with: pip install xstatic-leaflet",
-        ) from exc
-    base = Path(leaflet.BASE_DIR)
-    js = (base / "leaflet.js").read_text(encoding="utf-8")
-    css = (base / "leaflet.css").read_text(encoding="utf-8")
-
-    def inline(match: re.Match) -> str:
-        image = base / match.group(1)
-        if not image.exists():
-            return match.group(0)
-        data = base64.b64encode(image.read_bytes()).decode("ascii")
-        return f"url(data:image/png;base64,{data})"
-
-    css = re.sub(r"url\((images/[\w.-]+\.png)\)", inline, css)
-    return js.replace("</script", "<\\/script"), css.replace("</style", "<\\/style")
-
-
-def _offline_map_class():
-    import folium
-
-    class OfflineMap(folium.Map):
-        """A folium Map that links no CDN asset; Leaflet is inlined by :func:`build_map`."""
-
-        default_js: list = []  # noqa: RUF012 - folium's class attribute
-        default_css: list = []  # noqa: RUF012
-
-    return OfflineMap
-
-
-@dataclass
-class LayerSpec:
-    """One toggleable layer: which colour property it draws, and its legend."""
-
-    name: str
-    color_key: str
-    legend: list[tuple[str, str]]
-    legend_title: str
-    kind: str = "polygon"  # or "point"
-    show: bool = False
-    tooltip: list[tuple[str, str]] = field(default_factory=list)
-
-
-_STYLE = """
-<style>
-.urbangeo-legend { background: rgba(255,255,255,0.92); padding: 6px 8px; border-radius: 4px;
-  font: 12px/1.4 sans-serif; box-shadow: 0 1px 4px rgba(0,0,0,0.3); max-width: 260px; }
-.urbangeo-legend .title { font-weight: bold; margin-top: 4px; }
-.urbangeo-legend i { display: inline-block; width: 14px; height: 10px; margin-right: 6px; }
-.urbangeo-tip { max-width: 360px; white-space: normal; }
-.urbangeo-tip table { border-collapse: collapse; font: 12px sans-serif; }
-.urbangeo-tip th { text-align: left; padding-right: 8px; vertical-align: top; }
-</style>
-"""
-
-_DATA_TEMPLATE = """
-{% macro script(this, kwargs) %}
-window.urbangeoLayers = window.urbangeoLayers || {};
-function urbangeoTable(props, fields) {
-  var table = document.createElement('table');
-  fields.forEach(function (field) {
-    var value = props[field[0]];
-    if (value === null || value === undefined || value === '') { return; }
-    var row = table.insertRow();
-    var th = document.createElement('th');
-    th.textContent = field[1];
-    row.appendChild(th);
-    var text = typeof value === 'number'
-      ? (Number.isInteger(value) ? value.toLocaleString() : value.toPrecision(4))
-      : String(value);
-    row.insertCell().textContent = text;
-  });
-  var div = document.createElement('div');
-  div.appendChild(table);
-  return div;
-}
-var {{ this.get_name() }} = {{ this.data|tojson }};
-{% endmacro %}
-"""
-
-_LAYER_TEMPLATE = """
-{% macro script(this, kwargs) %}
-var {{ this.get_name() }} = L.geoJSON({{ this.data_name }}, {
-  style: function (f) {
-    var c = f.properties[{{ this.spec.color_key|tojson }}];
-    return {color: '#444', weight: 0.6, opacity: 0.7, fillColor: c || '#000000',
-            fillOpacity: c ? 0.7 : 0.0};
-  },
-  pointToLayer: function (f, latlng) {
-    var c = f.properties[{{ this.spec.color_key|tojson }}] || '#e6550d';
-    return L.circleMarker(latlng, {radius: 4, color: '#222', weight: 1, fillColor: c,
-                                   fillOpacity: 0.9});
-  },
-  onEachFeature: function (f, layer) {
-    layer.bindTooltip(function () {
-      return urbangeoTable(f.properties, {{ this.spec.tooltip|tojson }});
-    }, {sticky: true, className: 'urbangeo-tip'});
-  }
-});
-window.urbangeoLayers[{{ this.spec.name|tojson }}] = {{ this.get_name() }};
-{% endmacro %}
-"""
-
-_LEGEND_TEMPLATE = """
-{% macro script(this, kwargs) %}
-(function () {
-  var map = {{ this._parent.get_name() }};
-  var entries = {{ this.entries|tojson }};
-  var control = L.control({position: 'bottomright'});
-  control.onAdd = function () {
-    var div = L.DomUtil.create('div', 'urbangeo-legend');
-    div.id = 'urbangeo-legend';
-    return div;
-  };
-  control.addTo(map);
-  function draw() {
-    var div = document.getElementById('urbangeo-legend');
-    div.replaceChildren();
-    entries.forEach(function (entry) {
-      var layer = window.urbangeoLayers[entry.layer];
-      if (!layer || !map.hasLayer(layer)) { return; }
-      var title = document.createElement('div');
-      title.className = 'title';
-      title.textContent = entry.title;
-      div.appendChild(title);
-      entry.items.forEach(function (item) {
-        var row = document.createElement('div');
-        var swatch = document.createElement('i');
-        swatch.style.background = item[0];
-        row.appendChild(swatch);
-        row.appendChild(document.createTextNode(item[1]));
-        div.appendChild(row);
-      });
-    });
-    div.style.display = div.childNodes.length ? 'block' : 'none';
-  }
-  map.on('overlayadd overlayremove', draw);
-  draw();
-})();
-{% endmacro %}
-"""
-
-
-def _elements():
-    from branca.element import Element, MacroElement
-    from folium.map import Layer
-    from folium.template import Template
-
-    class Assets(Element):
-        """Leaflet inlined in the page's head, as it is (not a template: no Jinja parsing)."""
-
-        def render(self, **kwargs) -> str:
-            js, css = leaflet_assets()
-            return f"<style>{css}</style>\n<script>{js}</script>\n{_STYLE}"
-
-    class Data(MacroElement):
-        _template = Template(_DATA_TEMPLATE)
-
-        def __init__(self, data: dict) -> None:
-            super().__init__()
-            self._name = "urbangeo_data"
-            self.data = data
-
-    class GeoLayer(Layer):
-        _template = Template(_LAYER_TEMPLATE)
-
-        def __init__(self, data_name: str, spec: LayerSpec) -> None:
-            # Leaflet's layer control writes names as HTML: escape them here.
-            super().__init__(name=html.escape(spec.name), overlay=True, show=spec.show)
-            self._name = "urbangeo_layer"
-            self.data_name = data_name
-            self.spec = spec
-
-    class Legend(MacroElement):
-        _template = Template(_LEGEND_TEMPLATE)
-
-        def __init__(self, entries: list[dict]) -> None:
-            super().__init__()
-            self.entries = entries
-
-    return Assets, Data, GeoLayer, Legend
+#: Fill opacity of the region layers (the base layer shows through).
+FILL_OPACITY = 0.6
 
 
 def _geojson(frame: gpd.GeoDataFrame) -> dict:
@@ -235,14 +60,16 @@ def _geojson(frame: gpd.GeoDataFrame) -> dict:
     props = frame.drop(columns=frame.geometry.name)
     features = []
     for geom, (_, row) in zip(geoms, props.iterrows(), strict=True):
-        clean: dict[str, bool | int | float | str | None] = {}
+        clean: dict[str, bool | int | float | str | list[float] | None] = {}
         for key, value in row.items():
             if isinstance(value, float | np.floating):
                 clean[str(key)] = None if not np.isfinite(value) else float(value)
             elif isinstance(value, np.integer):
                 clean[str(key)] = int(value)
-            elif value is None or (isinstance(value, float) and np.isnan(value)):
+            elif value is None or value is pd.NA:
                 clean[str(key)] = None
+            elif isinstance(value, list):
+                clean[str(key)] = [float(v) for v in value]  # image bounds
             else:
                 clean[str(key)] = value if isinstance(value, int | bool) else str(value)
         features.append(
@@ -297,6 +124,10 @@ def _targets(columns: list[str]) -> list[str]:
     return [c.removesuffix("_predicted") for c in columns if c.endswith("_predicted")]
 
 
+def _boxes(legend: list[tuple[str, str]]) -> list[tuple[str, str, str]]:
+    return [(color, label, "box") for color, label in legend]
+
+
 def build_map(
     regions: gpd.GeoDataFrame,
     *,
@@ -306,6 +137,10 @@ def build_map(
     points: gpd.GeoDataFrame | None = None,
     region_captions: pd.Series | None = None,
     point_captions: pd.Series | None = None,
+    boundary: gpd.GeoDataFrame | None = None,
+    roads: gpd.GeoDataFrame | None = None,
+    region_images: Mapping[str, str] | None = None,
+    point_images: Mapping[str, str] | None = None,
     tiles: str = "none",
     log: bool = True,
     title: str = "urbangeo",
@@ -316,13 +151,16 @@ def build_map(
     ``predictions``: region_id-indexed ``{t}_observed``, ``{t}_predicted``, ``{t}_residual``
     (as written by ``urbangeo predict``). ``observed``: region_id-indexed ground truth (used
     for indicators that have no predictions). ``points``: street-view points. Captions:
-    region_id- or point_id-indexed text for the tooltips.
+    region_id- or point_id-indexed text for the tooltips. ``boundary`` and ``roads``: the
+    run's layers of those names. ``region_images`` / ``point_images``: region_id / point_id →
+    ``data:image/`` URI (:func:`urbangeo.viz.thumbs.image_uris`); region images are the base
+    layer and the tooltips' thumbnails.
     """
     import folium
 
     if tiles not in TILES:
         raise ValueError(f"tiles must be one of {TILES}")
-    Assets, Data, GeoLayer, Legend = _elements()
+    Assets, Panes, Data, GeoLayer, Legend = elements()
     frame = regions[[C.REGION_ID, regions.geometry.name]].copy()
     frame[C.REGION_ID] = frame[C.REGION_ID].astype(str)
     frame = frame.set_index(C.REGION_ID, drop=False)
@@ -339,8 +177,8 @@ def build_map(
             (cluster_color(int(c)), f"cluster {int(c)} ({int(k)} regions)")
             for c, k in sizes.items()
         ]
-        specs.append(LayerSpec("Clusters", "_c_cluster", legend, "Clusters"))
         tooltip.append(("cluster", "cluster"))
+        specs.append(LayerSpec("Clusters", "_c_cluster", _boxes(legend), "Clusters"))
 
     if predictions is None:
         predictions = pd.DataFrame()
@@ -363,20 +201,25 @@ def build_map(
         cr, legend_r = _residual_colors(resid)
         frame[f"_c_p{i}"], frame[f"_c_o{i}"], frame[f"_c_r{i}"] = cp, co, cr
         unit = "ln(1+y)" if log else "y"
-        specs += [
-            LayerSpec(f"Predicted {t}", f"_c_p{i}", legend_p, f"Predicted {t}"),
-            LayerSpec(f"Observed {t}", f"_c_o{i}", legend_o, f"Observed {t}"),
-            LayerSpec(
-                f"Residual {t}",
-                f"_c_r{i}",
-                legend_r,
-                f"Residual {t} (predicted − observed, {unit})",
-            ),
-        ]
-        tooltip += [
+        fields = [
             (f"{t}_predicted", f"{t} predicted"),
             (f"{t}_observed", f"{t} observed"),
             (f"{t}_residual", f"{t} residual ({unit})"),
+        ]
+        if f"{t}_split" in predictions:  # where the prediction came from (fold, test...)
+            frame[f"{t}_split"] = predictions[f"{t}_split"].reindex(frame.index)
+            fields.append((f"{t}_split", f"{t} from"))
+        tooltip += fields
+        specs += [
+            LayerSpec(f"Predicted {t}", f"_c_p{i}", _boxes(legend_p), f"Predicted {t}", own=fields),
+            LayerSpec(f"Observed {t}", f"_c_o{i}", _boxes(legend_o), f"Observed {t}", own=fields),
+            LayerSpec(
+                f"Residual {t}",
+                f"_c_r{i}",
+                _boxes(legend_r),
+                f"Residual {t} (predicted − observed, {unit})",
+                own=fields,
+            ),
         ]
 
     if observed is not None:
@@ -389,19 +232,36 @@ def build_map(
             values = observed[col].reindex(frame.index).to_numpy(np.float64)
             colors, legend = _value_colors(values, log=log)
             frame[col], frame[f"_c_g{j}"] = values, colors
-            specs.append(LayerSpec(f"Observed {col}", f"_c_g{j}", legend, f"Observed {col}"))
+            specs.append(
+                LayerSpec(
+                    f"Observed {col}",
+                    f"_c_g{j}",
+                    _boxes(legend),
+                    f"Observed {col}",
+                    own=[(col, col)],
+                )
+            )
             tooltip.append((col, col))
 
     if region_captions is not None:
         frame["caption"] = region_captions.reindex(frame.index).map(_short)
-        tooltip.append(("caption", "caption"))
     if not specs:
         frame["_c_region"] = "#9ecae1"
-        specs.append(LayerSpec("Regions", "_c_region", [("#9ecae1", "region")], "Regions"))
+        specs.append(LayerSpec("Regions", "_c_region", [("#9ecae1", "region", "box")], "Regions"))
+    # Tooltips: the region, its cluster and the layer's own values; a click shows them all.
+    head = [f for f in tooltip if f[0] in (C.REGION_ID, "cluster")]
     for spec in specs:
-        spec.tooltip = tooltip
+        spec.tooltip, spec.details, spec.opacity = head + spec.own, tooltip, FILL_OPACITY
     specs[0].show = True
 
+    images = dict(region_images or {})
+    if images:
+        frame["_img"] = frame.index.map(lambda rid: images.get(rid))
+        boxes = frame.geometry.envelope.to_crs(C.WGS84).bounds  # the image covers the square
+        frame["_b"] = [
+            [round(s, 7), round(w, 7), round(nn, 7), round(e, 7)]
+            for w, s, e, nn in boxes.itertuples(index=False)
+        ]
     layers_data = {
         "regions": _geojson(
             gpd.GeoDataFrame(
@@ -409,29 +269,90 @@ def build_map(
             )
         )
     }
+    base: list[LayerSpec] = []
+    if frame.get("_img") is not None and frame["_img"].notna().any():
+        base.append(
+            LayerSpec(
+                "Run imagery",
+                "",
+                [("", f"each region's image ({C.SATELLITE_DIR}/)", "image")],
+                "Base: run imagery",
+                kind="imagery",
+                show=True,
+                pane="urbangeo-imagery",
+            )
+        )
+    lines: list[tuple[str, LayerSpec]] = []
+    if roads is not None and len(roads):
+        layers_data["roads"] = _geojson(_lines(roads, tolerance=2.0))
+        lines.append(
+            (
+                "roads",
+                LayerSpec(
+                    "Roads",
+                    "",
+                    [(ROAD_COLOR, "road", "line")],
+                    "Roads",
+                    kind="line",
+                    show=not base,
+                    color=ROAD_COLOR,
+                    pane="urbangeo-roads",
+                    weight=1.2,
+                    opacity=0.8,
+                ),
+            )
+        )
+    if boundary is not None and len(boundary):
+        layers_data["boundary"] = _geojson(_lines(boundary.boundary, tolerance=1.0))
+        lines.append(
+            (
+                "boundary",
+                LayerSpec(
+                    "Study area",
+                    "",
+                    [(BOUNDARY_COLOR, "boundary", "line")],
+                    "Study area",
+                    kind="line",
+                    show=True,
+                    color=BOUNDARY_COLOR,
+                    pane="urbangeo-boundary",
+                    weight=2.5,
+                    opacity=0.9,
+                ),
+            )
+        )
     if points is not None and len(points):
         pts = points.copy()
         cols = [c for c in (C.POINT_ID, C.REGION_ID, C.HEADING) if c in pts.columns]
         pts = gpd.GeoDataFrame(pts[cols], geometry=pts.geometry, crs=points.crs)
         ptip = [(c, c.replace("_", " ")) for c in cols]
-        if point_captions is not None and C.POINT_ID in pts:
-            pts["caption"] = pts[C.POINT_ID].map(point_captions).map(_short)
-            ptip.append(("caption", "caption"))
-        pts["_c_point"] = "#e6550d"
+        if C.POINT_ID in pts:
+            keys = pts[C.POINT_ID].map(_key)
+            if point_captions is not None:
+                captions = {_key(k): v for k, v in point_captions.items()}
+                pts["caption"] = keys.map(captions).map(_short)
+            if point_images:
+                pts["_img"] = keys.map(dict(point_images))
+        pts["_c_point"] = POINT_FILL
         layers_data["points"] = _geojson(pts)
-        specs.append(
-            LayerSpec(
-                "Street-view points",
-                "_c_point",
-                [("#e6550d", "sample point")],
-                "Street-view points",
-                kind="point",
-                show=True,
-                tooltip=ptip,
+        lines.append(
+            (
+                "points",
+                LayerSpec(
+                    "Street-view points",
+                    "_c_point",
+                    [(POINT_FILL, "sample point", "dot")],
+                    "Street-view points",
+                    kind="point",
+                    show=True,
+                    tooltip=ptip,
+                    color=POINT_FILL,
+                    pane="urbangeo-points",
+                ),
             )
         )
 
-    OfflineMap = _offline_map_class()
+    OfflineMap = offline_map_class()
     west, south, east, north = regions.to_crs(C.WGS84).total_bounds
     fmap = OfflineMap(
         location=[(south + north) / 2, (west + east) / 2],
@@ -441,21 +362,44 @@ def build_map(
     )
     fmap.get_root().header.add_child(Assets(), name="urbangeo_assets")
     fmap.get_root().title = title
-    if tiles == "osm":
-        folium.TileLayer("OpenStreetMap", name="OpenStreetMap").add_to(fmap)
+    fmap.add_child(Panes())
     data_elements = {key: Data(value) for key, value in layers_data.items()}
     for element in data_elements.values():
         fmap.add_child(element)
+    for spec in base:
+        fmap.add_child(GeoLayer(data_elements["regions"].get_name(), spec))
+    if tiles == "osm":
+        folium.TileLayer("OpenStreetMap", name="OpenStreetMap (online)", show=not base).add_to(fmap)
     for spec in specs:
-        source = data_elements["points" if spec.kind == "point" else "regions"]
-        fmap.add_child(GeoLayer(source.get_name(), spec))
+        fmap.add_child(GeoLayer(data_elements["regions"].get_name(), spec))
+    for key, spec in lines:
+        fmap.add_child(GeoLayer(data_elements[key].get_name(), spec))
     folium.LayerControl(collapsed=False).add_to(fmap)
+    shown = [*base, *specs, *(spec for _, spec in lines)]
     entries = [
-        {"layer": s.name, "title": s.legend_title, "items": s.legend} for s in specs if s.legend
+        {"layer": s.name, "title": s.legend_title, "items": s.legend} for s in shown if s.legend
     ]
     fmap.add_child(Legend(entries))
-    fmap.fit_bounds([[south, west], [north, east]])
+    # Keep the regions clear of the layer list and the legend on the right.
+    fmap.fit_bounds([[south, west], [north, east]], padding_bottom_right=(270, 10))
     return fmap
+
+
+def _key(value: object) -> str:
+    """An id as text (a point id read as 3.0 is "3")."""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _lines(geoms: gpd.GeoDataFrame | gpd.GeoSeries, *, tolerance: float) -> gpd.GeoDataFrame:
+    """Geometries only, simplified by ``tolerance`` (in their CRS's units; metres for urbangeo's
+    grids), for drawing."""
+    series = geoms.geometry if isinstance(geoms, gpd.GeoDataFrame) else geoms
+    series = series[series.notna() & ~series.is_empty]
+    if series.crs is not None and series.crs.is_projected:
+        series = series.simplify(tolerance)
+    return gpd.GeoDataFrame(geometry=series.reset_index(drop=True), crs=series.crs)
 
 
 def _short(text: object) -> object:
