@@ -74,8 +74,9 @@ class StageRun:
     ) -> StageResult:
         """Write ``layers`` and this stage's record atomically; the stage's result.
 
-        ``params`` default to the stage's settings; records of the stages that read this one are dropped.
-        Without a GeoPackage (a stage run on files alone) nothing is recorded.
+        ``params`` default to the stage's settings; the records of the stages that read this one
+        are dropped. Layers get their default styles for QGIS. Without a GeoPackage (a stage run
+        on files alone) nothing is recorded.
         """
         counts = dict(counts)
         if self.path is not None:
@@ -86,7 +87,9 @@ class StageRun:
                 self.seconds,
             )
             table = stage_table(self.path, record, invalidates=downstream_of(self.stage))
-            write_layers(self.path, {**(layers or {}), STAGES_TABLE: table}, overwrite=True)
+            write_layers(
+                self.path, {**(layers or {}), STAGES_TABLE: table}, overwrite=True, styles=True
+            )
         return StageResult(
             self.stage,
             self.path,

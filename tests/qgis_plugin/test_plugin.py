@@ -132,7 +132,7 @@ def test_pipeline_from_the_panel_loads_styled_layers(dock):
     assert layers["predictions"].renderer().type() == "graduatedSymbol"
     symbol = layers["regions"].renderer().symbol()
     assert symbol.color().alpha() == 0  # outlines only
-    assert layers["sv_points"].renderer().symbol().color().name() == "#e41a1c"
+    assert layers["sv_points"].renderer().symbol().color().name() == "#111111"  # on any fill
     assert dock.progress.value() == 100
 
 

@@ -117,8 +117,12 @@ def write_layers(
     layers: Mapping[str, gpd.GeoDataFrame | pd.DataFrame],
     *,
     overwrite: bool = False,
+    styles: bool = False,
 ) -> Path:
     """Write several layers into ``path`` atomically: all of them land, or none.
+
+    ``styles``: store each layer's default style (``layer_styles``, as QGIS saves it) in the
+    same write, so that the file opens styled in QGIS.
 
     Layers that already exist are replaced only with ``overwrite=True``; the file's other
     layers are kept. Returns the path.
@@ -130,6 +134,10 @@ def write_layers(
             shutil.copyfile(path, tmp)
         for name, frame in layers.items():
             _write_one(tmp, name, frame)
+        if styles:
+            from urbangeo.io.styles import styles_for, write_styles
+
+            write_styles(tmp, styles_for(layers))
     return path
 
 
