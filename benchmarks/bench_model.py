@@ -99,7 +99,8 @@ def bench_training(model: str, batch: int, reps: int, warmup: int, words: int, t
     import open_clip
 
     from urbangeo.model.clip import create_model
-    from urbangeo.model.training import DistInfo, TrainConfig, Trainer, param_groups
+    from urbangeo.model.training import DistInfo, Trainer, param_groups
+    from urbangeo.settings import TrainSettings
 
     n = batch * (reps + warmup)
     folder = tmp / f"train-{model}"
@@ -108,7 +109,7 @@ def bench_training(model: str, batch: int, reps: int, warmup: int, words: int, t
     pd.DataFrame({"path": paths, "caption": captions}).to_csv(folder / "pairs.csv", index=False)
 
     def make_trainer(mode: str) -> Trainer:
-        cfg = TrainConfig(
+        cfg = TrainSettings(
             model=model, mode=mode, epochs=1, batch_size=batch, lr=1e-5, val_fraction=0.0,
             warmup_steps=0, checkpoint_every=10**9, name=f"bench-{mode}",
         )  # fmt: skip
@@ -121,12 +122,12 @@ def bench_training(model: str, batch: int, reps: int, warmup: int, words: int, t
         collate_images([ref.train_set[i] for i in range(k * batch, (k + 1) * batch)])
         for k in range(reps + warmup)
     ]
-    token_len = float((ref.train_tokens != 0).sum(1).float().mean())
+    token_len = float((ref.pairs.train_tokens != 0).sum(1).float().mean())
 
     # plain open_clip: same architecture, native 77 tokens, ClipLoss, the same AdamW
     torch.manual_seed(0)
     plain = {"model": create_model(model, context_length=77).model.train()}
-    tok77 = open_clip.get_tokenizer(model)(ref.train_pairs["caption"].tolist(), context_length=77)
+    tok77 = open_clip.get_tokenizer(model)(ref.pairs.train["caption"].tolist(), context_length=77)
     plain["opt"] = torch.optim.AdamW(param_groups(plain["model"], 0.1), lr=1e-5, fused=True)
     loss_fn = open_clip.ClipLoss()
     state = {"k": 0}

@@ -51,7 +51,8 @@ def check_training(model: str, batch: int, steps: int, device: torch.device, tmp
 
     from urbangeo.model.clip import create_model
     from urbangeo.model.data import autocast, resolve_precision
-    from urbangeo.model.training import DistInfo, TrainConfig, Trainer, param_groups
+    from urbangeo.model.training import DistInfo, Trainer, param_groups
+    from urbangeo.settings import TrainSettings
 
     n = batch * (steps + 2)
     folder = tmp / "train"
@@ -60,7 +61,7 @@ def check_training(model: str, batch: int, steps: int, device: torch.device, tmp
         folder / "pairs.csv", index=False
     )
     precision = "bf16" if device.type == "cuda" else "fp32"
-    cfg = TrainConfig(
+    cfg = TrainSettings(
         model=model, epochs=1, batch_size=batch, lr=1e-5, val_fraction=0.0, warmup_steps=0,
         checkpoint_every=10**9, precision=precision, device=str(device), name="gpu-check",
     )  # fmt: skip

@@ -172,14 +172,18 @@ def test_bad_image_norm_setting(tmp_path: Path) -> None:
 
 
 def test_where_the_normalisation_comes_from() -> None:
-    from urbangeo.model.training import TrainConfig, image_norm_source
+    from urbangeo.model.training import image_norm_source
+    from urbangeo.settings import TrainSettings
 
-    assert image_norm_source(TrainConfig(model=TINY)) == "data"  # a random init
-    assert image_norm_source(TrainConfig(pretrained="openai")) == "model"
-    assert image_norm_source(TrainConfig(model="hf-hub:org/clip")) == "model"  # its own weights
-    assert image_norm_source(TrainConfig(model=TINY, checkpoint="m.pt")) == "checkpoint"
-    assert image_norm_source(TrainConfig(model=TINY, image_norm="model")) == "model"
-    assert image_norm_source(TrainConfig(pretrained="openai", image_norm="data")) == "data"
+    vit = "ViT-B-16"
+    assert image_norm_source(TrainSettings(model=TINY)) == "data"  # a random init
+    assert image_norm_source(TrainSettings(model=vit, pretrained="openai")) == "model"
+    assert image_norm_source(TrainSettings(model="hf-hub:org/clip")) == "model"  # own weights
+    assert image_norm_source(TrainSettings(model=TINY, checkpoint="m.pt")) == "checkpoint"
+    assert image_norm_source(TrainSettings(model=TINY, image_norm="model")) == "model"
+    assert image_norm_source(TrainSettings(model=vit, pretrained="openai", image_norm="data")) == (
+        "data"
+    )
 
 
 def test_a_checkpoint_brings_its_statistics_wherever_it_is_loaded(tmp_path: Path) -> None:
@@ -210,7 +214,8 @@ def test_a_checkpoint_from_before_image_norm_resumes(tmp_path: Path) -> None:
     train_stage(gpkg, **settings, max_steps=2)
     last = gpkg.parent / "checkpoints" / "urbanln" / "last.pt"
     state = torch.load(last, weights_only=True)
-    del state["config"]["image_norm"]
+    # settings added since: image_norm, and from_scratch (with TrainSettings)
+    del state["config"]["image_norm"], state["config"]["from_scratch"]
     del state["urbangeo"]["image_mean"], state["urbangeo"]["image_std"]
     torch.save(state, last)
     train_stage(gpkg, **settings, resume=True)

@@ -246,7 +246,7 @@ def test_bad_settings_fail_before_any_work(small_run: Path, tmp_path: Path) -> N
     assert "ViT-B-16" in err.value.hint
     with pytest.raises(InputError, match="does not apply"):
         train(small_run, model=TINY, mode="urbanclip", mu=0.5)
-    with pytest.raises(InputError, match="Unknown training mode"):
+    with pytest.raises(InputError, match=r"mode .* not one of the choices"):
         train(small_run, model=TINY, mode="clip")
     with pytest.raises(InputError, match="batch_size"):
         train(small_run, model=TINY, batch_size=0)
@@ -344,3 +344,24 @@ def test_teacher_follows_only_trained_parameters() -> None:
             assert torch.equal(after[name], before[name].mul(0.9).add(now[name], alpha=0.1))
         else:
             assert torch.equal(after[name], before[name])
+
+
+def test_train_stage_checks_device_and_inputs_first(small_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="from a random init on a CPU") as err:
+        train_stage(small_run, model="ViT-B-16", device="cpu", run_dir=tmp_path)
+    assert "--from-scratch" in err.value.hint
+    with pytest.raises(InputError, match="not both and not neither"):
+        train_stage(model=TINY)
+    with pytest.raises(InputError, match="does not exist"):
+        train_stage(small_run, model=TINY, checkpoint=str(tmp_path / "missing.pt"))
+    assert not any(tmp_path.iterdir())
+
+
+def test_train_stage_on_a_pairs_file_records_nothing(small_run: Path, tmp_path: Path) -> None:
+    from urbangeo.model.data import load_pairs
+
+    pairs = load_pairs(small_run)[[C.PATH, C.CAPTION]]
+    pairs.to_csv(tmp_path / "pairs.csv", index=False)
+    result = train_stage(pairs=tmp_path / "pairs.csv", **FAST, epochs=1, batch_size=8)
+    assert result.path is None and result.counts["steps"] == 3
+    assert (tmp_path / C.CHECKPOINTS_DIR / "urbanln" / "model.pt").is_file()

@@ -44,14 +44,15 @@ def test_stages_functions_and_settings_cover_the_same_stages():
     assert tuple(STAGE_SETTINGS) == tuple(STAGE_FUNCTIONS) == C.STAGES
 
 
-#: Stages whose command and function are made from the declaration (the others still declare
-#: their own options; the runner passes them their declared settings through an adapter).
+#: Stages whose command and function are made from the declaration (all of them now).
 CONVERTED = (
     "grid",
     "sample",
     "tiles",
     "streetview",
     "caption",
+    "train",
+    "embed",
     "indicators",
     "predict",
     "cluster",

@@ -35,6 +35,7 @@ _EXPORTS = {
     "split_pairs": "data",
     "MODES": "training.config",
     "TrainConfig": "training.config",
+    "TrainSettings": "training.config",
     "TrainResult": "training.trainer",
     "Trainer": "training.trainer",
     "ENCODERS": "encoders",

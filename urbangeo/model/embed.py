@@ -5,7 +5,8 @@ workers decode and preprocess, the encoder runs under ``torch.inference_mode``, 
 autocast on CUDA). A region's vector is the mean of its images' vectors (the paper's rule for
 several street-view images per region); satellite and street-view images are pooled
 separately, and ``concat`` joins the two vectors of regions that have both. Images that fail
-to decode are skipped and counted; regions without a usable image are left out. Results:
+to decode are skipped and counted; regions without a usable image are left out; vectors that
+are not finite (NaN, infinity: a diverged model) are refused. Results:
 ``embeddings.parquet`` beside the GeoPackage (``region_id, e0 .. e{D-1}``, float32; the
 settings in the file's metadata under ``urbangeo``) and the ``region_embeddings`` layer
 (region polygons + ``n_images`` + the same vector columns, or one JSON text column
@@ -210,6 +211,7 @@ def embed_regions(
         frame.insert(0, C.REGION_ID, both[C.REGION_ID].to_numpy())
     else:
         dim, frame = encoder.dim, pooled[kind]
+    _check_finite(frame, dim, encoder.name)
     counts = {
         "images": len(images),
         "images_embedded": int(ok.sum()),
@@ -218,6 +220,18 @@ def embed_regions(
         "dim": dim,
     }
     return RegionEmbeddings(frame, dim, kind, dict(encoder.info), counts)
+
+
+def _check_finite(frame: pd.DataFrame, dim: int, encoder: str) -> None:
+    """Refuse region vectors holding NaN or infinity (a broken model): none is written."""
+    finite = np.isfinite(frame[vector_columns(dim)].to_numpy(np.float64)).all(axis=1)
+    if not finite.all():
+        raise InputError(
+            f"{int((~finite).sum()):,} of {len(finite):,} regions got embedding values that are "
+            f"not finite numbers (NaN or infinity) from encoder {encoder}; nothing was written.",
+            hint="The model's weights are broken, e.g. by a training run that diverged: train "
+            "again with a lower --lr (and --overwrite), or embed with another --checkpoint.",
+        )
 
 
 def write_parquet(emb: RegionEmbeddings, path: str | os.PathLike) -> Path:

@@ -58,6 +58,7 @@ class DeviceSettings(StageSettings):
         "DataLoader processes that decode and preprocess images (0: in the main process, the "
         "fastest for small models on a few cores).",
         flag="--workers",
+        unit="N",
         min=0,
         max=64,
         runtime=True,
@@ -97,6 +98,7 @@ class TrainSettings(DeviceSettings):
         None,
         "Start from these weights (a local state dict, e.g. open_clip_pytorch_model.bin).",
         unit="FILE",
+        exists=True,
     )
     from_scratch: bool = setting(
         False,
@@ -117,28 +119,33 @@ class TrainSettings(DeviceSettings):
         unit="TOKENS",
         min=2,
     )
-    mu: float | None = setting(None, "Distillation weight (default 0.5).", min=0, max=1)
-    queue_size: int | None = setting(None, "Queue length K (default 4096).", min=0)
-    momentum: float = setting(DEFAULT_MOMENTUM, "EMA momentum of the teacher.", min=0, max=1)
+    mu: float | None = setting(
+        None, "Distillation weight (default 0.5).", unit="WEIGHT", min=0, max=1
+    )
+    queue_size: int | None = setting(None, "Queue length K (default 4096).", unit="N", min=0)
+    momentum: float = setting(
+        DEFAULT_MOMENTUM, "EMA momentum of the teacher.", unit="NUMBER", min=0, max=1
+    )
     kind: str = setting("all", "Which images to train on.", choices=PAIR_KINDS)
     epochs: int = setting(
-        10, "Passes over the training pairs.", min=1, max=100_000, plugin="Epochs"
+        10, "Passes over the training pairs.", unit="N", min=1, max=100_000, plugin="Epochs"
     )
     batch_size: int = setting(
-        64, "Pairs per batch and process.", min=1, max=65536, plugin="Batch size"
+        64, "Pairs per batch and process.", unit="N", min=1, max=65536, plugin="Batch size"
     )
     accum_steps: int = setting(
-        1, "Micro-batches per optimizer step (gradient accumulation).", min=1
+        1, "Micro-batches per optimizer step (gradient accumulation).", unit="N", min=1
     )
     lr: float = setting(
         3e-4,
         "Peak AdamW learning rate (3e-4 suits the tiny model from scratch; the paper: 1e-7 on "
         "pretrained ViT-B/16; Long-CLIP: 1e-6).",
+        unit="RATE",
         min=0,
         min_open=True,
         max=10,
     )
-    weight_decay: float = setting(0.1, "AdamW weight decay.", min=0)
+    weight_decay: float = setting(0.1, "AdamW weight decay.", unit="NUMBER", min=0)
     warmup_steps: int | None = setting(
         None,
         "Linear warm-up steps before the cosine decay. Default: 5% of all steps.",
@@ -158,7 +165,9 @@ class TrainSettings(DeviceSettings):
         "projections, text positions, temperature).",
         choices=TRAIN_CHOICES,
     )
-    train_last_n: int = setting(2, "Blocks per tower for --train last-n.", flag="--last-n", min=1)
+    train_last_n: int = setting(
+        2, "Blocks per tower for --train last-n.", flag="--last-n", unit="N", min=1
+    )
     augment: bool = setting(False, "Random crops (open_clip's training transform).")
     image_norm: str = setting(
         "auto",
@@ -167,9 +176,15 @@ class TrainSettings(DeviceSettings):
         "model for pretrained weights.",
         choices=IMAGE_NORMS,
     )
-    seed: int = setting(0, "Seed of the init, the split and the batches.", min=0, max=MAX_SEED)
+    seed: int = setting(
+        0, "Seed of the init, the split and the batches.", unit="N", min=0, max=MAX_SEED
+    )
     val_fraction: float = setting(
-        0.1, "Share of regions held out for retrieval validation (a fixed split).", min=0, max=0.99
+        0.1,
+        "Share of regions held out for retrieval validation (a fixed split).",
+        unit="SHARE",
+        min=0,
+        max=0.99,
     )
     val_every: int = setting(1, "Validate every N epochs.", min=1, cli=False)
     checkpoint_every: int = setting(
@@ -281,10 +296,11 @@ class EmbedSettings(DeviceSettings):
         "vectors side by side); auto: street-view if the run has any.",
         choices=EMBED_KINDS,
     )
-    batch_size: int = setting(64, "Images per forward pass.", min=1, max=65536)
+    batch_size: int = setting(64, "Images per forward pass.", unit="N", min=1, max=65536)
     seed: int = setting(
         0,
         "Seed of random weights (random, and resnet18 without --weights).",
+        unit="N",
         min=0,
         max=MAX_SEED,
     )

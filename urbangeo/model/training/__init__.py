@@ -3,7 +3,7 @@
 =================  ==========================================================================
 module             holds
 =================  ==========================================================================
-``config``         :class:`TrainConfig`, the modes, freezing choices and file names (no torch)
+``config``         the modes, freezing choices, file names, RESUME_FREE (no torch)
 ``pairs``          the run's pairs: split, tokenised, fingerprinted
 ``contrastive``    the forward pass of both towers, text cut to its tokens
 ``image_norm``     where the run's image normalisation comes from
@@ -12,6 +12,7 @@ module             holds
 ``distributed``    the torchrun job: :class:`DistInfo` and collectives
 ``checkpoint``     atomic checkpoints, resuming from them, model metadata, RNG state
 ``log``            ``train_metrics.csv``
+``stopping``       Ctrl-C at a safe point, the error of a run that diverged
 ``trainer``        :class:`Trainer` and :func:`train`
 =================  ==========================================================================
 
@@ -35,6 +36,7 @@ _EXPORTS = {
     "TRAIN_CHOICES": "config",
     "ModeSpec": "config",
     "TrainConfig": "config",
+    "TrainSettings": "config",
     "ContrastiveModule": "contrastive",
     "encode_text": "contrastive",
     "apply_freezing": "optim",
@@ -54,6 +56,7 @@ _EXPORTS = {
     "resume_state": "checkpoint",
     "METRIC_COLUMNS": "log",
     "MetricsLog": "log",
+    "StopRequest": "stopping",
     "TrainResult": "trainer",
     "Trainer": "trainer",
     "train": "trainer",

@@ -1,4 +1,7 @@
-"""The settings of a training run (:class:`TrainConfig`), its modes and its file names.
+"""The modes of a training run, its file names and what may change on resumption.
+
+The settings themselves are declared once, as :class:`urbangeo.settings.TrainSettings`
+(``TrainConfig`` is its old name, kept for one release).
 
 Modes (the paper's model and its ablations / baseline, :data:`MODES`):
 
@@ -24,17 +27,11 @@ This module imports no torch: settings can be declared, offered and checked with
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from typing import Any
-
-from urbangeo.errors import InputError
-from urbangeo.model.defaults import (
-    DEFAULT_MOMENTUM,
-    DEFAULT_QUEUE_SIZE,
-    PRECISIONS,
-)
-from urbangeo.settings.model import IMAGE_NORMS, MODES, TRAIN_CHOICES
+from urbangeo.settings.model import IMAGE_NORMS as IMAGE_NORMS
+from urbangeo.settings.model import MODES as MODES
+from urbangeo.settings.model import TRAIN_CHOICES as TRAIN_CHOICES
 from urbangeo.settings.model import ModeSpec as ModeSpec
+from urbangeo.settings.model import TrainSettings
 
 #: Per-step and per-epoch metrics of every run, beside the run's GeoPackage.
 METRICS_CSV = "train_metrics.csv"
@@ -44,9 +41,10 @@ LAST_CHECKPOINT = "last.pt"
 MODEL_FILE = "model.pt"
 #: The ``format`` entry of a ``last.pt``.
 CHECKPOINT_FORMAT = "urbangeo-train-state"
-#: Settings that may change between an interrupted run and its resumption.
+#: Settings that may change between an interrupted run and its resumption: how it runs
+#: (the runtime settings), where its initial weights came from (the checkpoint holds them now),
+#: and image_norm (the interrupted run's recorded statistics decide on resumption).
 RESUME_FREE = frozenset(
-    # image_norm: the interrupted run's recorded statistics decide on resumption
     {
         "num_workers",
         "checkpoint_every",
@@ -55,103 +53,10 @@ RESUME_FREE = frozenset(
         "checkpoint",
         "pretrained",
         "image_norm",
+        "from_scratch",
     }
 )
 
-
-@dataclass
-class TrainConfig:
-    """Every setting of a training run (``None``: the mode's default)."""
-
-    model: str = "ViT-B-16"
-    pretrained: str | None = None
-    checkpoint: str | None = None  # initial weights (a local state dict), not a resume point
-    mode: str = "urbanln"
-    context_length: int | None = None
-    mu: float | None = None
-    queue_size: int | None = None
-    momentum: float = DEFAULT_MOMENTUM
-    kind: str = "all"
-    epochs: int = 10
-    batch_size: int = 64
-    accum_steps: int = 1
-    lr: float = 1e-6
-    weight_decay: float = 0.1
-    warmup_steps: int | None = None  # None: 5 % of all optimizer steps
-    min_lr_ratio: float = 0.0
-    grad_clip: float | None = None
-    train: str = "both"
-    train_last_n: int = 2
-    precision: str = "auto"
-    augment: bool = False
-    image_norm: str = "auto"
-    seed: int = 0
-    val_fraction: float = 0.1
-    val_every: int = 1
-    checkpoint_every: int = 500
-    num_workers: int = 0
-    device: str | None = None
-    name: str | None = None  # checkpoints/<name>/; default: the mode
-
-    def resolved(self) -> TrainConfig:
-        """A copy with the mode's defaults filled in, validated (raises InputError)."""
-        if self.mode not in MODES:
-            raise InputError(
-                f"Unknown training mode {self.mode!r}.", hint=f"Use one of {', '.join(MODES)}."
-            )
-        spec = MODES[self.mode]
-        if not spec.distill:
-            for key, value in (("mu", self.mu), ("queue_size", self.queue_size)):
-                if value not in (None, 0):
-                    raise InputError(
-                        f"Mode {self.mode!r} trains without the momentum teacher; {key} does not "
-                        "apply.",
-                        hint="Leave --mu and --queue-size out, or use --mode urbanln / no-ipsi.",
-                    )
-        cfg = replace(
-            self,
-            context_length=self.context_length or spec.context_length,
-            mu=spec.mu if self.mu is None else float(self.mu),
-            queue_size=(DEFAULT_QUEUE_SIZE if spec.distill else 0)
-            if self.queue_size is None
-            else int(self.queue_size),
-            name=self.name or self.mode,
-        )
-        checks = [
-            (cfg.epochs >= 1, "epochs must be at least 1"),
-            (cfg.batch_size >= 1, "batch_size must be at least 1"),
-            (cfg.accum_steps >= 1, "accum_steps must be at least 1"),
-            (cfg.lr > 0, "lr must be positive"),
-            (cfg.weight_decay >= 0, "weight_decay must be >= 0"),
-            (cfg.warmup_steps is None or cfg.warmup_steps >= 0, "warmup_steps must be >= 0"),
-            (0 <= cfg.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]"),
-            (cfg.grad_clip is None or cfg.grad_clip > 0, "grad_clip must be positive"),
-            (cfg.train in TRAIN_CHOICES, f"train must be one of {TRAIN_CHOICES}"),
-            (cfg.train_last_n >= 1, "train_last_n must be at least 1"),
-            (cfg.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
-            (cfg.image_norm in IMAGE_NORMS, f"image_norm must be one of {IMAGE_NORMS}"),
-            (0 <= cfg.momentum <= 1, "momentum must be in [0, 1]"),
-            (0 <= cfg.mu <= 1, "mu must be in [0, 1]"),
-            (cfg.queue_size >= 0, "queue_size must be >= 0"),
-            (0 <= cfg.val_fraction < 1, "val_fraction must be in [0, 1)"),
-            (cfg.val_every >= 1, "val_every must be at least 1"),
-            (cfg.checkpoint_every >= 1, "checkpoint_every must be at least 1"),
-            (cfg.num_workers >= 0, "num_workers must be >= 0"),
-            (
-                cfg.name.replace("-", "").replace("_", "").replace(".", "").isalnum(),
-                "name may hold letters, digits, '-', '_' and '.' only",
-            ),
-        ]
-        for ok, text in checks:
-            if not ok:
-                raise InputError(f"Invalid training setting: {text}.")
-        return cfg
-
-    @property
-    def distill(self) -> bool:
-        """Whether this mode trains with the EMA teacher and queues."""
-        return MODES[self.mode].distill
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able settings."""
-        return asdict(self)
+#: The settings of a training run used to be a second declaration, ``TrainConfig``; they are
+#: :class:`~urbangeo.settings.TrainSettings` now. The old name stays for one release.
+TrainConfig = TrainSettings

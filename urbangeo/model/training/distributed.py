@@ -72,3 +72,12 @@ def allreduce_grads(params: list[nn.Parameter], world: int) -> None:
         if param.grad is not None:
             dist.all_reduce(param.grad)
             param.grad /= world
+
+
+def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """Whether ``flag`` holds on any rank (this process's alone without a job)."""
+    if not info.enabled:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)

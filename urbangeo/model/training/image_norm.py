@@ -22,13 +22,13 @@ from urbangeo.model.clip import (
     unnormalized_transform,
 )
 from urbangeo.model.data import channel_stats
-from urbangeo.model.training.config import TrainConfig
 from urbangeo.progress import message
+from urbangeo.settings.model import TrainSettings
 
 ImageNorm = tuple[tuple[float, ...], tuple[float, ...]]
 
 
-def image_norm_source(cfg: TrainConfig) -> str:
+def image_norm_source(cfg: TrainSettings) -> str:
     """Where a training run's image normalisation comes from: ``model`` (the architecture's,
     for pretrained weights), ``checkpoint`` (what the initial checkpoint recorded) or ``data``
     (the training images' statistics, for a random init); see :data:`IMAGE_NORMS`."""
@@ -42,7 +42,7 @@ def image_norm_source(cfg: TrainConfig) -> str:
 
 
 def choose_image_norm(
-    cfg: TrainConfig,
+    cfg: TrainSettings,
     model: nn.Module,
     train_paths: Sequence[str],
     state: dict[str, Any] | None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -48,8 +50,13 @@ def encode_pairs(
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
     num_workers: int = 0,
+    check: Callable[[], None] | None = None,
+    worker_init_fn: Callable[[int], None] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Normalised image and text features of a pair dataset, and the indices decoded."""
+    """Normalised image and text features of a pair dataset, and the indices decoded.
+
+    ``check`` is called before each batch (it may raise to stop, e.g. on Ctrl-C).
+    """
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -59,10 +66,13 @@ def encode_pairs(
         shuffle=False,
         num_workers=num_workers,
         collate_fn=collate_images,
+        worker_init_fn=worker_init_fn,
     )
     imgs, txts, kept = [], [], []
     try:
         for batch in loader:
+            if check is not None:
+                check()
             if batch["index"].numel() == 0:
                 continue
             with autocast(device, dtype):

@@ -20,7 +20,7 @@ from urbangeo.model.data import (
     split_pairs,
     tokenize_captions,
 )
-from urbangeo.model.training.config import TrainConfig
+from urbangeo.settings.model import TrainSettings
 
 
 @dataclass
@@ -40,7 +40,7 @@ class TrainingPairs:
     n_truncated: int
 
 
-def load_training_pairs(source: Path, cfg: TrainConfig, *, main: bool) -> TrainingPairs:
+def load_training_pairs(source: Path, cfg: TrainSettings, *, main: bool) -> TrainingPairs:
     """The pairs of ``source`` whose images exist, split by ``cfg.val_fraction`` and tokenised
     for ``cfg.model``; warnings come from the ``main`` process only."""
     pairs = load_pairs(source, kind=cfg.kind)

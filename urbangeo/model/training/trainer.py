@@ -8,6 +8,11 @@ freezing, the EMA teacher with its two feature queues, checkpoints that resume e
 Launched by ``torchrun`` it trains with DistributedDataParallel, one process per GPU (or CPU
 process with gloo), the queues filled from all ranks. The modes and the freezing choices are
 described in :mod:`urbangeo.model.training.config`.
+
+Ctrl-C stops at the next micro-batch, validation batch or step, with a checkpoint where the
+state is whole (:mod:`~urbangeo.model.training.stopping`); a loss or weights that become NaN
+or infinite stop training with an :class:`~urbangeo.errors.InputError`, and such a state is
+never saved: ``last.pt`` keeps the last good one.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,24 +54,19 @@ from urbangeo.model.distill import (
     momentum_distillation_loss,
 )
 from urbangeo.model.training.checkpoint import (
-    atomic_save,
-    model_metadata,
+    non_finite,
+    restore_training_state,
     resume_state,
-    rng_state,
-    set_rng_state,
+    save_training_state,
+    weight_tensors,
 )
-from urbangeo.model.training.config import (
-    CHECKPOINT_FORMAT,
-    LAST_CHECKPOINT,
-    METRICS_CSV,
-    MODEL_FILE,
-    TrainConfig,
-)
+from urbangeo.model.training.config import LAST_CHECKPOINT, METRICS_CSV, MODEL_FILE
 from urbangeo.model.training.contrastive import ContrastiveModule, embed_dim, encode_text
 from urbangeo.model.training.distributed import (
     DistInfo,
     all_sizes,
     allreduce_grads,
+    any_rank,
     init_distributed,
     mean_across,
 )
@@ -75,7 +75,14 @@ from urbangeo.model.training.log import MetricsLog
 from urbangeo.model.training.metrics import encode_pairs, retrieval_metrics
 from urbangeo.model.training.optim import WarmupCosine, apply_freezing, fused_ok, param_groups
 from urbangeo.model.training.pairs import load_training_pairs
+from urbangeo.model.training.stopping import (
+    StopRequest,
+    diverged_error,
+    ignore_sigint,
+    interrupted_message,
+)
 from urbangeo.progress import message, progress
+from urbangeo.settings.model import TrainSettings
 
 
 @dataclass
@@ -86,7 +93,7 @@ class TrainResult:
     teacher: EMATeacher | None
     img_queue: FeatureQueue | None
     txt_queue: FeatureQueue | None
-    config: TrainConfig
+    config: TrainSettings
     step: int
     total_steps: int
     finished: bool
@@ -123,9 +130,20 @@ def _new_epoch_acc() -> dict[str, Any]:
     return {"loss": 0.0, "windows": 0, "images": 0, "seconds": 0.0}
 
 
+def _settings(
+    settings: TrainSettings | Mapping[str, Any] | None, overrides: Mapping[str, Any]
+) -> TrainSettings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if settings is None or isinstance(settings, Mapping):
+        return TrainSettings.from_mapping({**(settings or {}), **values})
+    if not isinstance(settings, TrainSettings):
+        raise InputError(f"Expected TrainSettings, got {type(settings).__name__}.")
+    return TrainSettings.from_mapping({**settings.to_dict(), **values}) if values else settings
+
+
 def train(
     source: str | os.PathLike,
-    config: TrainConfig | None = None,
+    settings: TrainSettings | Mapping[str, Any] | None = None,
     *,
     run_dir: str | os.PathLike | None = None,
     resume: bool = False,
@@ -135,16 +153,18 @@ def train(
 ) -> TrainResult:
     """Pre-train a CLIP model on the image–caption pairs of ``source``.
 
-    ``source`` is a run GeoPackage or a pairs CSV/parquet file; ``config`` (or keyword
-    ``overrides`` of :class:`TrainConfig` fields) sets everything else. Checkpoints go to
+    ``source`` is a run GeoPackage or a pairs CSV/parquet file; ``settings`` (a
+    :class:`~urbangeo.settings.TrainSettings` or a mapping) and keyword ``overrides`` of its
+    fields set everything else. Checkpoints go to
     ``run_dir/checkpoints/<name>/`` (``last.pt``: full state every ``checkpoint_every`` steps
     and at the end; ``model.pt``: the final weights), metrics to ``run_dir/train_metrics.csv``;
     ``run_dir`` defaults to the source's folder. ``resume`` continues from ``last.pt`` exactly
     (bit-identical on CPU); without it an existing checkpoint needs ``overwrite``.
     ``max_steps`` stops (with a checkpoint) after that many optimizer steps in all, to resume
     later. Under ``torchrun`` each process trains its share with DistributedDataParallel.
+    A large architecture from a random init on a CPU is refused unless ``from_scratch``.
     """
-    cfg = replace(config or TrainConfig(), **overrides).resolved()
+    cfg = _settings(settings, overrides).resolved()
     if max_steps is not None and max_steps < 1:
         raise InputError(f"max_steps must be at least 1; got {max_steps}")
     _check_architecture(cfg.model)
@@ -152,6 +172,7 @@ def train(
     run_dir = Path(run_dir) if run_dir is not None else source.parent
     info = init_distributed(cfg.device)
     try:
+        cfg.check_device(pick_device(cfg.device, info.local_rank).type)
         trainer = Trainer(cfg, source, run_dir, info, resume=resume, overwrite=overwrite)
         return trainer.run(max_steps=max_steps)
     finally:
@@ -164,7 +185,7 @@ class Trainer:
 
     def __init__(
         self,
-        cfg: TrainConfig,
+        cfg: TrainSettings,
         source: Path,
         run_dir: Path,
         info: DistInfo,
@@ -190,6 +211,8 @@ class Trainer:
         self.validation: dict[str, float] = {}
         self.metrics = MetricsLog(run_dir / METRICS_CSV, cfg.name, info.is_main)
         self.finished = False
+        self.saved_step: int | None = None  # of the last checkpoint written or resumed
+        self.stop = StopRequest(enabled=False)
         if state is not None:
             self._restore(state)
         else:
@@ -270,27 +293,8 @@ class Trainer:
     # ---- checkpoints
 
     def _restore(self, state: dict[str, Any]) -> None:
-        if state.get("data_fingerprint") != self.pairs.fingerprint:
-            raise InputError(
-                f"Cannot resume {self.last_path}: the training pairs changed since it was written.",
-                hint="Resume on the same data, or start over with --overwrite.",
-            )
-        self.model.load_state_dict(state["state_dict"])
-        if self.teacher is not None:
-            self.teacher.module.load_state_dict(state["teacher"])
-        if self.img_queue is not None and self.txt_queue is not None:
-            self.img_queue.load_state_dict(state["img_queue"])
-            self.txt_queue.load_state_dict(state["txt_queue"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.step, self.epoch = int(state["step"]), int(state["epoch"])
-        self.position = int(state["position"])
-        self.epoch_acc = dict(state["epoch_acc"])
-        self.failed = set(state.get("failed", []))
-        self.validation = dict(state.get("validation", {}))
-        self.finished = bool(state.get("finished"))
-        set_rng_state(state["rng"])
+        restore_training_state(self, state)
+        self.saved_step = self.step
         self.metrics.truncate(after_step=self.step, epochs_done=self.epoch)
         if self.info.is_main:
             message(
@@ -299,42 +303,19 @@ class Trainer:
             )
 
     def save(self, final: bool) -> None:
-        """Write ``last.pt`` (and ``model.pt`` when ``final``) atomically; rank 0 only."""
+        """Write ``last.pt`` (and ``model.pt`` when ``final``) atomically; rank 0 only.
+
+        Weights, teacher or queues holding NaN or infinity are never saved: that raises the
+        divergence error and ``last.pt`` keeps the last good state.
+        """
         if not self.info.is_main:
             return
-        queues = {
-            "img_queue": self.img_queue.state_dict() if self.img_queue is not None else None,
-            "txt_queue": self.txt_queue.state_dict() if self.txt_queue is not None else None,
-        }
-        atomic_save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "state_dict": self.model.state_dict(),
-                "urbangeo": model_metadata(self.cfg, self.image_norm),
-                "teacher": self.teacher.module.state_dict() if self.teacher is not None else None,
-                **queues,
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "rng": rng_state(),
-                "step": self.step,
-                "epoch": self.epoch,
-                "position": self.position,
-                "epoch_acc": self.epoch_acc,
-                "failed": sorted(self.failed),
-                "validation": self.validation,
-                "finished": final,
-                "config": self.cfg.to_dict(),
-                "data_fingerprint": self.pairs.fingerprint,
-            },
-            self.last_path,
-        )
-        if final:
-            weights = {
-                "state_dict": self.model.state_dict(),
-                "urbangeo": model_metadata(self.cfg, self.image_norm),
-            }
-            atomic_save(weights, self.model_path)
+        bad = non_finite(weight_tensors(self))
+        if bad:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise self._diverged(f"{len(bad)} tensor(s) hold NaN or infinity ({shown})", self.step)
+        save_training_state(self, final)
+        self.saved_step = self.step
 
     # ---- the loop
 
@@ -342,10 +323,13 @@ class Trainer:
         """Train to the end (or to ``max_steps``), validating after epochs; returns the result."""
         cfg, info = self.cfg, self.info
         stopped = False
-        with _maybe_progress(info.is_main, self.total_steps, self.step) as bar:
+        self.stop = StopRequest(enabled=not info.enabled)
+        with self.stop, _maybe_progress(info.is_main, self.total_steps, self.step) as bar:
             while self.epoch < cfg.epochs and not self.finished:
+                batches = None  # the last epoch's workers stop here, under the stop request
                 batches = self._epoch_batches()
                 while self.position < self.n_batches:
+                    self._stop_if_asked(whole=True)
                     self._train_step(batches, bar)
                     if max_steps is not None and self.step >= max_steps:
                         self.save(final=False)
@@ -355,7 +339,10 @@ class Trainer:
                         self.save(final=False)
                 if stopped:
                     break
+                self._stop_if_asked(whole=True)
                 self._end_epoch()
+            batches = None
+            self._stop_if_asked(whole=True)
             if not stopped and not self.finished:
                 self.finished = True
                 self.save(final=True)
@@ -369,6 +356,20 @@ class Trainer:
             )
         return self._result()
 
+    def _stop_if_asked(self, *, whole: bool) -> None:
+        """Raise KeyboardInterrupt if Ctrl-C was pressed; first save a checkpoint if the state
+        is ``whole`` (between steps or during validation, not inside a step)."""
+        if not self.stop.requested:
+            return
+        if whole and self.saved_step != self.step:
+            self.save(final=False)
+        if self.info.is_main:
+            message(interrupted_message(self), level="warning")
+        raise KeyboardInterrupt
+
+    def _diverged(self, what: str, step: int) -> InputError:
+        return diverged_error(self, what, step)
+
     def _epoch_batches(self) -> Iterator[dict[str, Tensor]]:
         cfg = self.cfg
         self.train_set.set_epoch(self.epoch)
@@ -381,6 +382,7 @@ class Trainer:
             num_workers=cfg.num_workers,
             collate_fn=collate_images,
             pin_memory=self.device.type == "cuda",
+            worker_init_fn=ignore_sigint,
             # Its own generator: creating the iterator leaves the global RNG untouched.
             generator=torch.Generator().manual_seed(cfg.seed + self.epoch),
         )
@@ -419,6 +421,8 @@ class Trainer:
         parts_sum: dict[str, float] = {}
         images_seen = 0
         for micro in range(window):
+            if micro:
+                self._stop_if_asked(whole=False)
             batch = next(batches)
             self.failed.update(batch["failed"].tolist())
             sizes = all_sizes(batch["index"].numel(), info, self.device)
@@ -442,6 +446,10 @@ class Trainer:
                 parts_sum[key] = parts_sum.get(key, 0.0) + float(value)
             images_seen += n
         self.position += window
+        bad = next((x for x in losses if not math.isfinite(x)), None)
+        if any_rank(bad is not None, info, self.device):
+            where = "another process's loss" if bad is None else f"the loss ({bad})"
+            raise self._diverged(f"{where} is not a finite number", self.step + 1)
         if info.enabled and not synced:
             allreduce_grads(self.trainable, info.world_size)
         if cfg.grad_clip is not None:
@@ -511,6 +519,8 @@ class Trainer:
             device=self.device,
             dtype=self.amp_dtype,
             num_workers=self.cfg.num_workers,
+            check=lambda: self._stop_if_asked(whole=True),
+            worker_init_fn=ignore_sigint,
         )
         if len(kept) < 2:
             return {}
