@@ -297,7 +297,7 @@ def _run_stages(
                 # it wrote; training resumes instead when it was interrupted, same settings
                 extra = {"resume": resume, "overwrite": not resume, "run_dir": run_dir}
             try:
-                result = _call(stage, gpkg, settings[stage], extra)
+                result = stage_function(stage)(gpkg, settings[stage], **extra)
             except BaseException as exc:
                 stages[stage].update(_failure(exc))
                 _write_state(run_dir, state)
@@ -316,43 +316,6 @@ def _run_stages(
             _write_state(run_dir, state)
             results.append(StageResult(stage, gpkg, stages[stage]["counts"]))
     return results
-
-
-def _call(stage: str, gpkg: Path, settings: StageSettings, extra: dict[str, Any]) -> StageResult:
-    """Run one stage with its settings object.
-
-    Stages not yet on :func:`urbangeo.stage.stage` take their settings as keyword arguments
-    (the ones that differ from the declaration; their own defaults equal it).
-    """
-    func = stage_function(stage)
-    if hasattr(func, "settings_class"):
-        return func(gpkg, settings, **extra)
-    kwargs = settings.changed()
-    if stage == "tiles" and not (kwargs.get("raster") or kwargs.get("xyz")):
-        kwargs.setdefault("render", "osm")
-    if stage == "train":
-        from urbangeo.model.training import TrainConfig
-
-        values = settings.to_dict()
-        values.pop("from_scratch", None)
-        return func(gpkg, config=TrainConfig(**values), **extra)
-    if stage == "indicators":
-        kwargs["osm"] = kwargs.pop("osm_file", None) or kwargs.get("osm", False)
-    if stage == "predict" and "predictions_from" in kwargs:
-        kwargs["predictions_seed"] = getattr(settings, "predictions_seed", None)
-        kwargs.pop("predictions_from")
-    if stage == "cluster" and "k" in kwargs:
-        kwargs["k"] = getattr(settings, "k_value", kwargs["k"])
-    for key in ("models", "kinds", "headings", "bands", "k_range", "targets", "columns"):
-        if isinstance(kwargs.get(key), list):
-            kwargs[key] = tuple(kwargs[key])
-    result = func(gpkg, **kwargs, **extra)
-    return StageResult(
-        stage,
-        gpkg,
-        dict(getattr(result, "counts", {}) or {}),
-        report=getattr(result, "report", None),
-    )
 
 
 def _failure(exc: BaseException) -> dict[str, Any]:

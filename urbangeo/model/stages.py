@@ -122,6 +122,7 @@ def embed_stage(run: StageRun, s: EmbedSettings, *, overwrite: bool) -> StageRes
     """
     from urbangeo.model.embed import embed_regions, region_layer, write_parquet
     from urbangeo.model.encoders import build_encoder, default_checkpoint
+    from urbangeo.model.threads import use_threads
 
     path = run.path
     assert path is not None  # the decorator requires the GeoPackage
@@ -137,6 +138,7 @@ def embed_stage(run: StageRun, s: EmbedSettings, *, overwrite: bool) -> StageRes
         weights=s.weights,
         seed=s.seed,
     )
+    use_threads(enc.module)  # one thread for small encoders: faster, and fair to a busy machine
     emb = embed_regions(
         path,
         enc,

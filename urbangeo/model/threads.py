@@ -46,10 +46,16 @@ def choose_threads(n_params: int, *, threads: int | None = None) -> int:
     return free_cores()
 
 
-def use_threads(n_params: int, *, threads: int | None = None) -> int:
-    """Set torch's intra-op threads for a model of ``n_params`` parameters; returns them."""
+def count_parameters(module: object) -> int:
+    """Parameters of a torch module (0 for anything else: colour statistics...)."""
+    parameters = getattr(module, "parameters", None)
+    return sum(p.numel() for p in parameters()) if callable(parameters) else 0
+
+
+def use_threads(module: object, *, threads: int | None = None) -> int:
+    """Set torch's intra-op threads for ``module`` (a torch model); returns them."""
     import torch
 
-    chosen = choose_threads(n_params, threads=threads)
+    chosen = choose_threads(count_parameters(module), threads=threads)
     torch.set_num_threads(chosen)
     return chosen

@@ -53,6 +53,7 @@ from urbangeo.model.distill import (
     concat_all_gather,
     momentum_distillation_loss,
 )
+from urbangeo.model.threads import use_threads
 from urbangeo.model.training.checkpoint import (
     non_finite,
     restore_training_state,
@@ -238,6 +239,7 @@ class Trainer:
         if self.image_norm is not None:
             bundle = with_image_normalization(bundle, *self.image_norm)
         self.model = model = bundle.model
+        use_threads(model)  # small models run fastest on one thread, above all on a busy machine
         self.n_trainable, self.n_params = apply_freezing(model, cfg.train, cfg.train_last_n)
         if self.n_trainable == 0:
             raise InputError("No parameter is left to train.", hint="Check --train.")
