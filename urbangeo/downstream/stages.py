@@ -249,7 +249,9 @@ def indicators_stage(run: StageRun, s: IndicatorsSettings, *, overwrite: bool) -
     Sources (any number; see :mod:`urbangeo.downstream.indicators` for the rules): ``table``
     keyed by region_id, lon/lat ``points``, ``polygons`` (area-weighted), a ``raster`` (zonal
     statistics), ``osm`` (the run's bundled city extract, or the ``osm_file`` given). With
-    no source, OSM counts from the run's bundled city. New columns are added to an existing
+    no file source: the real indicators of a run's bundled city that has them (São Paulo's
+    r5r hexgrid, area-weighted; ``osm`` adds OSM counts), else OSM counts from the run's
+    bundled city (or the bundled extract its area lies in). New columns are added to an existing
     ``indicators`` table; replacing columns it has needs ``overwrite``. Non-numeric columns
     of a table, points or polygons are left out with a warning naming them.
     """
@@ -260,7 +262,9 @@ def indicators_stage(run: StageRun, s: IndicatorsSettings, *, overwrite: bool) -
     assert path is not None  # the stage needs the GeoPackage
     regions = read_layer(path, C.LAYER_REGIONS)
     layers = list_layers(path)
-    osm_path = _osm_extract(path, s, layers)
+    real = ind.default_city(path, file_sources=s.sources)
+    osm_asked = s.osm or s.osm_file is not None
+    osm_path = None if real is not None and not osm_asked else _osm_extract(path, s, layers)
     existing = None
     if C.LAYER_INDICATORS in layers:
         existing = indicators_frame(
@@ -269,7 +273,7 @@ def indicators_stage(run: StageRun, s: IndicatorsSettings, *, overwrite: bool) -
     cols = list(s.columns) if s.columns else None
     parts: list[pd.DataFrame] = []
     sources: list[str] = []
-    steps = s.sources + (osm_path is not None) + 1
+    steps = s.sources + (real is not None) + (osm_path is not None) + 1
     with progress(steps, task="indicators", unit="source") as bar:
         if s.table is not None:
             bar.update(0, status="table")
@@ -311,6 +315,11 @@ def indicators_stage(run: StageRun, s: IndicatorsSettings, *, overwrite: bool) -
             parts.append(ind.from_raster(regions, s.raster, band=s.band, stat=s.stat, name=s.name))
             sources.append(f"raster:{s.raster}:{s.stat}")
             bar.update(1)
+        if real is not None:
+            bar.update(0, status=real.name)
+            parts.append(ind.from_city(regions, real))
+            sources.append(f"city:{real.name}")
+            bar.update(1)
         if osm_path is not None:
             bar.update(0, status="OSM")
             boundary = read_layer(path, C.LAYER_BOUNDARY) if C.LAYER_BOUNDARY in layers else None
@@ -339,13 +348,17 @@ def indicators_stage(run: StageRun, s: IndicatorsSettings, *, overwrite: bool) -
         result = run.commit(
             {C.LAYER_INDICATORS: out},
             counts={"regions": len(out), "columns": len(new.columns)},
-            params={"sources": sources, "columns": list(map(str, new.columns))},
+            params={
+                "sources": sources,
+                "ground_truth": {src: ind.source_label(src) for src in sources},
+                "columns": list(map(str, new.columns)),
+            },
             report=new,
         )
         bar.update(1)
     message(
         f"Wrote indicators {', '.join(added)} for {len(out):,} regions to {path} "
-        f"(table {C.LAYER_INDICATORS})."
+        f"(table {C.LAYER_INDICATORS}).{ind.summary(sources, new[added])}"
     )
     return result
 

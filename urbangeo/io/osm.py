@@ -152,10 +152,11 @@ def run_extract(
 
     Every stage that reads OSM (sample, tiles, captions, indicators) finds it here. Without
     ``roads`` or ``city``: the extract the run's ``sample`` stage read (``urbangeo sample
-    --roads FILE.osm.pbf``), else the bundled city the grid was built for.
+    --roads FILE.osm.pbf``), else the bundled city the grid was built for or lies inside (a
+    ``--bbox``, ``--boundary`` or ``--place`` within a bundled extract: see
+    :func:`urbangeo.geo.boundary.run_city`), so that such a run never needs the internet.
     """
-    from urbangeo.geo.boundary import get_city
-    from urbangeo.io.gpkg import list_layers, read_layer
+    from urbangeo.geo.boundary import get_city, run_city
     from urbangeo.io.runs import read_stage_records
 
     if roads is not None:
@@ -165,9 +166,6 @@ def run_extract(
         used = str(sampled.params.get("roads", "")) if sampled is not None else ""
         if used.lower().endswith(PBF_SUFFIX) and Path(used).is_file():
             return Path(used)
-        if C.LAYER_BOUNDARY in list_layers(gpkg):
-            boundary = read_layer(gpkg, C.LAYER_BOUNDARY)
-            source = str(boundary[C.SOURCE].iloc[0]) if C.SOURCE in boundary else ""
-            if source.startswith("city:"):
-                city = source.removeprefix("city:")
+        bundled = run_city(gpkg)
+        city = bundled.name if bundled is not None else None
     return get_city(city).osm_path() if city else None
