@@ -37,7 +37,8 @@ from .styles import load_run_layers
 from .task import CommandTask
 
 SOURCES = ("Bundled city", "Polygon layer", "Map canvas extent", "Place name (online)")
-FALLBACK_CITIES = ("kotka", "helsinki")
+#: Shown until `urbangeo cities --json` answers (it replaces them with the installed list).
+FALLBACK_CITIES = ("kotka", "helsinki", "sao-paulo")
 
 
 class UrbangeoDock(QDockWidget):

@@ -4,6 +4,7 @@ tell regions apart."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ def default_run(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as `make run` on this 2-core machine: the same numbers
     try:
-        run_dir = tmp_path_factory.mktemp("default") / "kotka"
+        run_dir = tmp_path_factory.mktemp("default") / C.DEFAULT_CITY
         run_pipeline(run_dir)  # no configuration: exactly the defaults
     finally:
         torch.set_num_threads(threads)
@@ -36,8 +37,8 @@ def test_default_run_finishes_every_offline_stage(default_run: Path) -> None:
     offline = [s for s in C.STAGES if s != "streetview"]  # no provider works offline
     assert all(stages.get(s, {}).get("finished") for s in offline), stages
     records = read_stage_records(default_run / C.RUN_GPKG)
-    assert PROFILES[DEFAULT_PROFILE]["grid"]["city"] == C.DEFAULT_CITY == "kotka"
-    assert records["grid"].counts["regions"] == records["embed"].counts["regions"] == 100
+    assert PROFILES[DEFAULT_PROFILE]["grid"]["city"] == C.DEFAULT_CITY == "sao-paulo"
+    assert records["grid"].counts["regions"] == records["embed"].counts["regions"] == 615
 
 
 def test_default_run_learns_held_out_retrieval(default_run: Path) -> None:
@@ -46,11 +47,11 @@ def test_default_run_learns_held_out_retrieval(default_run: Path) -> None:
     encoder mapped every near-white map tile to one feature and R@1 stayed at chance.)"""
     counts = read_stage_records(default_run / C.RUN_GPKG)["train"].counts
     chance = counts["chance_r1"]
-    assert counts["pairs_val"] == 10 and chance == pytest.approx(0.1)
+    assert counts["pairs_val"] >= 50 and chance == pytest.approx(1 / counts["pairs_val"])
     r1 = (counts["i2t_r1"] + counts["t2i_r1"]) / 2
     r5 = (counts["i2t_r5"] + counts["t2i_r5"]) / 2
-    assert r1 >= 1.5 * chance, counts  # 0.25 here (0.4 image->text, 0.1 text->image)
-    assert r5 >= 1.4 * min(1.0, 5 * chance), counts  # 0.9 here, chance 0.5
+    assert r1 >= 1.5 * chance, counts  # about 0.07 here, chance 0.016
+    assert r5 >= 1.4 * min(1.0, 5 * chance), counts  # about 0.18 here, chance 0.08
 
 
 def test_default_run_embeddings_tell_regions_apart(default_run: Path) -> None:
@@ -61,3 +62,16 @@ def test_default_run_embeddings_tell_regions_apart(default_run: Path) -> None:
     sims = x @ x.T
     mean_off_diagonal = (sims.sum() - len(x)) / (len(x) ** 2 - len(x))
     assert mean_off_diagonal < 0.8  # collapsed embeddings (the pre-fix run) gave 0.993
+
+
+def test_default_run_scores_real_indicators_beside_its_baselines(default_run: Path) -> None:
+    """The default city has real targets, and every score stands beside the baselines of the
+    same run, with its n and spread: "did pre-training help" is answered."""
+    metrics = json.loads((default_run / C.METRICS_JSON).read_text())
+    assert {"population", "jobs"} <= set(metrics["targets"])
+    for result in metrics["targets"].values():
+        models = result["metrics"]
+        assert {"mlp", "coords_knn", "random:mlp", "image-stats:mlp"} <= set(models)
+        r2 = models["mlp"]["r2"]
+        assert {"mean", "std", "n"} <= set(r2)
+        assert set(result["below_baseline"]) >= {"mlp"}

@@ -103,7 +103,7 @@ MAPS_DIR = "maps"
 WGS84 = "EPSG:4326"
 
 # --- Defaults ----------------------------------------------------------------------------------
-DEFAULT_CITY = "kotka"
+DEFAULT_CITY = "sao-paulo"
 DEFAULT_CELL_SIZE_M = 1000.0
 DEFAULT_INTERVAL_M = 500.0
 #: Sample points closer than this are merged; about the width of a junction, far below the

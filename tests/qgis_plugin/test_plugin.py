@@ -101,8 +101,9 @@ def test_dock_opens_and_its_screenshot_is_not_blank(dock, tmp_path):
     dock.resize(420, 900)
     assert dock.isVisible() or dock.isHidden() is False
     wait_until(lambda: dock.cities_from_command, 60)  # asked `urbangeo cities --json`
-    assert [dock.city.itemText(i) for i in range(dock.city.count())] == ["kotka", "helsinki"]
-    assert dock.city.currentText() == "kotka"
+    cities = [dock.city.itemText(i) for i in range(dock.city.count())]
+    assert cities == ["kotka", "helsinki", "sao-paulo"]
+    assert dock.city.currentText() == "sao-paulo"  # the default city
     shot = tmp_path / "panel.png"
     assert dock.grab().save(str(shot))
     image = QImage(str(shot))
@@ -173,7 +174,7 @@ def test_failing_command_shows_its_message(dock, monkeypatch):
     wait_until(lambda: dock.task is None and "Error:" in dock.log.toPlainText(), 120)
     text = dock.log.toPlainText()
     assert "Could not geocode 'Nowhere at all'" in text
-    assert "--city NAME (bundled: kotka, helsinki)" in text
+    assert "--city NAME (bundled: kotka, helsinki, sao-paulo)" in text
 
 
 def test_urbangeo_not_found_says_how_to_set_the_path(dock, tmp_path, monkeypatch):

@@ -14,9 +14,10 @@ from urbangeo import constants as C
 from urbangeo.errors import InputError
 
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
-    # The default city, fully offline on a CPU in about a minute: a 250 m grid (the bundled
-    # extracts are about 2 km across), rendered OSM tiles, the OSM-grounded captioner in three
-    # styles with CAPTURE consensus, a tiny CLIP pre-trained from scratch, OSM indicators.
+    # The default city (central São Paulo, with real population, jobs and schools), fully
+    # offline on a CPU in a few minutes: a 250 m grid (615 regions), rendered OSM tiles, the
+    # OSM-grounded captioner in three styles with CAPTURE consensus, a tiny CLIP pre-trained
+    # from scratch. Kotka and Helsinki (--city) have OSM-derived indicators instead.
     "offline-demo": {
         "grid": {"city": C.DEFAULT_CITY, "cell_size": 250.0},
         "tiles": {"size": 64},
@@ -30,7 +31,6 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "kind": "satellite",
             "checkpoint_every": 10,
         },
-        "indicators": {"osm": True},
         "predict": {"seeds": 3},
     },
     # The paper's setting (UrbanLN): pretrained ViT-B/16 fine-tuned at a small learning rate on
