@@ -217,7 +217,7 @@ var {{ this.get_name() }} = (function () {
     },
     pointToLayer: function (f, latlng) {
       var c = f.properties[spec.color_key] || spec.color;
-      return L.circleMarker(latlng, {pane: spec.pane || 'overlayPane', radius: 4.5,
+      return L.circleMarker(latlng, {pane: spec.pane || 'overlayPane', radius: 3.5,
                                      color: spec.ring, weight: 1.5, fillColor: c,
                                      fillOpacity: 1});
     },

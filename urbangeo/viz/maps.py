@@ -47,6 +47,8 @@ from urbangeo.viz.leaflet import (
 __all__ = ["CAPTION_CHARS", "TILES", "build_map", "leaflet_assets", "write_map"]
 
 TILES = ("none", "osm")
+#: Above this many street-view points their layer starts hidden (the legend lists it to turn on).
+MAX_POINTS_SHOWN = 400
 #: Longest caption shown in a tooltip (characters).
 CAPTION_CHARS = 400
 #: Fill opacity of the region layers (the base layer shows through).
@@ -344,7 +346,7 @@ def build_map(
                     [(POINT_FILL, "sample point", "dot")],
                     "Street-view points",
                     kind="point",
-                    show=True,
+                    show=len(pts) <= MAX_POINTS_SHOWN,  # a dense cloud hides the regions
                     tooltip=ptip,
                     color=POINT_FILL,
                     pane="urbangeo-points",
