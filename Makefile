@@ -22,6 +22,7 @@ run: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy urbangeo
 
 system-deps:
 	bash scripts/install-system-deps.sh
