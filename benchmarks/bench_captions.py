@@ -21,10 +21,9 @@ import argparse
 import gzip
 import json
 import random
+import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from urbangeo import constants as C
@@ -37,6 +36,9 @@ from urbangeo.captions.stages import Call, run_calls
 from urbangeo.captions.wordnet import wordnet_available
 from urbangeo.io.http import RetryPolicy
 from urbangeo.progress import set_mode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for tests.helpers
+from tests.helpers import Loopback, QuietHandler
 
 OBJECTS = [
     "building",
@@ -125,21 +127,14 @@ def bench_capture(captions: list[str], group: int = 5) -> dict:
     }
 
 
-class SlowChat(BaseHTTPRequestHandler):
+class SlowChat(QuietHandler):
     latency = 0.2
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
         time.sleep(self.latency)
         payload = json.dumps({"choices": [{"message": {"content": "A caption."}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args) -> None:
-        pass
+        self.reply(200, payload, {"Content-Type": "application/json"})
 
 
 def bench_http(n_calls: int, concurrencies: tuple[int, ...]) -> dict:
@@ -150,9 +145,8 @@ def bench_http(n_calls: int, concurrencies: tuple[int, ...]) -> dict:
     buf = io.BytesIO()
     Image.new("RGB", (256, 256), (90, 120, 80)).save(buf, "PNG")
     image = buf.getvalue()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowChat)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server = Loopback(SlowChat, "/v1")
+    url = server.url
     out = {"calls": n_calls, "latency_s": SlowChat.latency}
     try:
         for workers in concurrencies:
@@ -176,8 +170,7 @@ def bench_http(n_calls: int, concurrencies: tuple[int, ...]) -> dict:
             out[f"c{workers}_calls_per_s"] = round(n_calls / seconds, 2)
             captioner.close()
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
     first, last = concurrencies[0], concurrencies[-1]
     out["speedup"] = round(out[f"c{first}_s"] / out[f"c{last}_s"], 2)
     return out

@@ -27,11 +27,9 @@ import platform
 import shutil
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import geopandas as gpd
@@ -54,6 +52,9 @@ from urbangeo.imagery.stages import tiles_stage
 from urbangeo.io.gpkg import write_layers
 from urbangeo.io.http import HttpClient
 from urbangeo.progress import set_mode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for tests.helpers
+from tests.helpers import Loopback, QuietHandler
 
 SIZE = 256
 
@@ -188,34 +189,20 @@ def _tile_png() -> bytes:
     return buffer.getvalue()
 
 
-class SlowTileServer:
+class SlowTileServer(Loopback):
     """Loopback tile server: every reply after ``latency`` seconds, keep-alive HTTP/1.1."""
 
     def __init__(self, latency: float) -> None:
         body = _tile_png()
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
                 time.sleep(latency)
-                self.send_response(200)
-                self.send_header("Content-Type", "image/png")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(200, body, {"Content-Type": "image/png"})
 
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def bench_xyz(work: Path, latency: float, tiles_per_run: int) -> dict:

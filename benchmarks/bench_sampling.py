@@ -79,6 +79,15 @@ def timed(fn, repeat: int) -> tuple[list[float], object]:
     return times, result
 
 
+def timings(name: str, times: list[float]) -> dict:
+    """``{name}_s``, ``{name}_cpu_s`` and ``{name}_median_s`` of the ``times`` of :func:`timed`."""
+    return {
+        f"{name}_s": times,
+        f"{name}_cpu_s": CPU[id(times)],
+        f"{name}_median_s": statistics.median(times),
+    }
+
+
 def loop_baseline(geometries, interval: float) -> int:
     """The per-edge loop: every edge's points, as osmnx's interpolate_points yields them."""
     from osmnx.utils_geo import interpolate_points
@@ -141,10 +150,8 @@ def bench_sampler(name, roads, args, reference, result):
     """Time sample_points (and the reference implementation) on ``roads``."""
     times, points = timed(lambda: sample_points(roads, interval=args.interval), args.repeat)
     result.update(
-        sample_s=times,
-        sample_cpu_s=CPU[id(times)],
+        timings("sample", times),
         sample_first_s=times[0],
-        sample_median_s=statistics.median(times),
         sample_points=len(points),
         sample_digest=digest(points),
         peak_rss_mb_after_sample=round(peak_rss_mb()),
@@ -219,13 +226,7 @@ def bench_sao_paulo(args, reference) -> dict:
         flush=True,
     )
     times, n = timed(lambda: loop_baseline(graph_edge_geometries(G), args.interval), args.repeat)
-    result.update(
-        loop_s=times,
-        loop_cpu_s=CPU[id(times)],
-        loop_median_s=statistics.median(times),
-        loop_points=n,
-        loop_subset=None,
-    )
+    result.update(timings("loop", times), loop_points=n, loop_subset=None)
     print(f"[São Paulo] loop: {n:,} points, runs {fmt(times)}", flush=True)
     bench_sampler("São Paulo", roads, args, reference, result)
     result["speedup"] = result["loop_median_s"] / result["sample_median_s"]
@@ -298,24 +299,14 @@ def bench_synthetic(args, reference) -> dict:
     else:
         times, n = timed(lambda: loop_baseline(geoms, args.interval), args.loop_repeat)
         result.update(
-            loop_s=times,
-            loop_cpu_s=CPU[id(times)],
-            loop_median_s=statistics.median(times),
-            loop_points=n,
-            loop_subset=None,
-            loop_extrapolated=False,
+            timings("loop", times), loop_points=n, loop_subset=None, loop_extrapolated=False
         )
         print(f"[synthetic] loop (whole network): {n:,} points, runs {fmt(times)}", flush=True)
     result["speedup"] = result["loop_median_s"] / result["sample_median_s"]
     if args.product_loop:
         # the whole network: its two-way and junction checks need every edge
         times, n = timed(lambda: product_loop(geoms, args.interval, roads.crs), args.loop_repeat)
-        result.update(
-            product_loop_s=times,
-            product_loop_cpu_s=CPU[id(times)],
-            product_loop_median_s=statistics.median(times),
-            product_loop_points=n,
-        )
+        result.update(timings("product_loop", times), product_loop_points=n)
         result["speedup_vs_product_loop"] = (
             result["product_loop_median_s"] / result["sample_median_s"]
         )
@@ -342,16 +333,13 @@ def machine() -> dict:
     import osmnx
     import pyproj
 
+    versions = {m.__name__: m.__version__ for m in (np, shapely, geopandas, pyproj, osmnx)}
     return dict(
         nproc=os.cpu_count(),
         cpu=cpu,
         python=platform.python_version(),
-        numpy=np.__version__,
-        shapely=shapely.__version__,
+        **versions,
         geos=shapely.geos_version_string,
-        geopandas=geopandas.__version__,
-        pyproj=pyproj.__version__,
-        osmnx=osmnx.__version__,
         date=time.strftime("%Y-%m-%d %H:%M %Z"),
         load_average_start=os.getloadavg(),
     )

@@ -45,6 +45,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _per_second(count: float, started: float, device: torch.device) -> float:
+    """``count`` per second since ``started``, once ``device`` has finished its work."""
+    _sync(device)
+    return count / (time.perf_counter() - started)
+
+
 def check_training(model: str, batch: int, steps: int, device: torch.device, tmp: Path) -> dict:
     """Steps/s of the UrbanLN trainer (bf16 on CUDA) and of plain open_clip training."""
     import open_clip
@@ -84,8 +90,7 @@ def check_training(model: str, batch: int, steps: int, device: torch.device, tmp
                 started = time.perf_counter()
             trainer.position, trainer.n_batches = 0, 1
             trainer._train_step(iter([b]), _Bar())
-        _sync(device)
-        return steps / (time.perf_counter() - started)
+        return _per_second(steps, started, device)
 
     urbanln = run_trainer(trainer)
     tokens77 = open_clip.get_tokenizer(model)(
@@ -107,8 +112,7 @@ def check_training(model: str, batch: int, steps: int, device: torch.device, tmp
             loss = loss_fn(img.float(), txt.float(), scale)
         loss.backward()
         opt.step()
-    _sync(device)
-    plain_rate = steps / (time.perf_counter() - started)
+    plain_rate = _per_second(steps, started, device)
     return {
         "model": model,
         "batch": batch,
@@ -133,8 +137,7 @@ def check_embedding(
     embed_images(encoder, paths[:batch], batch_size=batch, device=device)  # warm-up
     started = time.perf_counter()
     embed_images(encoder, paths, batch_size=batch, num_workers=workers, device=device)
-    _sync(device)
-    pipeline = n / (time.perf_counter() - started)
+    pipeline = _per_second(n, started, device)
 
     pixels = torch.stack([encoder.transform(open_rgb(p)) for p in paths])
     dtype = resolve_precision("auto", device)
@@ -144,8 +147,7 @@ def check_embedding(
         for start in range(0, n, batch):
             with autocast(device, dtype):
                 encoder.module(pixels[start : start + batch].to(device, non_blocking=True))
-        _sync(device)
-    bare = n / (time.perf_counter() - started)
+    bare = _per_second(n, started, device)
     return {
         "model": model,
         "images": n,

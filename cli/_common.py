@@ -11,7 +11,6 @@ from typing import Any
 
 import click
 
-from urbangeo import constants as C
 from urbangeo.errors import UrbangeoError, UrbangeoWarning
 from urbangeo.progress import MODES, get_mode, message, set_mode
 
@@ -79,32 +78,4 @@ def overwrite_option(func: Callable[..., Any]) -> Callable[..., Any]:
         is_flag=True,
         help="Replace this command's layers if the GeoPackage has them already "
         "(other layers are always kept).",
-    )(func)
-
-
-def interval_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``--network``, ``--interval``, ``--merge-tolerance``."""
-    func = click.option(
-        "--merge-tolerance",
-        type=float,
-        default=C.DEFAULT_MERGE_TOLERANCE_M,
-        show_default=True,
-        metavar="METRES",
-        help="Merge sample points closer than this (duplicates where roads meet).",
-    )(func)
-    func = click.option(
-        "--interval",
-        type=float,
-        default=C.DEFAULT_INTERVAL_M,
-        show_default=True,
-        metavar="METRES",
-        help="Distance between street-view points along the roads.",
-    )(func)
-    return click.option(
-        "--network",
-        type=click.Choice(C.NETWORK_TYPES),
-        default=C.DEFAULT_NETWORK,
-        show_default=True,
-        help="Which roads: 'drive' (public streets that cars, and street-view cars, drive), "
-        "'walk' (walkable ways) or 'all' (every highway).",
     )(func)

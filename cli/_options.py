@@ -19,11 +19,17 @@ from click.core import ParameterSource
 from urbangeo.errors import UrbangeoWarning
 from urbangeo.settings import PROFILES, StageSettings, profile
 from urbangeo.settings._base import Field
+from urbangeo_cli._common import overwrite_option, stage_command
 
 F = TypeVar("F", bound=Callable[..., Any])
 S = TypeVar("S", bound=StageSettings)
 
 _DEPRECATED_PREFIX = "deprecated__"
+
+#: Option types of paths: a file (it may not exist yet), an existing file, a folder.
+FILE = click.Path(dir_okay=False, path_type=Path)
+EXISTING_FILE = click.Path(dir_okay=False, exists=True, path_type=Path)
+FOLDER = click.Path(file_okay=False, path_type=Path)
 
 
 def _click_type(f: Field) -> Any:
@@ -136,7 +142,7 @@ def gpkg_option(help_text: str, *, required: bool = True, legacy_o: bool = False
             "--gpkg",
             "gpkg",
             required=required and not legacy_o,
-            type=click.Path(dir_okay=False, path_type=Path),
+            type=FILE,
             help=help_text,
         )(func)
         if legacy_o:
@@ -144,9 +150,24 @@ def gpkg_option(help_text: str, *, required: bool = True, legacy_o: bool = False
                 "-o",
                 "legacy_gpkg",
                 hidden=True,
-                type=click.Path(dir_okay=False, path_type=Path),
+                type=FILE,
             )(func)
         return func
+
+    return decorate
+
+
+def gpkg_stage_command(
+    cls: type[StageSettings], gpkg_help: str
+) -> Callable[[Callable[..., Any]], click.Command]:
+    """The command of a stage that works on the run's GeoPackage: ``--gpkg`` (``-o`` its
+    deprecated spelling) described by ``gpkg_help``, the settings of ``cls`` (with
+    ``--profile``), ``--overwrite``, and :func:`~urbangeo_cli._common.stage_command`'s options."""
+
+    def decorate(func: Callable[..., Any]) -> click.Command:
+        func = overwrite_option(stage_command(func))
+        func = gpkg_option(gpkg_help, legacy_o=True)(settings_options(cls)(func))
+        return click.command()(func)
 
     return decorate
 

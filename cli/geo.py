@@ -13,7 +13,13 @@ from urbangeo.geo.boundary import list_cities
 from urbangeo.geo.stages import grid_stage, sample_stage
 from urbangeo.settings import GridSettings, SampleSettings
 from urbangeo_cli._common import overwrite_option, stage_command
-from urbangeo_cli._options import gpkg_option, resolve_gpkg, settings_from, settings_options
+from urbangeo_cli._options import (
+    FILE,
+    gpkg_stage_command,
+    resolve_gpkg,
+    settings_from,
+    settings_options,
+)
 
 
 @click.command()
@@ -54,7 +60,7 @@ def cities(as_json: bool, quiet: bool) -> None:
     "--gpkg",
     "-o",
     "gpkg",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     help="Output GeoPackage (the run's). Default: NAME/run.gpkg for a city, else grid.gpkg.",
 )
 @overwrite_option
@@ -94,11 +100,7 @@ def grid(gpkg: Path | None, overwrite: bool, **values: Any) -> None:
     grid_stage(gpkg, settings, overwrite=overwrite)
 
 
-@click.command()
-@gpkg_option("The run's GeoPackage, with 'regions' from `urbangeo grid`.", legacy_o=True)
-@settings_options(SampleSettings)
-@overwrite_option
-@stage_command
+@gpkg_stage_command(SampleSettings, "The run's GeoPackage, with 'regions' from `urbangeo grid`.")
 def sample(gpkg: Path | None, legacy_gpkg: Path | None, overwrite: bool, **values: Any) -> None:
     """Place street-view sample points every --interval metres along the roads.
 

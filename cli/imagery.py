@@ -9,19 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import click
-
 from urbangeo.imagery.stages import streetview_stage, tiles_stage
 from urbangeo.settings import StreetviewSettings, TilesSettings
-from urbangeo_cli._common import overwrite_option, stage_command
-from urbangeo_cli._options import gpkg_option, resolve_gpkg, settings_from, settings_options
+from urbangeo_cli._options import gpkg_stage_command, resolve_gpkg, settings_from
 
 
-@click.command()
-@gpkg_option("The run's GeoPackage, with 'regions' from `urbangeo grid`.", legacy_o=True)
-@settings_options(TilesSettings)
-@overwrite_option
-@stage_command
+@gpkg_stage_command(TilesSettings, "The run's GeoPackage, with 'regions' from `urbangeo grid`.")
 def tiles(gpkg: Path | None, legacy_gpkg: Path | None, overwrite: bool, **values: Any) -> None:
     """Save one overhead image per region (satellite, aerial or map tile).
 
@@ -55,11 +48,9 @@ def tiles(gpkg: Path | None, legacy_gpkg: Path | None, overwrite: bool, **values
     tiles_stage(resolve_gpkg(gpkg, legacy_gpkg), settings, overwrite=overwrite)
 
 
-@click.command()
-@gpkg_option("The run's GeoPackage, with 'sv_points' from `urbangeo sample`.", legacy_o=True)
-@settings_options(StreetviewSettings)
-@overwrite_option
-@stage_command
+@gpkg_stage_command(
+    StreetviewSettings, "The run's GeoPackage, with 'sv_points' from `urbangeo sample`."
+)
 def streetview(gpkg: Path | None, legacy_gpkg: Path | None, overwrite: bool, **values: Any) -> None:
     """Save street-view images for the sample points.
 

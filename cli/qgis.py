@@ -8,6 +8,7 @@ import click
 
 from urbangeo.qgisplugin import build_plugin_zip, default_profile_dir, install_plugin
 from urbangeo_cli._common import stage_command
+from urbangeo_cli._options import FOLDER
 
 
 @click.group("qgis-plugin")
@@ -26,7 +27,7 @@ def qgis_plugin() -> None:
     "-o",
     "--out",
     "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=FOLDER,
     default=Path("dist"),
     show_default=True,
     help="Folder for the zip.",
@@ -45,7 +46,7 @@ def build(out_dir: Path) -> None:
 @qgis_plugin.command()
 @click.option(
     "--profile",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=FOLDER,
     help=f"QGIS profile folder. Default: {default_profile_dir()}",
 )
 @click.option(

@@ -15,10 +15,11 @@ from urbangeo.settings import (
     PROFILES,
     GridSettings,
     SampleSettings,
+    TilesSettings,
     TrainSettings,
 )
 from urbangeo_cli._common import stage_command
-from urbangeo_cli._options import override_options
+from urbangeo_cli._options import EXISTING_FILE, FOLDER, override_options
 
 
 @click.command()
@@ -31,14 +32,14 @@ from urbangeo_cli._options import override_options
 )
 @click.option(
     "--config",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    type=EXISTING_FILE,
     help="A run.toml: settings per stage (a run folder's run.toml reproduces that run).",
 )
 @click.option(
     "-o",
     "--out",
     "run_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=FOLDER,
     help="Run folder. Default: a folder named after the city in the current directory.",
 )
 @click.option(
@@ -49,6 +50,7 @@ from urbangeo_cli._options import override_options
 )
 @override_options(GridSettings, ("city", "boundary_file", "bbox", "place", "cell_size"))
 @override_options(SampleSettings, ("roads", "interval", "network"))
+@override_options(TilesSettings, ("include_edges",))
 @override_options(TrainSettings, ("epochs",))
 @stage_command
 def run(
@@ -94,7 +96,7 @@ def run(
 
 
 @click.command()
-@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("run_dir", type=FOLDER)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (for programs).")
 @stage_command
 def status(run_dir: Path, as_json: bool) -> None:

@@ -11,14 +11,16 @@ import os
 # numpy load MKL; subprocesses inherit it). Issue #14 decides the product's own setting.
 os.environ.setdefault("MKL_CBWR", "AVX2,STRICT")
 
+import functools
 import json
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import geopandas as gpd
 import pytest
 import shapely
+
+from tests.helpers import Loopback, QuietHandler
 
 #: The QGIS plugin's tests run in QGIS's own Python, in a separate pytest run (see their conftest).
 collect_ignore = ["qgis_plugin"]
@@ -32,12 +34,22 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
 
 
+@pytest.fixture
+def quiet_progress() -> Iterator[None]:
+    """No progress bars during the test (bars again after it)."""
+    from urbangeo.progress import set_mode
+
+    set_mode("none")
+    yield
+    set_mode("bar")
+
+
 def utm_lines(*coords_lists: list[tuple[float, float]], crs: str = UTM35) -> gpd.GeoDataFrame:
     """A GeoDataFrame of LineStrings from coordinate lists."""
     return gpd.GeoDataFrame(geometry=[shapely.LineString(c) for c in coords_lists], crs=crs)
 
 
-class LoopbackServer:
+class LoopbackServer(Loopback):
     """A real HTTP server on 127.0.0.1 whose replies come from a Python function.
 
     ``handler(method, path, body) -> (status, content_type, bytes)``; requests are recorded.
@@ -47,50 +59,39 @@ class LoopbackServer:
         self.requests: list[tuple[str, str, bytes]] = []
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def _reply(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 outer.requests.append((self.command, self.path, body))
                 status, ctype, payload = handler(self.command, self.path, body)
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                self.reply(status, payload, {"Content-Type": ctype})
 
             do_GET = _reply
             do_POST = _reply
 
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> LoopbackServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture
-def loopback() -> Iterator[Callable[..., LoopbackServer]]:
-    """Start loopback servers that are shut down after the test."""
-    servers: list[LoopbackServer] = []
+def serve() -> Iterator[Callable[..., Any]]:
+    """``serve(Server, *args)``: a :class:`~tests.helpers.Loopback` server (``Server(*args)``)
+    that is shut down after the test."""
+    servers: list[Loopback] = []
 
-    def start(handler):
-        server = LoopbackServer(handler).__enter__()
-        servers.append(server)
-        return server
+    def start(server: Callable[..., Loopback], *args: Any, **kwargs: Any) -> Loopback:
+        servers.append(server(*args, **kwargs))
+        return servers[-1]
 
     yield start
     for server in servers:
-        server.__exit__(None, None, None)
+        server.close()
+
+
+@pytest.fixture
+def loopback(serve) -> Callable[..., LoopbackServer]:
+    """Start loopback servers (:class:`LoopbackServer`) that are shut down after the test."""
+    return functools.partial(serve, LoopbackServer)
 
 
 def json_reply(obj: object, status: int = 200) -> tuple[int, str, bytes]:

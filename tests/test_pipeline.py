@@ -174,11 +174,15 @@ def test_killed_during_training_resumes_to_the_same_outputs(tiny_run, tmp_path):
     rerun = subprocess.run(cmd, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert all(row["status"] in ("done", "not run") for row in run_status(run_dir))
-    ours = pd.read_parquet(run_dir / "embeddings.parquet")
-    reference = pd.read_parquet(reference_dir / "embeddings.parquet")
-    np.testing.assert_array_equal(
-        ours.drop(columns=C.REGION_ID).to_numpy(), reference.drop(columns=C.REGION_ID).to_numpy()
-    )
+    ours = pd.read_parquet(run_dir / "embeddings.parquet").drop(columns=C.REGION_ID)
+    reference = pd.read_parquet(reference_dir / "embeddings.parquet").drop(columns=C.REGION_ID)
+    if os.environ.get("MKL_CBWR", "").endswith("STRICT"):
+        # one fixed kernel path (tests/conftest.py pins it): the resumed run is bit-identical
+        np.testing.assert_array_equal(ours.to_numpy(), reference.to_numpy())
+    else:
+        # MKL's AVX-512 kernels pick by memory alignment, which differs between the two
+        # processes: float32 rounding in the last bits (1.5e-7 seen on an Intel Xeon)
+        np.testing.assert_allclose(ours.to_numpy(), reference.to_numpy(), rtol=1e-5, atol=1e-6)
     ours_clusters = read_layer(run_dir / "run.gpkg", C.LAYER_CLUSTERS)
     ref_clusters = read_layer(reference_dir / "run.gpkg", C.LAYER_CLUSTERS)
     assert list(ours_clusters["cluster"]) == list(ref_clusters["cluster"])

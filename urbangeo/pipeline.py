@@ -25,8 +25,8 @@ from typing import Any
 
 from urbangeo import __version__
 from urbangeo import constants as C
-from urbangeo.errors import InputError, OutputError
-from urbangeo.io.files import new_folders_removed_on_error, write_text_atomic
+from urbangeo.errors import InputError
+from urbangeo.io.files import make_folder, new_folders_removed_on_error, write_text_atomic
 from urbangeo.io.lock import holder_alive, read_lock, run_lock
 from urbangeo.io.runs import StageResult, downstream_of, read_stage_records
 from urbangeo.progress import message
@@ -229,13 +229,11 @@ def run_pipeline(
     run_dir = Path(run_dir if run_dir is not None else (city or "urbangeo-run"))
     new = not run_dir.exists()
     with new_folders_removed_on_error(run_dir / C.RUN_GPKG):
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(
-                f"Cannot create the run folder {run_dir}: {exc.strerror}.",
-                hint="Choose a folder you can write to (-o).",
-            ) from exc
+        make_folder(
+            run_dir,
+            name=f"the run folder {run_dir}",
+            hint="Choose a folder you can write to (-o).",
+        )
         state: dict[str, Any] = {}
         try:
             return _run_stages(run_dir, config_values, from_stage, state)

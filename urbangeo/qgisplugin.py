@@ -15,8 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from urbangeo.errors import InputError, OutputError
-from urbangeo.io.files import atomic_path, write_text_atomic
+from urbangeo.errors import InputError
+from urbangeo.io.files import atomic_path, make_folder, write_text_atomic
 from urbangeo.settings.profiles import DEFAULT_PROFILE as DEFAULT_PROFILE_NAME
 
 PLUGIN_DIR_NAME = "urbangeo_qgis"
@@ -88,13 +88,11 @@ def install_plugin(
     """
     profile = Path(profile_dir) if profile_dir else default_profile_dir()
     plugins = profile / "python" / "plugins"
-    try:
-        plugins.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"Cannot create {plugins}: {exc.strerror}.",
-            hint="Pass --profile with the folder of a QGIS profile you can write to.",
-        ) from exc
+    make_folder(
+        plugins,
+        name=str(plugins),
+        hint="Pass --profile with the folder of a QGIS profile you can write to.",
+    )
     target = plugins / PLUGIN_DIR_NAME
     staging = plugins / f".{PLUGIN_DIR_NAME}.new"
     shutil.rmtree(staging, ignore_errors=True)
@@ -134,8 +132,9 @@ PLUGIN_STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "tiles": (
         "Overhead tiles",
         "One image per region: a map rendered offline from the run's OpenStreetMap data "
-        "(default), a window of a GeoTIFF, or XYZ tiles mosaicked and cut to the region.",
-        ("images",),
+        "(default), a window of a GeoTIFF, or XYZ tiles mosaicked and cut to the region; regions "
+        "with too little image data or inside the boundary are marked as edge cells.",
+        ("images", "regions"),
     ),
     "caption": (
         "Captions",

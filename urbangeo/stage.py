@@ -63,6 +63,14 @@ class StageRun:
     def seconds(self) -> float:
         return time.perf_counter() - self.started
 
+    @property
+    def gpkg(self) -> Path:
+        """:attr:`path` of a stage that requires its GeoPackage (``gpkg_required``, the default),
+        where it is never None."""
+        if self.path is None:
+            raise InputError(f"The {self.stage} stage needs the run's GeoPackage (--gpkg).")
+        return self.path
+
     def commit(
         self,
         layers: Mapping[str, gpd.GeoDataFrame | pd.DataFrame] | None = None,

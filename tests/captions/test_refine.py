@@ -227,9 +227,8 @@ def test_refine_through_the_stage(tmp_path, loopback, spacy_ready, tiny_sam, tin
     import geopandas as gpd
 
     from tests.captions.helpers import make_run
-    from tests.captions.test_openai import FAST, chat_reply
+    from tests.captions.test_openai import caption_openai, chat_reply
     from urbangeo import constants as C
-    from urbangeo.captions.stages import caption_stage
 
     prompts_seen = []
 
@@ -246,16 +245,7 @@ def test_refine_through_the_stage(tmp_path, loopback, spacy_ready, tiny_sam, tin
     server = loopback(handler)
     gpkg = make_run(tmp_path, n_regions=1, n_points=0)
     options = {"sam": FixedBoxes(), "owl": FixedScores({"red bus"})}
-    result = caption_stage(
-        gpkg,
-        backend="openai",
-        models=["m"],
-        base_url=server.url + "/v1",
-        retry=FAST,
-        refine=True,
-        refine_options=options,
-        select="first",
-    )
+    result = caption_openai(gpkg, server, ["m"], refine=True, refine_options=options)
     table = gpd.read_file(gpkg, layer=C.LAYER_CAPTIONS)
     assert table[C.CAPTION].tolist() == ["A street with tall buildings and a red bus."]
     # 1 long caption, 1 local caption (the test image is uniform: both crops are the same
@@ -264,33 +254,15 @@ def test_refine_through_the_stage(tmp_path, loopback, spacy_ready, tiny_sam, tin
     # Nothing passes the filter: no merge call, the long caption stays.
     prompts_seen.clear()
     (tmp_path / C.CAPTIONS_JSONL).unlink()
-    caption_stage(
-        gpkg,
-        backend="openai",
-        models=["m"],
-        base_url=server.url + "/v1",
-        retry=FAST,
-        refine=True,
-        refine_options={"sam": FixedBoxes(), "owl": FixedScores(set())},
-        select="first",
-        overwrite=True,
-    )
+    options = {"sam": FixedBoxes(), "owl": FixedScores(set())}
+    caption_openai(gpkg, server, ["m"], refine=True, refine_options=options, overwrite=True)
     assert len(prompts_seen) == 2
     assert gpd.read_file(gpkg, layer=C.LAYER_CAPTIONS)[C.CAPTION].tolist() == [
         "A street with tall buildings."
     ]
     # The real models from folders (tiny SAM and OWLv2) run the same path.
-    caption_stage(
-        gpkg,
-        backend="openai",
-        models=["m"],
-        base_url=server.url + "/v1",
-        retry=FAST,
-        refine=True,
-        refine_options={"sam_model": tiny_sam, "owl_model": tiny_owl},
-        select="first",
-        overwrite=True,
-    )
+    options = {"sam_model": tiny_sam, "owl_model": tiny_owl}
+    caption_openai(gpkg, server, ["m"], refine=True, refine_options=options, overwrite=True)
 
 
 def test_png_helper_is_an_image():

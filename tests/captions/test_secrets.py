@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import http.server
+import functools
 import json
 import logging
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.captions.helpers import make_run
+from tests.helpers import Loopback, QuietHandler
 from urbangeo import constants as C
 from urbangeo.captions.stages import caption_stage
 from urbangeo.errors import InputError
@@ -21,7 +21,7 @@ KEY = "sk-live-0123456789abcdef"
 FAST = RetryPolicy(max_retries=2, backoff=0.01, max_wait=0.05)
 
 
-class EchoServer:
+class EchoServer(Loopback):
     """A loopback server whose ``reply(auth) -> (status, content type, body)`` may echo the
     ``Authorization`` header it got; requests are counted."""
 
@@ -29,42 +29,20 @@ class EchoServer:
         self.requests = 0
         outer = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 outer.requests += 1
                 status, ctype, body = reply(self.headers.get("Authorization", ""))
-                payload = body.encode()
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                self.reply(status, body.encode(), {"Content-Type": ctype})
 
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler, "/v1")
 
 
 @pytest.fixture
-def echo_server() -> Iterator[Callable[..., EchoServer]]:
-    servers: list[EchoServer] = []
-
-    def start(reply):
-        servers.append(EchoServer(reply))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.close()
+def echo_server(serve) -> Callable[..., EchoServer]:
+    """``echo_server(reply)``: an :class:`EchoServer`, shut down after the test."""
+    return functools.partial(serve, EchoServer)
 
 
 def error_json(auth: str) -> str:

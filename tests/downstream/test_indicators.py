@@ -5,11 +5,10 @@ import numpy as np
 import pandas as pd
 import pyrosm
 import pytest
-import rasterio
 import shapely
-from rasterio.transform import from_origin
 
 from tests.downstream.helpers import UTM35, X0, Y0, square_regions
+from tests.helpers import write_geotiff
 from urbangeo import constants as C
 from urbangeo.downstream.indicators import (
     from_points,
@@ -57,20 +56,9 @@ def test_area_weighting_works_across_crs():
 
 def write_raster(path, values, crs="EPSG:3067", nodata=-9999.0, pixel=250.0):
     """A GeoTIFF whose top-left corner is (X0, Y0 + rows * pixel)."""
-    rows, cols = values.shape
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=cols,
-        height=rows,
-        count=1,
-        dtype="float32",
-        crs=crs,
-        transform=from_origin(X0, Y0 + rows * pixel, pixel, pixel),
-        nodata=nodata,
-    ) as dst:
-        dst.write(values.astype("float32"), 1)
+    top = Y0 + values.shape[0] * pixel
+    data = values.astype("float32")
+    write_geotiff(path, data, left=X0, top=top, pixel=pixel, crs=crs, nodata=nodata)
 
 
 def test_zonal_sums_and_means_by_hand(tmp_path):

@@ -117,7 +117,13 @@ def test_mlp_heads_alone_or_together_agree_and_repeat():
     ]
     together = fit_mlp_heads(X, tasks, FAST)
     alone = fit_mlp_heads(X, tasks[2:3], FAST)[0]
-    assert np.allclose(alone.predictions, together[2].predictions, atol=1e-4)
+    # Heads fitted alone or stacked run GEMMs of other shapes, so other kernels (MKL's AVX-512
+    # ones on Intel pick by shape and alignment): float32 rounding differs in the last bits and
+    # grows over a few hundred optimizer steps, to about 2e-5 of the range here.
+    scale = np.ptp(together[2].predictions)
+    np.testing.assert_allclose(
+        alone.predictions, together[2].predictions, rtol=0, atol=1e-4 * scale
+    )
     again = fit_mlp_heads(X, tasks, FAST)
     assert all(
         np.array_equal(a.predictions, b.predictions) for a, b in zip(together, again, strict=True)

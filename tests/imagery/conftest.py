@@ -2,30 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable
 
 import pytest
 
 from tests.imagery.helpers import HeaderServer
-from urbangeo.progress import set_mode
 
 
 @pytest.fixture(autouse=True)
-def _quiet_progress():
-    set_mode("none")
-    yield
-    set_mode("bar")
+def _quiet_progress(quiet_progress: None) -> None:
+    """Every imagery test runs without progress bars."""
 
 
 @pytest.fixture
-def header_server() -> Iterator[Callable[..., HeaderServer]]:
-    servers: list[HeaderServer] = []
+def header_server(serve) -> Callable[..., HeaderServer]:
+    """``header_server(handler, latency=0.0)``: a :class:`HeaderServer`, shut down after the
+    test."""
+    return functools.partial(serve, HeaderServer)
 
-    def start(handler, latency: float = 0.0) -> HeaderServer:
-        server = HeaderServer(handler, latency)
-        servers.append(server)
-        return server
 
-    yield start
-    for server in servers:
-        server.close()
+@pytest.fixture
+def count_tiles(monkeypatch) -> dict:
+    """Count (and optionally interrupt) RasterSource.tile calls: ``calls`` so far, a
+    KeyboardInterrupt at call ``interrupt_at``."""
+    from urbangeo.imagery.sources.raster import RasterSource
+
+    state = {"calls": 0, "interrupt_at": None}
+    original = RasterSource.tile
+
+    def tile(self, b, size):
+        state["calls"] += 1
+        if state["calls"] == state["interrupt_at"]:
+            raise KeyboardInterrupt
+        return original(self, b, size)
+
+    monkeypatch.setattr(RasterSource, "tile", tile)
+    return state

@@ -6,17 +6,15 @@ import io
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import geopandas as gpd
 import numpy as np
-import rasterio
 import shapely
 from PIL import Image
-from rasterio.transform import from_origin
 
+from tests.helpers import Loopback, QuietHandler, write_geotiff
 from urbangeo import constants as C
 from urbangeo.io.gpkg import write_layers
 
@@ -90,24 +88,10 @@ def coded_raster(
     """
     rows, cols = np.mgrid[0:height, 0:width]
     data = np.stack([cols % 256, rows % 256, 16 * (cols // 256) + rows // 256]).astype(np.uint8)
-    profile = {
-        "driver": "GTiff",
-        "width": width,
-        "height": height,
-        "count": 3,
-        "dtype": "uint8",
-        "transform": from_origin(left, top, pixel, pixel),
-        "tiled": True,
-        "blockxsize": 256,
-        "blockysize": 256,
-    }
-    if crs is not None:
-        profile["crs"] = crs
+    tiles = {"tiled": True, "blockxsize": 256, "blockysize": 256}
     if nodata is not None:
-        profile["nodata"] = nodata
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-    return path
+        tiles["nodata"] = nodata
+    return write_geotiff(path, data, left=left, top=top, pixel=pixel, crs=crs, **tiles)
 
 
 def decode_cols_rows(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +112,7 @@ def jpeg_bytes(color=(90, 120, 150), size=(64, 32), exif=None) -> bytes:
     return buffer.getvalue()
 
 
-class HeaderServer:
+class HeaderServer(Loopback):
     """A loopback HTTP server whose handler sees request headers and sets response headers.
 
     ``handler(path, query, headers) -> (status, headers, body)``; requests are recorded as
@@ -140,7 +124,7 @@ class HeaderServer:
         self.lock = threading.Lock()
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
@@ -151,25 +135,9 @@ class HeaderServer:
                 parts = urlsplit(self.path)
                 query = {k: v[0] for k, v in parse_qs(parts.query).items()}
                 status, headers, body = handler(parts.path, query, dict(self.headers))
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(status, body, headers)
 
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def coded_tile(z: int, x: int, y: int, size: int = 256) -> bytes:

@@ -30,7 +30,6 @@ from urbangeo import constants as C
 from urbangeo.errors import InputError
 from urbangeo.imagery import manifest as manifest_module
 from urbangeo.imagery.manifest import STAGING_DIR, ImagesFailedError, Manifest
-from urbangeo.imagery.sources import raster as raster_module
 from urbangeo.imagery.stages import streetview_stage, tiles_stage
 from urbangeo.io.files import sha256_file
 from urbangeo.io.gpkg import list_layers, read_layer
@@ -74,22 +73,6 @@ def _assert_in_step(gpkg: Path) -> None:
         file = gpkg.parent / row.path
         assert sha256_file(file) == row.sha256, row.image_id
         assert read_png(file).shape[:2] == (row.height, row.width), row.image_id
-
-
-@pytest.fixture
-def count_tiles(monkeypatch):
-    """Count (and optionally interrupt) RasterSource.tile calls."""
-    state = {"calls": 0, "interrupt_at": None}
-    original = raster_module.RasterSource.tile
-
-    def tile(self, b, size):
-        state["calls"] += 1
-        if state["calls"] == state["interrupt_at"]:
-            raise KeyboardInterrupt
-        return original(self, b, size)
-
-    monkeypatch.setattr(raster_module.RasterSource, "tile", tile)
-    return state
 
 
 # --- 1. a failed --overwrite keeps the earlier layer and files ------------------------------

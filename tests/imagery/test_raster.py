@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import rasterio
 from pyproj import Transformer
-from rasterio.transform import from_origin
 
+from tests.helpers import write_geotiff
 from tests.imagery.helpers import (
     UTM35,
     X0,
@@ -120,18 +119,8 @@ def test_bilinear_keeps_a_linear_ramp(tmp_path):
     cols = np.arange(400)
     ramp = np.broadcast_to(np.clip(cols * 0.6, 0, 255).astype(np.float32), (300, 400))
     path = tmp_path / "ramp.tif"
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=400,
-        height=300,
-        count=1,
-        dtype="uint8",
-        crs=UTM35,
-        transform=from_origin(left, top, pixel, pixel),
-    ) as dst:
-        dst.write(np.round(ramp).astype(np.uint8), 1)
+    data = np.round(ramp).astype(np.uint8)
+    write_geotiff(path, data, left=left, top=top, pixel=pixel, crs=UTM35)
     tiles_stage(gpkg, raster=path, size=64)
     images = _images(gpkg)
     for region in regions.itertuples():
@@ -173,19 +162,7 @@ def test_mostly_nodata_is_missing(tmp_path):
     path = tmp_path / "nodata.tif"
     data = np.full((100, 100), 7, dtype=np.uint8)
     data[:, :70] = 0  # 70 % nodata
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=100,
-        height=100,
-        count=1,
-        dtype="uint8",
-        crs=UTM35,
-        nodata=0,
-        transform=from_origin(X0, Y0 + 1000, 10, 10),
-    ) as dst:
-        dst.write(data, 1)
+    write_geotiff(path, data, left=X0, top=Y0 + 1000, pixel=10, crs=UTM35, nodata=0)
     tiles_stage(gpkg, raster=path, size=50)
     row = _images(gpkg).iloc[0]
     assert row[C.STATUS] == C.STATUS_MISSING and "only 30%" in row[C.REASON]
@@ -196,18 +173,8 @@ def test_bands_choose_channels_and_16_bit_is_stretched(tmp_path):
     gpkg = make_run(tmp_path, regions)
     path = tmp_path / "u16.tif"
     ramp = np.tile(np.linspace(1000, 3000, 100), (100, 1)).astype(np.uint16)
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=100,
-        height=100,
-        count=3,
-        dtype="uint16",
-        crs=UTM35,
-        transform=from_origin(X0, Y0 + 1000, 10, 10),
-    ) as dst:
-        dst.write(np.stack([ramp, np.full_like(ramp, 2000), 4000 - ramp]))
+    data = np.stack([ramp, np.full_like(ramp, 2000), 4000 - ramp])
+    write_geotiff(path, data, left=X0, top=Y0 + 1000, pixel=10, crs=UTM35)
     tiles_stage(gpkg, raster=path, size=100, bands=(3, 2, 1), resampling="nearest")
     image = read_png(tmp_path / "images/satellite" / f"sat_{regions[C.REGION_ID][0]}.png")
     assert image.shape == (100, 100, 3)

@@ -9,7 +9,6 @@ import pytest
 from tests.imagery.helpers import UTM35, X0, Y0, coded_raster, grid, make_run, points
 from urbangeo import constants as C
 from urbangeo.errors import OutputError
-from urbangeo.imagery.sources import raster as satellite
 from urbangeo.imagery.stages import tiles_stage
 from urbangeo.io.files import sha256_file
 from urbangeo.io.gpkg import list_layers, read_layer, write_layers
@@ -24,22 +23,6 @@ def run(tmp_path):
         tmp_path / "coded.tif", left=X0, top=Y0 + 2000, pixel=10, width=300, height=200, crs=UTM35
     )
     return gpkg, tif, regions
-
-
-@pytest.fixture
-def count_tiles(monkeypatch):
-    """Count (and optionally interrupt) RasterSource.tile calls."""
-    state = {"calls": 0, "interrupt_at": None}
-    original = satellite.RasterSource.tile
-
-    def tile(self, b, size):
-        state["calls"] += 1
-        if state["calls"] == state["interrupt_at"]:
-            raise KeyboardInterrupt
-        return original(self, b, size)
-
-    monkeypatch.setattr(satellite.RasterSource, "tile", tile)
-    return state
 
 
 def _images(gpkg):

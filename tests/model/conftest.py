@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+
+from tests.model.synthetic import make_run
 
 
 @pytest.fixture(scope="module")
@@ -14,3 +18,9 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> Path:
+    """A run of 24 regions with one street-view image each, made once per test module."""
+    return make_run(tmp_path_factory.mktemp("run") / "run", n=24)

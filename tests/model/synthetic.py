@@ -38,6 +38,8 @@ FILLER = (
     "trees, no cars, no people and no text; the light is even and the picture is sharp."
 )
 CRS = "EPSG:32635"
+#: Both kinds of images, for :func:`make_run`.
+BOTH = (C.KIND_STREETVIEW, C.KIND_SATELLITE)
 
 
 def combos() -> list[tuple[str, str, str]]:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DistributedSampler
 
-from tests.model.synthetic import caption, combos, make_run
+from tests.model.synthetic import BOTH, caption, combos, make_run
 from urbangeo import constants as C
 from urbangeo.errors import InputError, MissingLayerError, UrbangeoWarning
 from urbangeo.io.gpkg import write_layers
@@ -32,12 +32,7 @@ TINY = "urbangeo-tiny-vit"
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    return make_run(
-        tmp_path_factory.mktemp("data") / "run",
-        n=8,
-        per_region=2,
-        kinds=(C.KIND_STREETVIEW, C.KIND_SATELLITE),
-    )
+    return make_run(tmp_path_factory.mktemp("data") / "run", n=8, per_region=2, kinds=BOTH)
 
 
 def test_pairs_are_ok_images_with_their_selected_caption(run: Path) -> None:

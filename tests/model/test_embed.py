@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import require
-from tests.model.synthetic import make_run
+from tests.model.synthetic import BOTH, make_run
 from urbangeo import constants as C
 from urbangeo.errors import InputError, OutputError, UrbangeoWarning
 from urbangeo.io.gpkg import read_layer
@@ -24,30 +24,17 @@ from urbangeo.model.data import load_pairs, read_image_rows
 from urbangeo.model.embed import embed_images, embed_regions, pool_by_region, read_parquet
 from urbangeo.model.encoders import build_encoder, image_statistics, resnet18_encoder
 from urbangeo.model.stages import embed_stage
-from urbangeo.progress import set_mode
 
 TINY = "urbangeo-tiny-vit"
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    set_mode("none")
-    yield
-    set_mode("bar")
+pytestmark = pytest.mark.usefixtures("one_thread", "quiet_progress")
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """12 regions, 3 street-view and 3 satellite images each."""
-    return make_run(
-        tmp_path_factory.mktemp("embed") / "run",
-        n=36,
-        per_region=3,
-        kinds=(C.KIND_STREETVIEW, C.KIND_SATELLITE),
-    )
+    return make_run(tmp_path_factory.mktemp("embed") / "run", n=36, per_region=3, kinds=BOTH)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,6 @@ from urbangeo.model.training import METRICS_CSV, load_train_state, train
 from urbangeo.model.training import trainer as trainer_module
 from urbangeo.model.training.checkpoint import atomic_save, non_finite
 from urbangeo.model.training.stopping import StopRequest
-from urbangeo.progress import set_mode
 
 TINY = "urbangeo-tiny-vit"
 ROOT = Path(__file__).parents[2]
@@ -36,19 +35,7 @@ CLI_SETTINGS += ["--val-fraction", "0.25", "--checkpoint-every", "1000"]
 
 FAST = {"model": TINY, "lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 1, "queue_size": 8}
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    set_mode("none")
-    yield
-    set_mode("bar")
-
-
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory) -> Path:
-    return make_run(tmp_path_factory.mktemp("faults") / "run", n=24)
+pytestmark = pytest.mark.usefixtures("one_thread", "quiet_progress")
 
 
 def _env() -> dict[str, str]:

@@ -151,7 +151,7 @@ def test_trainer_records_the_data_statistics_and_embedding_uses_them(tmp_path: P
 def test_resume_keeps_the_statistics_it_started_with(tmp_path: Path) -> None:
     gpkg = make_run(tmp_path / "run", n=12, extra_statuses=False)
     settings = dict(FAST, epochs=2, batch_size=3, val_fraction=0.25, queue_size=8)
-    train_stage(gpkg, **settings, max_steps=2)
+    train_stage(gpkg, **settings, stop_after=2)
     last = gpkg.parent / "checkpoints" / "urbanln" / "last.pt"
     before = checkpoint_metadata(last)
     # the images change on disk after the interruption: the resumed run keeps its inputs as
@@ -211,7 +211,7 @@ def test_a_checkpoint_from_before_image_norm_resumes(tmp_path: Path) -> None:
     in its record. It resumes with the normalisation it was started with (CLIP's)."""
     gpkg = make_run(tmp_path / "run", n=12, extra_statuses=False)
     settings = dict(FAST, epochs=2, batch_size=3, val_fraction=0.25, queue_size=8)
-    train_stage(gpkg, **settings, max_steps=2)
+    train_stage(gpkg, **settings, stop_after=2)
     last = gpkg.parent / "checkpoints" / "urbanln" / "last.pt"
     state = torch.load(last, weights_only=True)
     # settings added since: image_norm, and from_scratch (with TrainSettings)

@@ -11,16 +11,9 @@ from pathlib import Path
 import pytest
 
 import urbangeo.model
+from tests.helpers import package_modules
 
-ROOT = Path(urbangeo.model.__file__).parent
-
-
-def _modules() -> list[str]:
-    names = []
-    for path in sorted(ROOT.rglob("*.py")):
-        parts = path.relative_to(ROOT.parent.parent).with_suffix("").parts
-        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
-    return names
+MODULES = list(package_modules(Path(urbangeo.model.__file__).parent))
 
 
 def _python(code: str) -> subprocess.CompletedProcess:
@@ -29,7 +22,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("module", _modules())
+@pytest.mark.parametrize("module", MODULES)
 def test_each_module_imports_alone(module: str) -> None:
     done = _python(f"import {module}")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -45,7 +38,7 @@ def test_settings_and_encoder_names_import_without_torch() -> None:
         "assert not heavy, heavy\n"
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["trained,frozen-clip,random,resnet18,image-stats"]
+    assert done.stdout.split() == ["trained,frozen-clip,random,resnet18,image-stats,raster,patches"]
 
 
 @pytest.mark.parametrize(

@@ -31,25 +31,12 @@ from urbangeo.model.training import (
     train,
     warmup_cosine,
 )
-from urbangeo.progress import set_mode
 
 TINY = "urbangeo-tiny-vit"
 FAST = {"model": TINY, "lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 1}
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    set_mode("none")
-    yield
-    set_mode("bar")
-
-
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory) -> Path:
-    return make_run(tmp_path_factory.mktemp("train") / "run", n=24)
+pytestmark = pytest.mark.usefixtures("one_thread", "quiet_progress")
 
 
 def _states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -190,7 +177,7 @@ def test_resume_is_bit_identical(small_run: Path, tmp_path: Path) -> None:
     whole = train(small_run, run_dir=tmp_path / "a", **settings)
     assert whole.finished and whole.step == whole.total_steps == 4
 
-    part = train(small_run, run_dir=tmp_path / "b", max_steps=3, **settings)
+    part = train(small_run, run_dir=tmp_path / "b", stop_after=3, **settings)
     assert not part.finished and part.step == 3 and part.model_path is None
     with pytest.raises(OutputError, match="already exists"):
         train(small_run, run_dir=tmp_path / "b", **settings)

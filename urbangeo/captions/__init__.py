@@ -25,44 +25,31 @@ Layout:
   WordNet and CAPTURE's stop words (``urbangeo captions setup``)
 """
 
-from __future__ import annotations
+from urbangeo._lazy import lazy_exports
 
-import importlib
-from typing import Any
-
-#: Public name -> the submodule that defines it, imported on first use.
-_EXPORTS = {
-    "caption_stage": "stages",
-    "read_caption_items": "stages",
-    "run_calls": "stages",
-    "CaptionsFailedError": "stages",
-    "BACKENDS": "captioners",
-    "CAPTIONERS": "captioners",
-    "make_captioner": "captioners",
-    "Captioner": "captioners.base",
-    "CaptionError": "captioners.base",
-    "ImageItem": "captioners.base",
-    "CaptionCache": "cache",
-    "Prompts": "prompts",
-    "load_prompts": "prompts",
-    "SceneGraph": "scenegraph",
-    "get_parser": "scenegraph",
-    "CaptureScorer": "capture",
-    "capture_score": "capture",
-    "select_caption": "consensus",
-    "setup_wordnet": "wordnet",
-    "setup_stop_words": "stopwords",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+# Public name -> the submodule that defines it, imported on first use.
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "caption_stage": ".stages",
+        "read_caption_items": ".stages",
+        "run_calls": ".stages",
+        "CaptionsFailedError": ".stages",
+        "BACKENDS": ".captioners",
+        "CAPTIONERS": ".captioners",
+        "make_captioner": ".captioners",
+        "Captioner": ".captioners.base",
+        "CaptionError": ".captioners.base",
+        "ImageItem": ".captioners.base",
+        "CaptionCache": ".cache",
+        "Prompts": ".prompts",
+        "load_prompts": ".prompts",
+        "SceneGraph": ".scenegraph",
+        "get_parser": ".scenegraph",
+        "CaptureScorer": ".capture",
+        "capture_score": ".capture",
+        "select_caption": ".consensus",
+        "setup_wordnet": ".wordnet",
+        "setup_stop_words": ".stopwords",
+    },
+)

@@ -192,7 +192,7 @@ class CaptureScorer:
                 for word in (*g.objects, *g.attribute_words, *(w for t in g.relations for w in t)):
                     _synonyms("_".join(word.split()))
         if self.soft:
-            phrases = set()
+            phrases: set[str] = set()
             for g in graphs:
                 phrases.update(g.objects)
                 phrases.update(g.attribute_words)
@@ -208,8 +208,8 @@ class CaptureScorer:
                     self._embed = load_minilm()
                 rows = np.asarray(self._embed(list(missing)), dtype=np.float32)
                 norms = np.linalg.norm(rows, axis=1, keepdims=True)
-                rows = rows / np.where(norms > 0, norms, 1.0)
-                self._vectors.update(zip(missing, rows, strict=True))
+                unit = rows / np.where(norms > 0, norms, 1.0)  # float32 still
+                self._vectors.update(zip(missing, unit, strict=True))
         return np.stack([self._vectors[p] for p in phrases])
 
     # --- matching -----------------------------------------------------------------------------

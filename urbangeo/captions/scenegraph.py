@@ -34,7 +34,7 @@ def _norm(text: str) -> str:
     return " ".join(str(text).lower().split())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class SceneGraph:
     """Objects, (object, attribute) pairs and (subject, relation, object) triples.
 
@@ -43,18 +43,25 @@ class SceneGraph:
     deterministic.
     """
 
-    objects: tuple[str, ...] = ()
-    attributes: tuple[tuple[str, str], ...] = ()
-    relations: tuple[tuple[str, str, str], ...] = ()
+    objects: tuple[str, ...]
+    attributes: tuple[tuple[str, str], ...]
+    relations: tuple[tuple[str, str, str], ...]
 
-    def __post_init__(self) -> None:
-        attrs = self.attributes
-        if isinstance(attrs, Mapping):
-            attrs = [(obj, a) for obj, values in attrs.items() for a in values]
-        objects = tuple(sorted({_norm(o) for o in self.objects if _norm(o)}))
+    def __init__(
+        self,
+        objects: Iterable[str] = (),
+        attributes: Iterable[tuple[str, str]] | Mapping[str, Iterable[str]] = (),
+        relations: Iterable[tuple[str, str, str]] = (),
+    ) -> None:
+        attrs: Iterable[tuple[str, str]] = (
+            [(obj, a) for obj, values in attributes.items() for a in values]
+            if isinstance(attributes, Mapping)
+            else attributes
+        )
+        objects = tuple(sorted({_norm(o) for o in objects if _norm(o)}))
         pairs = tuple(sorted({(_norm(o), _norm(a)) for o, a in attrs if _norm(a)}))
         triples = tuple(
-            sorted({(_norm(s), _norm(r), _norm(o)) for s, r, o in self.relations if _norm(r)})
+            sorted({(_norm(s), _norm(r), _norm(o)) for s, r, o in relations if _norm(r)})
         )
         object.__setattr__(self, "objects", objects)
         object.__setattr__(self, "attributes", pairs)

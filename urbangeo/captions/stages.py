@@ -249,11 +249,13 @@ def run_calls(
         bar.update(len(calls) - len(todo), status="cached")
         if not todo:
             return
+
+        def settle(call: Call, _: None) -> None:
+            bar.update(1)
+
         # Each call is cached in its worker as it finishes; on an error or Ctrl-C the queued
         # calls are dropped and the running ones finish (and are cached).
-        with BoundedPool(
-            workers, settle=lambda call, _: bar.update(1), name="urbangeo-caption"
-        ) as pool:
+        with BoundedPool(workers, settle=settle, name="urbangeo-caption") as pool:
             for call, image, prompt in todo:
                 pool.submit(call, one, call, image, prompt)
 
@@ -275,7 +277,7 @@ def caption_stage(
     :func:`urbangeo.captions.refine.refine_calls` (``sam``/``owl`` models, ``max_crops``...).
     Raises :class:`CaptionsFailedError` when every call fails (nothing written).
     """
-    path = run.path
+    path = run.gpkg
     prompts = load_prompts(s.prompts)
     items, _ = read_caption_items(path)
     if s.kinds:

@@ -125,7 +125,10 @@ def _extract(archive: Path, dest: Path) -> None:
                 base = name[len(_MEMBER_DIR) :]
                 if not base or "/" in base:
                     continue
-                data = tar.extractfile(member).read().replace(b"\r\n", b"\n")
+                handle = tar.extractfile(member)
+                if handle is None:  # not for regular files (checked above)
+                    continue
+                data = handle.read().replace(b"\r\n", b"\n")
                 (dest / base).write_bytes(data)
                 found += 1
     except (tarfile.TarError, OSError, EOFError) as exc:

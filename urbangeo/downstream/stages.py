@@ -62,12 +62,19 @@ def predict_stage(
     ("ensemble") or of one seed, and ``NAME_split`` saying where each came from. The record's
     counts include ``below_baseline``: the targets the ``model`` predicts worse than their
     mean. ``mlp``: the MLP head's configuration (:class:`~urbangeo.downstream.heads.MLPConfig`;
-    default ``DEFAULT_MLP``).
+    default ``DEFAULT_MLP``). Regions the run excludes (edge cells) are not scored; their rows
+    have no prediction, with ``edge`` and ``excluded`` (:mod:`urbangeo.imagery.edges`).
     """
     from urbangeo.downstream.baselines import image_baselines
     from urbangeo.downstream.heads import DEFAULT_MLP
     from urbangeo.downstream.predict import evaluate
-    from urbangeo.downstream.tables import dataset_from_files, dataset_from_gpkg
+    from urbangeo.downstream.tables import (
+        dataset_from_files,
+        dataset_from_gpkg,
+        run_status,
+        with_status,
+        without_excluded,
+    )
     from urbangeo.settings.downstream import DEFAULT_BASELINES
 
     path = run.path
@@ -86,6 +93,9 @@ def predict_stage(
         dataset = dataset_from_gpkg(path, embeddings=s.embeddings, indicators=s.indicators)
     else:
         dataset = dataset_from_files(s.embeddings, s.indicators)  # type: ignore[arg-type]
+    status = run_status(path)  # edge cells the run excludes get no prediction
+    n_all = len(dataset.features)
+    dataset = without_excluded(dataset, status)
     extra, baselines = image_baselines(
         path,
         s.baseline_names,
@@ -110,6 +120,7 @@ def predict_stage(
     report.protocol["baselines"] = {"asked": list(s.baseline_names), **baselines}
     below = report.below_baseline(s.model)
     counts: dict = {"regions": len(dataset.features), "targets": len(report.targets)}
+    counts["excluded"] = n_all - len(dataset.features)
     for name, target in report.targets.items():
         counts[f"r2_{s.model}_{name}"] = round(target.metrics[s.model]["r2"]["mean"], 4)
     counts["below_baseline"] = len(below)
@@ -119,7 +130,7 @@ def predict_stage(
     layers = None
     if path is not None:
         frame = report.prediction_frame(model=s.model, seed=s.predictions_seed)
-        layers = {C.LAYER_PREDICTIONS: _regions_frame(path, frame)}
+        layers = {C.LAYER_PREDICTIONS: _regions_frame(path, with_status(frame, status))}
     params = {
         "embeddings": str(s.embeddings) if s.embeddings else "run",
         "indicators": str(s.indicators) if s.indicators else "run",
@@ -375,15 +386,19 @@ def cluster_stage(run: StageRun, s: ClusterSettings, *, overwrite: bool) -> Stag
     ``clusters`` (region polygons, ``cluster``, ``pc1``, ``pc2``) and the plot
     ``maps/cluster_density.png`` beside it when there are indicators. ``output`` writes the
     same columns as a CSV or Parquet table (region_id, cluster, pc1, pc2); ``plot`` names the
-    PNG.
+    PNG. Regions the run excludes (edge cells) keep a row without a cluster, with ``edge`` and
+    the reason in ``excluded`` (:mod:`urbangeo.imagery.edges`).
     """
     from urbangeo.downstream.cluster import cluster_embeddings
     from urbangeo.downstream.tables import (
         gpkg_embeddings,
         gpkg_indicators,
         indicator_columns,
+        kept,
         load_embeddings,
         load_indicators,
+        run_status,
+        with_status,
     )
 
     path = run.path
@@ -400,6 +415,9 @@ def cluster_stage(run: StageRun, s: ClusterSettings, *, overwrite: bool) -> Stag
     else:
         assert path is not None  # checked above
         features = gpkg_embeddings(path)
+    status = run_status(path)  # edge cells the run excludes get no cluster
+    n_all = len(features)
+    features = features.loc[kept(features.index, status)]
     table = None
     if s.indicators is not None:
         table = load_indicators(s.indicators)
@@ -418,7 +436,7 @@ def cluster_stage(run: StageRun, s: ClusterSettings, *, overwrite: bool) -> Stag
             seed=s.seed,
         )
         bar.update(1, status="write")
-        frame = clusters.frame()
+        frame = with_status(clusters.frame(), status)
         files: list[Path] = []
         plot = s.plot
         if plot is None and path is not None:
@@ -437,7 +455,8 @@ def cluster_stage(run: StageRun, s: ClusterSettings, *, overwrite: bool) -> Stag
                 else:
                     frame.reset_index().to_csv(tmp, index=False)
             files.append(s.output)
-        counts: dict[str, int | float] = {"regions": len(frame), "k": clusters.k}
+        counts: dict[str, int | float] = {"regions": len(features), "k": clusters.k}
+        counts["excluded"] = n_all - len(features)
         counts.update({f"silhouette_k{kk}": round(v, 4) for kk, v in clusters.silhouettes.items()})
         params = {
             "embeddings": str(s.embeddings) if s.embeddings else "run",
@@ -450,7 +469,8 @@ def cluster_stage(run: StageRun, s: ClusterSettings, *, overwrite: bool) -> Stag
         result = run.commit(layers, counts=counts, params=params, files=files, report=clusters)
         bar.update(1)
     where = f" to {path} (layer {C.LAYER_CLUSTERS})" if path is not None else ""
-    message(f"Clustered {len(frame):,} regions into {clusters.k} clusters{where}.")
+    left = f" ({counts['excluded']:,} edge cells left out)" if counts["excluded"] else ""
+    message(f"Clustered {len(features):,} regions into {clusters.k} clusters{where}{left}.")
     for file in files:
         message(f"Wrote {file}.")
     return result
@@ -535,10 +555,8 @@ def map_stage(run: StageRun, s: MapSettings, *, overwrite: bool) -> StageResult:
         points = read_layer(path, C.LAYER_SV_POINTS) if C.LAYER_SV_POINTS in layers else None
         region_captions, point_captions = _selected_captions(path)
         region_images, point_images = run_image_uris(path)
-        context = {
-            key: read_layer(path, name) if name in layers else None
-            for key, name in (("boundary", C.LAYER_BOUNDARY), ("roads", C.LAYER_ROADS))
-        }
+        boundary = read_layer(path, C.LAYER_BOUNDARY) if C.LAYER_BOUNDARY in layers else None
+        roads = read_layer(path, C.LAYER_ROADS) if C.LAYER_ROADS in layers else None
         bar.update(1, status="build")
         fmap = build_map(
             regions,
@@ -552,7 +570,8 @@ def map_stage(run: StageRun, s: MapSettings, *, overwrite: bool) -> StageResult:
             point_images=point_images,
             tiles=s.tiles,
             title=f"urbangeo: {path.parent.name or path.stem}",
-            **context,
+            boundary=boundary,
+            roads=roads,
         )
         bar.update(1, status="write")
         write_map(fmap, out)

@@ -21,12 +21,13 @@ import pandas as pd
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError, UrbangeoWarning
+from urbangeo.imagery.edges import EDGE, EXCLUDED, VALID_SHARE, region_status
 from urbangeo.io.gpkg import list_layers, read_layer
 
 #: Attribute table of ground-truth indicators keyed by region_id (urbangeo indicators).
 #: Columns that are never features or indicators.
 COORD_COLUMNS = ("lon", "lat", "x", "y")
-REGION_ATTRIBUTES = (C.COL, C.ROW, C.AREA_M2, C.INSIDE_SHARE)
+REGION_ATTRIBUTES = (C.COL, C.ROW, C.AREA_M2, C.INSIDE_SHARE, VALID_SHARE, EDGE, EXCLUDED)
 #: Fewest regions with a valid value for a target to be fitted (6:2:2 leaves 2 for testing).
 MIN_REGIONS = 10
 
@@ -113,6 +114,7 @@ def embeddings_frame(frame: pd.DataFrame, *, source: str = "embeddings") -> pd.D
     """
     frame = _keyed(frame, what="embeddings", source=source)
     frame = frame.drop(columns=[c for c in ("geometry", "geom") if c in frame.columns])
+    frame = _without_quality(frame)
     is_vector = lambda v: isinstance(v, list | tuple | np.ndarray)  # noqa: E731
     if frame.shape[1] == 1 and frame.iloc[:, 0].map(is_vector).all():
         values = np.stack(frame.iloc[:, 0].map(np.asarray).to_numpy())
@@ -140,6 +142,16 @@ def embeddings_frame(frame: pd.DataFrame, *, source: str = "embeddings") -> pd.D
         )
     frame.columns = [str(c) for c in frame.columns]
     return frame.astype(np.float64)
+
+
+def _without_quality(frame: pd.DataFrame) -> pd.DataFrame:
+    """A region encoder's table (raster, patches) without its quality columns, which are never
+    features, and without the regions it found no data for (``valid_share`` 0: a zero vector)."""
+    from urbangeo.model.encoders.region_encoder import QUALITY_COLUMNS, VALID_SHARE
+
+    if VALID_SHARE in frame.columns and pd.api.types.is_numeric_dtype(frame[VALID_SHARE]):
+        frame = frame[frame[VALID_SHARE].fillna(0) > 0]
+    return frame.drop(columns=[c for c in QUALITY_COLUMNS if c in frame.columns])
 
 
 def load_embeddings(path: str | os.PathLike) -> pd.DataFrame:
@@ -198,7 +210,7 @@ def gpkg_embeddings(gpkg: str | os.PathLike) -> pd.DataFrame:
         return load_embeddings(beside)
     if C.LAYER_REGION_EMBEDDINGS in list_layers(gpkg):
         layer = read_layer(gpkg, C.LAYER_REGION_EMBEDDINGS)
-        frame = _attributes(layer)
+        frame = _without_quality(_attributes(layer))
         # The embed stage's layer: n_images beside the vector, stored as JSON text when wide.
         drop = [c for c in (*REGION_ATTRIBUTES, "n_images") if c in frame.columns]
         frame = frame.drop(columns=drop)
@@ -321,3 +333,54 @@ def open_dataset(spec: str | os.PathLike) -> Dataset:
             "separated by a comma (E.parquet,I.csv).",
         )
     return dataset_from_files(parts[0], parts[1], name=parts[0])
+
+
+# --------------------------------------------------------------------------------------------
+# Excluded regions (edge cells: urbangeo.imagery.edges)
+# --------------------------------------------------------------------------------------------
+
+
+def run_status(gpkg: str | os.PathLike | None) -> pd.DataFrame | None:
+    """``edge`` and ``excluded`` of a run's regions (None without a GeoPackage)."""
+    return None if gpkg is None else region_status(gpkg)
+
+
+def kept(index: pd.Index, status: pd.DataFrame | None) -> pd.Index:
+    """The regions of ``index`` the run does not exclude."""
+    if status is None:
+        return index
+    excluded = status.index[status[EXCLUDED].notna()]
+    return index[~index.astype(str).isin(excluded)]
+
+
+def without_excluded(dataset: Dataset, status: pd.DataFrame | None) -> Dataset:
+    """``dataset`` without the regions the run excludes (edge cells)."""
+    keep = kept(dataset.features.index, status)
+    if len(keep) == len(dataset.features):
+        return dataset
+    return Dataset(
+        features=dataset.features.loc[keep],
+        indicators=dataset.indicators.reindex(keep),
+        coords=None if dataset.coords is None else dataset.coords.reindex(keep),
+        regions=dataset.regions,
+        name=dataset.name,
+    )
+
+
+def with_status(frame: pd.DataFrame, status: pd.DataFrame | None) -> pd.DataFrame:
+    """``frame`` (indexed by region_id) with ``edge`` and ``excluded`` per region, plus an
+    empty row (no cluster, no prediction) for each excluded region it lacks."""
+    if status is None:
+        return frame
+    frame = frame.copy()
+    frame.index = frame.index.astype(str)
+    excluded = status.index[status[EXCLUDED].notna()]
+    missing = excluded[~excluded.isin(frame.index)]
+    if len(missing):
+        ints = [c for c in frame.columns if pd.api.types.is_integer_dtype(frame[c])]
+        frame = frame.reindex(frame.index.append(missing))
+        frame = frame.astype({c: "Int64" for c in ints})
+        frame.index.name = C.REGION_ID
+    frame[EDGE] = status[EDGE].reindex(frame.index).fillna(False).astype(bool).to_numpy()
+    frame[EXCLUDED] = status[EXCLUDED].reindex(frame.index).astype(object).to_numpy()
+    return frame

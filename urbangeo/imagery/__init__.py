@@ -11,7 +11,10 @@
   ``baidu``; one module each, photo locations in :mod:`.streetview.location`), built by
   ``make_provider``;
 - :mod:`~urbangeo.imagery.manifest`: the ``images`` layer, atomic image files, resume, new
-  images staged until the layer that describes them is committed;
+  images staged until the layer that describes them is committed (PNGs:
+  :mod:`~urbangeo.imagery.png`);
+- :mod:`~urbangeo.imagery.edges`: edge cells, marked in the ``regions`` layer by ``tiles`` and
+  left out of training, clustering and prediction;
 - :mod:`~urbangeo.imagery.coords`: WGS84 / GCJ-02 / BD-09; :mod:`~urbangeo.imagery.panorama`:
   perspective views from equirectangular panoramas.
 
@@ -19,39 +22,27 @@ The HTTP client is :mod:`urbangeo.io.http`, the worker pool :mod:`urbangeo.io.po
 below are imported when first used, so ``import urbangeo.imagery`` stays cheap.
 """
 
-from __future__ import annotations
+from urbangeo._lazy import lazy_exports
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "tiles_stage": "urbangeo.imagery.stages",
-    "streetview_stage": "urbangeo.imagery.stages",
-    "TILE_SOURCES": "urbangeo.imagery.sources",
-    "Tile": "urbangeo.imagery.sources",
-    "TileOptions": "urbangeo.imagery.sources",
-    "TileSource": "urbangeo.imagery.sources",
-    "make_tile_source": "urbangeo.imagery.sources",
-    "PROVIDERS": "urbangeo.imagery.streetview",
-    "Fetched": "urbangeo.imagery.streetview",
-    "ProviderOptions": "urbangeo.imagery.streetview",
-    "Shot": "urbangeo.imagery.streetview",
-    "StreetViewProvider": "urbangeo.imagery.streetview",
-    "make_provider": "urbangeo.imagery.streetview",
-    "ImageJob": "urbangeo.imagery.manifest",
-    "ImageResult": "urbangeo.imagery.manifest",
-    "ImagesFailedError": "urbangeo.imagery.manifest",
-    "Manifest": "urbangeo.imagery.manifest",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "tiles_stage": ".stages",
+        "streetview_stage": ".stages",
+        "TILE_SOURCES": ".sources",
+        "Tile": ".sources",
+        "TileOptions": ".sources",
+        "TileSource": ".sources",
+        "make_tile_source": ".sources",
+        "PROVIDERS": ".streetview",
+        "Fetched": ".streetview",
+        "ProviderOptions": ".streetview",
+        "Shot": ".streetview",
+        "StreetViewProvider": ".streetview",
+        "make_provider": ".streetview",
+        "ImageJob": ".manifest",
+        "ImageResult": ".manifest",
+        "ImagesFailedError": ".manifest",
+        "Manifest": ".manifest",
+    },
+)

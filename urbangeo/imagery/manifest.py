@@ -19,28 +19,25 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import json
 import os
 import shutil
-import struct
 import time
 import warnings
-import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import geopandas as gpd
-import numpy as np
 import pandas as pd
 import shapely
-from PIL import Image
 
 from urbangeo import constants as C
 from urbangeo.errors import OutputError, UrbangeoError, UrbangeoWarning
+from urbangeo.imagery.edges import VALID_SHARE
+from urbangeo.imagery.png import check_image_file, png_valid_share
 from urbangeo.io.files import sha256_bytes, sha256_file, write_bytes_atomic, write_text_atomic
 from urbangeo.io.gpkg import list_layers, read_layer, write_layers
 from urbangeo.io.runs import (
@@ -53,6 +50,8 @@ from urbangeo.io.runs import (
 )
 
 if TYPE_CHECKING:
+    from _typeshed import SupportsRichComparison
+
     from urbangeo.stage import StageRun
 
 #: Columns of the ``images`` layer, in order (plus the geometry).
@@ -68,10 +67,8 @@ IMAGE_COLUMNS = [
     C.WIDTH,
     C.HEIGHT,
     C.SHA256,
+    VALID_SHARE,
 ]
-#: PNG text chunk holding the settings an image was made with (checked before a file on disk
-#: without a manifest row is adopted).
-PNG_SETTINGS_KEY = "urbangeo"
 #: Seconds between two writes of the manifest during a long run.
 FLUSH_EVERY_S = 30.0
 #: Where new images wait, per kind, until the layer that describes them is committed.
@@ -105,66 +102,8 @@ class ImageResult:
     height: int | None = None
     sha256: str | None = None
     source: str = ""
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def encode_png(image: np.ndarray, *, settings: str = "", photographic: bool = True) -> bytes:
-    """PNG bytes of an (H, W) grey or (H, W, 3) RGB uint8 array, ``settings`` in a text chunk.
-
-    Written with numpy and zlib rather than Pillow: every row gets the PNG "Up" filter
-    (vectorised) and zlib level 1, with run-length matching for photographic images. On aerial
-    imagery that is about five times faster than Pillow's per-row adaptive filtering, and the
-    files are no larger; rendered maps use zlib's default matching, which suits flat colours.
-    """
-    image = np.ascontiguousarray(image, dtype=np.uint8)
-    height, width = image.shape[:2]
-    channels = 1 if image.ndim == 2 else image.shape[2]
-    if channels not in (1, 3):
-        raise ValueError(f"encode_png takes grey or RGB images, not {channels} channels")
-    raw = image.reshape(height, width * channels)
-    rows = np.empty((height, width * channels + 1), dtype=np.uint8)
-    rows[:, 0] = 2  # filter type Up: each byte minus the byte above it, modulo 256
-    rows[0, 1:] = raw[0]
-    np.subtract(raw[1:], raw[:-1], out=rows[1:, 1:])
-    strategy = zlib.Z_RLE if photographic else zlib.Z_DEFAULT_STRATEGY
-    packer = zlib.compressobj(1, zlib.DEFLATED, 15, 9, strategy)
-    idat = packer.compress(rows.tobytes()) + packer.flush()
-    colour_type = 0 if channels == 1 else 2
-    parts = [
-        b"\x89PNG\r\n\x1a\n",
-        _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)),
-    ]
-    if settings:
-        # iTXt: keyword, no compression, no language, no translated keyword, UTF-8 text.
-        text = PNG_SETTINGS_KEY.encode() + b"\x00\x00\x00\x00\x00" + settings.encode("utf-8")
-        parts.append(_png_chunk(b"iTXt", text))
-    parts += [_png_chunk(b"IDAT", idat), _png_chunk(b"IEND", b"")]
-    return b"".join(parts)
-
-
-def image_size(data: bytes) -> tuple[int, int]:
-    """(width, height) of encoded image bytes, decoding them fully (raises if corrupt)."""
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        return im.size
-
-
-def check_image_file(path: Path, *, settings: str | None = None) -> tuple[int, int] | None:
-    """(width, height) if ``path`` is a complete, decodable image, else None.
-
-    With ``settings``, a PNG must also carry the same settings text.
-    """
-    try:
-        with Image.open(path) as im:
-            im.load()  # verify() misses truncated pixel data; a full decode does not
-            if settings is not None and getattr(im, "text", {}).get(PNG_SETTINGS_KEY) != settings:
-                return None
-            return im.size
-    except Exception:
-        return None
+    #: The share of the image with data (0..1; None: not known).
+    valid_share: float | None = None
 
 
 def empty_images_frame(crs: object) -> gpd.GeoDataFrame:
@@ -178,13 +117,14 @@ def images_frame(rows: list[dict], crs: object) -> gpd.GeoDataFrame:
     frame[C.POINT_ID] = pd.array(frame[C.POINT_ID], dtype="Int64")
     frame[C.WIDTH] = pd.array(frame[C.WIDTH], dtype="Int64")
     frame[C.HEIGHT] = pd.array(frame[C.HEIGHT], dtype="Int64")
+    frame[VALID_SHARE] = pd.to_numeric(frame[VALID_SHARE], errors="coerce").astype("float64")
     for col in (C.IMAGE_ID, C.KIND, C.REGION_ID, C.PATH, C.SOURCE, C.STATUS, C.REASON, C.SHA256):
         frame[col] = frame[col].astype(object)
     return gpd.GeoDataFrame(frame, geometry="geometry", crs=crs)
 
 
 def _row_dict(row: pd.Series) -> dict:
-    out = {}
+    out: dict[str, Any] = {}
     for col in IMAGE_COLUMNS:
         value = row.get(col)
         missing = value is None or (not isinstance(value, str) and pd.isna(value))
@@ -194,6 +134,8 @@ def _row_dict(row: pd.Series) -> dict:
     for col in (C.WIDTH, C.HEIGHT):
         if out[col] is not None:
             out[col] = int(out[col])
+    if out[VALID_SHARE] is not None:
+        out[VALID_SHARE] = float(out[VALID_SHARE])
     out["geometry"] = row.geometry
     return out
 
@@ -282,6 +224,14 @@ class Manifest:
         self.order = {image_id: i for i, image_id in enumerate(order)}
         self.pending = set(todo)
 
+    def plan(self, jobs: Sequence[ImageJob], *, settings: str | None = None) -> list[int]:
+        """Start on ``jobs`` (the plan, in layer order; rows of other images are forgotten):
+        the indices of those still to make (see :meth:`is_done`)."""
+        self.keep_only(job.image_id for job in jobs)
+        todo = [i for i, job in enumerate(jobs) if not self.is_done(job, settings=settings)]
+        self.start((job.image_id for job in jobs), (jobs[i].image_id for i in todo))
+        return todo
+
     def staged_path(self, job: ImageJob) -> Path:
         """Where the new image of ``job`` waits for :meth:`commit` (with ``overwrite``)."""
         return self.staging / Path(job.path).name
@@ -322,6 +272,7 @@ class Manifest:
             height=size[1],
             sha256=sha256_file(file),
             source=self.source,
+            valid_share=png_valid_share(file),
         )
         self.record(job, result)
         self.adopted += 1
@@ -341,6 +292,7 @@ class Manifest:
             C.WIDTH: result.width,
             C.HEIGHT: result.height,
             C.SHA256: result.sha256,
+            VALID_SHARE: result.valid_share,
             "geometry": job.geometry,
         }
         self.changed = True
@@ -349,7 +301,13 @@ class Manifest:
             self.flush()
 
     def write(
-        self, job: ImageJob, data: bytes, *, source: str, size: tuple[int, int]
+        self,
+        job: ImageJob,
+        data: bytes,
+        *,
+        source: str,
+        size: tuple[int, int],
+        valid_share: float | None = None,
     ) -> ImageResult:
         """Write an image's bytes atomically (staged, with ``overwrite``); the ok result to
         :meth:`record` (thread-safe)."""
@@ -364,7 +322,12 @@ class Manifest:
                 f"same command: it continues where it stopped.{kept}",
             ) from exc
         return ImageResult(
-            C.STATUS_OK, width=size[0], height=size[1], sha256=sha256_bytes(data), source=source
+            C.STATUS_OK,
+            width=size[0],
+            height=size[1],
+            sha256=sha256_bytes(data),
+            source=source,
+            valid_share=valid_share,
         )
 
     def save(self, job: ImageJob, data: bytes, *, source: str, size: tuple[int, int]) -> None:
@@ -372,7 +335,9 @@ class Manifest:
         self.record(job, self.write(job, data, source=source, size=size))
 
     # --- reading ---------------------------------------------------------------------------
-    def frame(self, order: Callable[[str], object] | None = None) -> gpd.GeoDataFrame:
+    def frame(
+        self, order: Callable[[str], SupportsRichComparison] | None = None
+    ) -> gpd.GeoDataFrame:
         """The whole ``images`` layer: other kinds first, then this kind's rows."""
         rows = list(self.rows.values())
         if order is None and self.order:
@@ -403,7 +368,7 @@ class Manifest:
         reason, times = Counter(reasons).most_common(1)[0]
         return len(reasons), reason, times
 
-    def warn_failures(self) -> None:
+    def warn_failures(self, *, stacklevel: int = 2) -> None:
         """Warn when images failed, with the most common reason: a run where images failed
         should not read like a success."""
         failed, reason, times = self._failures()
@@ -417,7 +382,7 @@ class Manifest:
             "Rerun the same command to retry only those (each one's reason is in column "
             f"'{C.REASON}' of layer {C.LAYER_IMAGES}).",
             UrbangeoWarning,
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
 
     def check_usable(self) -> None:
@@ -463,27 +428,60 @@ class Manifest:
         with contextlib.suppress(Exception):
             self.flush()
 
-    def commit(self, run: StageRun) -> StageResult:
-        """Finish the stage: the layer and the stage's record in one atomic write, then the
-        staged images moved into place. A rerun that changed nothing writes nothing."""
-        counts = self.counts()
-        recorded = {**counts, "pending": 0}
+    @contextlib.contextmanager
+    def kept_on_error(self) -> Iterator[None]:
+        """What was made is kept when the block fails (not with ``overwrite``: see
+        :meth:`commit`)."""
+        try:
+            yield
+        except BaseException:
+            self.flush_quietly()
+            raise
+
+    def commit(
+        self,
+        run: StageRun,
+        *,
+        layers: Mapping[str, pd.DataFrame] | None = None,
+        counts: Mapping[str, int] | None = None,
+    ) -> StageResult:
+        """Finish the stage: the layer (with other ``layers`` of the stage) and the stage's
+        record (with more ``counts``) in one atomic write, then the staged images moved into
+        place. A rerun that changed nothing writes nothing."""
+        status = self.counts()
+        recorded = {**status, "pending": 0, **(counts or {})}
         before = self.record_before
         unchanged = (
             not self.changed
+            and not layers
             and before is not None
             and before.params == self.params
             and before.counts == recorded
         )
         if unchanged:
-            result = StageResult(self.stage, self.gpkg, counts)
+            result = StageResult(self.stage, self.gpkg, status)
         else:
-            result = run.commit({C.LAYER_IMAGES: self.frame()}, counts=recorded, params=self.params)
+            written = {C.LAYER_IMAGES: self.frame(), **(layers or {})}
+            result = run.commit(written, counts=recorded, params=self.params)
         self._finish_moves(self.rows.values(), verify=not self.overwrite)
         shutil.rmtree(self.staging, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.staging.parent.rmdir()  # images/.staging, when no other kind waits there
-        return dataclasses.replace(result, counts=counts)
+        return dataclasses.replace(result, counts=status)
+
+    def finish(
+        self,
+        run: StageRun,
+        *,
+        layers: Mapping[str, pd.DataFrame] | None = None,
+        counts: Mapping[str, int] | None = None,
+    ) -> StageResult:
+        """The end of the stage: :meth:`check_usable`, :meth:`commit` (with ``layers`` and
+        ``counts``), :meth:`warn_failures`."""
+        self.check_usable()
+        result = self.commit(run, layers=layers, counts=counts)
+        self.warn_failures(stacklevel=3)
+        return result
 
     # --- staging ---------------------------------------------------------------------------
     def _open_staging(self) -> None:

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import geopandas as gpd
@@ -23,7 +24,10 @@ import numpy as np
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError
-from urbangeo.imagery.manifest import ImageJob, ImageResult, Manifest, encode_png, image_size
+from urbangeo.imagery.edges import regions_with_edges
+from urbangeo.imagery.http_options import http_options
+from urbangeo.imagery.manifest import ImageJob, ImageResult, Manifest
+from urbangeo.imagery.png import encode_png, image_size
 from urbangeo.imagery.sources import TileOptions, TileSource, make_tile_source
 from urbangeo.imagery.streetview import ProviderOptions, Shot, StreetViewProvider, make_provider
 from urbangeo.io.gpkg import read_layer
@@ -84,21 +88,22 @@ def _tile_options(
         location = s.xyz
     else:
         location = _osm_source(path, s.osm)
+    coverage = None
+    if s.source == "osm" and location is not None:
+        from urbangeo.imagery.sources.coverage import extract_coverage
+
+        coverage = extract_coverage(path, location, regions.crs)
     return TileOptions(
         location=location,
         grid_crs=regions.crs,
+        coverage=coverage,
         run_dir=path.parent,
         bands=s.bands,
         zoom=s.zoom,
         resampling=s.resampling,
         min_valid=s.min_valid,
-        concurrency=s.concurrency,
-        rate_limit=s.rate_limit,
-        retries=s.retries,
-        timeout=s.timeout,
         key_env=s.key_env,
-        user_agent=s.user_agent,
-        client=client,
+        **http_options(s, client),
     )
 
 
@@ -115,14 +120,17 @@ def tiles_stage(
     offline OSM map).
 
     Reads ``regions`` from ``gpkg``; writes ``size`` × ``size`` PNGs to ``images/satellite/``
-    and rows of kind ``satellite`` to the ``images`` layer. See
+    and rows of kind ``satellite`` to the ``images`` layer (with each image's ``valid_share``),
+    and marks the edge cells in ``regions`` (columns ``valid_share``, ``edge``, ``excluded``:
+    :mod:`urbangeo.imagery.edges`; ``min_valid_share``, ``min_inside_share``,
+    ``include_edges``). See
     :mod:`urbangeo.imagery.sources` for the sources; any other
     :class:`~urbangeo.imagery.sources.TileSource` can be passed as ``source`` (the caller
     closes it), and an :class:`~urbangeo.io.http.HttpClient` as ``client`` for ``xyz``.
     Raises :class:`~urbangeo.imagery.manifest.ImagesFailedError` when images failed and none
     could be made.
     """
-    path = run.path
+    path = run.gpkg
     regions = read_layer(path, C.LAYER_REGIONS)
     bounds = regions.geometry.bounds.to_numpy(dtype=float)
     if source is not None:
@@ -144,12 +152,12 @@ def _make_tiles(
     s: TilesSettings,
     overwrite: bool,
 ) -> StageResult:
-    path, size = run.path, s.size
+    size = s.size
     params = {**source.params(), "size": size}
     settings = json.dumps(params, sort_keys=True)
     jobs = satellite_jobs(regions)
     manifest = Manifest(
-        path,
+        run.gpkg,
         kind=C.KIND_SATELLITE,
         stage="tiles",
         params=params,
@@ -157,48 +165,110 @@ def _make_tiles(
         overwrite=overwrite,
         source=source.source,
     )
-    manifest.keep_only(j.image_id for j in jobs)
-    todo = [i for i, job in enumerate(jobs) if not manifest.is_done(job, settings=settings)]
-    manifest.start((job.image_id for job in jobs), (jobs[i].image_id for i in todo))
+    todo = manifest.plan(jobs, settings=settings)
 
-    def save(job: ImageJob, image: np.ndarray) -> ImageResult:
+    def save(job: ImageJob, image: np.ndarray, share: float | None) -> ImageResult:
         # In a worker thread: encoding, hashing and file I/O run in parallel.
-        data = encode_png(image, settings=settings, photographic=source.photographic)
-        return manifest.write(job, data, source=source.source, size=(size, size))
+        data = encode_png(
+            image, settings=settings, photographic=source.photographic, valid_share=share
+        )
+        return manifest.write(job, data, source=source.source, size=(size, size), valid_share=share)
+
+    def submit(pool: BoundedPool[ImageJob, ImageResult]) -> None:
+        for k, tile in source.tiles(bounds[todo], size):
+            job = jobs[todo[k]]
+            if tile.status == C.STATUS_OK:
+                pool.submit(job, save, job, tile.image, tile.valid_share)
+            else:
+                result = ImageResult(
+                    tile.status,
+                    reason=tile.reason,
+                    source=source.source,
+                    valid_share=tile.valid_share,
+                )
+                pool.settled(job, result)
+
+    edge_counts: dict[str, int] = {}
+
+    def edges(done: Manifest) -> tuple[dict, dict]:
+        # The regions layer with each region's valid_share, edge and excluded columns.
+        layers, counts = regions_with_edges(
+            regions,
+            done.frame(),
+            min_valid_share=s.min_valid_share,
+            min_inside_share=s.min_inside_share,
+            include_edges=s.include_edges,
+        )
+        edge_counts.update(counts)
+        return layers, counts
 
     started = time.perf_counter()
-    with progress(len(jobs), task="tiles", unit="tile") as bar:
-        bar.update(len(jobs) - len(todo), status="done before")
-
-        def settle(job: ImageJob, result: ImageResult) -> None:
-            # In this thread, in the regions' order.
-            manifest.record(job, result)
-            bar.update(1, status=None if result.status == C.STATUS_OK else result.status)
-
-        try:
-            with BoundedPool(s.workers, settle, name="tiles") as pool:
-                for k, tile in source.tiles(bounds[todo], size):
-                    job = jobs[todo[k]]
-                    if tile.status == C.STATUS_OK:
-                        pool.submit(job, save, job, tile.image)
-                    else:
-                        result = ImageResult(tile.status, reason=tile.reason, source=source.source)
-                        pool.settled(job, result)
-        except BaseException:
-            manifest.flush_quietly()  # what was made is kept (not with overwrite: see commit)
-            raise
-    manifest.check_usable()
-    result = manifest.commit(run)
-    counts = result.counts
-    manifest.warn_failures()
+    committed = _make_images(
+        run,
+        manifest,
+        submit,
+        workers=s.workers,
+        task="tiles",
+        unit="tile",
+        show_ok=False,
+        extra=edges,
+    )
     seconds = time.perf_counter() - started
     rate = f", {len(todo) / seconds:,.0f} tiles/s" if todo and seconds > 0 else ""
+    folder = run.gpkg.parent / C.SATELLITE_DIR
+    _report("Satellite images", committed.counts, len(jobs) - len(todo), folder, rate)
+    if edge_counts.get("edge"):
+        kept = (
+            "kept in the analysis (include_edges)"
+            if not edge_counts["excluded"]
+            else "left out of training, clustering and prediction (--include-edges keeps them)"
+        )
+        message(
+            f"{edge_counts['edge']:,} of {len(jobs):,} regions are edge cells (under "
+            f"{s.min_inside_share:.0%} inside the boundary or {s.min_valid_share:.0%} image "
+            f"data; columns edge and excluded of layer regions): {kept}."
+        )
+    return committed
+
+
+def _make_images(
+    run: StageRun,
+    manifest: Manifest,
+    submit: Callable[[BoundedPool[ImageJob, ImageResult]], None],
+    *,
+    workers: int,
+    task: str,
+    unit: str,
+    show_ok: bool = True,
+    extra: Callable[[Manifest], tuple[dict, dict]] | None = None,
+) -> StageResult:
+    """Make the images that ``submit`` hands to a pool of ``workers`` threads, each recorded
+    in ``manifest`` (planned with :meth:`Manifest.plan`) as it settles, then finish the stage.
+    ``show_ok``: whether the progress bar says "ok" too, or only the other statuses;
+    ``extra``: the stage's other layers and counts, from the finished manifest."""
+    total = len(manifest.order)
+    with progress(total, task=task, unit=unit) as bar:
+        bar.update(total - len(manifest.pending), status="done before")
+
+        def settle(job: ImageJob, result: ImageResult) -> None:
+            # In this thread, in the plan's order.
+            manifest.record(job, result)
+            shown = show_ok or result.status != C.STATUS_OK
+            bar.update(1, status=result.status if shown else None)
+
+        with manifest.kept_on_error(), BoundedPool(workers, settle, name=manifest.stage) as pool:
+            submit(pool)
+    layers, counts = extra(manifest) if extra is not None else ({}, {})
+    return manifest.finish(run, layers=layers, counts=counts)
+
+
+def _report(what: str, counts: dict, before: int, folder: Path, rate: str = "") -> None:
+    """The stage's closing message: images per status, and where they are."""
     message(
-        f"Satellite images: {counts[C.STATUS_OK]:,} ok, {counts[C.STATUS_MISSING]:,} missing, "
-        f"{counts[C.STATUS_FAILED]:,} failed ({len(jobs) - len(todo):,} done before{rate}) "
-        f"in {path.parent / C.SATELLITE_DIR} (layer images)."
+        f"{what}: {counts[C.STATUS_OK]:,} ok, {counts[C.STATUS_MISSING]:,} missing, "
+        f"{counts[C.STATUS_FAILED]:,} failed ({before:,} done before{rate}) "
+        f"in {folder} (layer images)."
     )
-    return result
 
 
 @stage(StreetviewSettings)
@@ -220,7 +290,7 @@ def streetview_stage(
     :class:`~urbangeo.imagery.manifest.ImagesFailedError` when images failed and none could
     be made.
     """
-    points = read_layer(run.path, C.LAYER_SV_POINTS)
+    points = read_layer(run.gpkg, C.LAYER_SV_POINTS)
     if source is not None:
         return _make_streetview(run, points, source, overwrite)
     options = ProviderOptions(
@@ -235,12 +305,7 @@ def streetview_stage(
         size=None if s.size is None else (s.size[0], s.size[1]),
         max_angle=s.max_angle,
         base_url=s.base_url,
-        concurrency=s.concurrency,
-        rate_limit=s.rate_limit,
-        retries=s.retries,
-        timeout=s.timeout,
-        user_agent=s.user_agent,
-        client=client,
+        **http_options(s, client),
     )
     provider = make_provider(s.provider or "folder", options)
     try:
@@ -252,9 +317,8 @@ def streetview_stage(
 def _make_streetview(
     run: StageRun, points: gpd.GeoDataFrame, provider: StreetViewProvider, overwrite: bool
 ) -> StageResult:
-    path = run.path
     manifest = Manifest(
-        path,
+        run.gpkg,
         kind=C.KIND_STREETVIEW,
         stage="streetview",
         params=provider.params(),
@@ -262,9 +326,7 @@ def _make_streetview(
         overwrite=overwrite,
     )
     shots = provider.plan(points)
-    manifest.keep_only(s.job.image_id for s in shots)
-    todo = [shot for shot in shots if not manifest.is_done(shot.job)]
-    manifest.start((s.job.image_id for s in shots), (s.job.image_id for s in todo))
+    todo = [shots[i] for i in manifest.plan([shot.job for shot in shots])]
 
     def fetch_and_save(shot: Shot) -> ImageResult:
         # In a worker thread: the fetch and the file I/O; the manifest stays in this one.
@@ -274,29 +336,14 @@ def _make_streetview(
             return manifest.write(shot.job, fetched.data, source=fetched.source, size=size)
         return ImageResult(fetched.status, reason=fetched.reason, source=fetched.source)
 
-    with progress(len(shots), task=f"streetview ({provider.name})", unit="image") as bar:
-        bar.update(len(shots) - len(todo), status="done before")
+    def submit(pool: BoundedPool[ImageJob, ImageResult]) -> None:
+        for shot in todo:
+            pool.submit(shot.job, fetch_and_save, shot)
 
-        def settle(shot: Shot, result: ImageResult) -> None:
-            # In this thread, in the shots' order.
-            manifest.record(shot.job, result)
-            bar.update(1, status=result.status)
-
-        try:
-            with BoundedPool(provider.concurrency, settle, name="streetview") as pool:
-                for shot in todo:
-                    pool.submit(shot, fetch_and_save, shot)
-        except BaseException:
-            manifest.flush_quietly()  # what was made is kept (not with overwrite: see commit)
-            raise
-    manifest.check_usable()
-    result = manifest.commit(run)
-    counts = result.counts
-    manifest.warn_failures()
-    message(
-        f"Street-view images ({provider.name}): {counts[C.STATUS_OK]:,} ok, "
-        f"{counts[C.STATUS_MISSING]:,} missing, {counts[C.STATUS_FAILED]:,} failed "
-        f"({len(shots) - len(todo):,} done before) in {path.parent / C.STREETVIEW_DIR} "
-        "(layer images)."
+    task = f"streetview ({provider.name})"
+    committed = _make_images(
+        run, manifest, submit, workers=provider.concurrency, task=task, unit="image"
     )
-    return result
+    what, folder = f"Street-view images ({provider.name})", run.gpkg.parent / C.STREETVIEW_DIR
+    _report(what, committed.counts, len(shots) - len(todo), folder)
+    return committed

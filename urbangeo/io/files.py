@@ -69,18 +69,29 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def make_folder(
+    folder: str | os.PathLike,
+    *,
+    hint: str | None = "Choose a folder you can write to.",
+    name: str | None = None,
+) -> Path:
+    """``folder``, created with its parents if need be; an :class:`OutputError` that names it
+    (``name``; default "the folder FOLDER") and gives ``hint`` when it cannot be."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        name = name or f"the folder {folder}"
+        raise OutputError(f"Cannot create {name}: {exc.strerror}.", hint=hint) from exc
+    return folder
+
+
 def ensure_writable_file(path: str | os.PathLike) -> Path:
     """Fail early, before any work, if the file ``path`` cannot be written; create its folder."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"Output path {path} is a folder.", hint="Give a file name.")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"Cannot create the folder {path.parent}: {exc.strerror}.",
-            hint="Choose an output path in a folder you can write to.",
-        ) from exc
+    make_folder(path.parent, hint="Choose an output path in a folder you can write to.")
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise OutputError(
             f"Cannot write to {path}: permission denied.",

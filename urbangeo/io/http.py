@@ -54,6 +54,8 @@ RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 SECRET_PARAMS = frozenset(
     {"key", "apikey", "api_key", "access_token", "accesstoken", "token", "ak", "sk", "signature"}
 )
+#: Query parameters of a GET: values are sent as text (None leaves the parameter out).
+QueryParams = Mapping[str, str | int | float | None]
 #: Request headers whose values are credentials (compared lower-case).
 SECRET_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key"}
@@ -344,7 +346,7 @@ class HttpClient:
         self,
         url: str,
         *,
-        params: Mapping[str, object] | None = None,
+        params: QueryParams | None = None,
         headers: Mapping[str, str] | None = None,
         ok_statuses: Iterable[int] = (200,),
     ) -> requests.Response:
@@ -383,7 +385,7 @@ class HttpClient:
         url: str,
         ok: set[int],
         *,
-        params: Mapping[str, object] | None = None,
+        params: QueryParams | None = None,
         headers: Mapping[str, str] | None = None,
         data: bytes | None = None,
     ) -> requests.Response:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from urbangeo.errors import OutputError
+from urbangeo.io.files import make_folder
 
 LOCK_FILE = ".urbangeo.lock"
 #: An empty or unreadable lock younger than this may be one being written right now.
@@ -120,13 +121,7 @@ def run_lock(folder: str | os.PathLike, *, command: str = "urbangeo") -> Iterato
                 f"delete {path}.",
             ) from None
         except FileNotFoundError:
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise OutputError(
-                    f"Cannot create the folder {folder}: {exc.strerror}.",
-                    hint="Choose a folder you can write to.",
-                ) from exc
+            make_folder(folder)
             continue
         except OSError as exc:  # not a folder, read-only storage, no permission
             raise OutputError(

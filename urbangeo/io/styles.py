@@ -5,8 +5,10 @@ SLD, whether it is the layer's default) and applies a layer's default style when
 the layer (drag and drop, the browser, ``QgsVectorLayer(path|layername=...)``). This module
 builds urbangeo's styles from the layers' own data and writes them into that table:
 
-* ``regions``: outlines; ``boundary``: a dark outline; ``roads``: grey lines;
-* ``clusters``: categorised, one colour per cluster (the palette of the maps and plots);
+* ``regions``: outlines, edge cells (:mod:`urbangeo.imagery.edges`) hatched grey;
+  ``boundary``: a dark outline; ``roads``: grey lines;
+* ``clusters``: categorised, one colour per cluster (the palette of the maps and plots),
+  excluded edge cells hatched grey;
 * ``predictions``: graduated on the first indicator's prediction (quantile classes of the
   predicted and observed values together, viridis), with each indicator's predicted, observed
   and residual (diverging, symmetric around 0) styles stored beside it, non-default, to pick
@@ -31,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from urbangeo import constants as C
+from urbangeo.imagery.edges import EDGE, EXCLUDED
 from urbangeo.viz.colors import CATEGORICAL, DIVERGING, SEQUENTIAL, ramp
 from urbangeo.viz.qml import Category, Range, Renderer, Symbol, fmt, qml, sld
 
@@ -48,6 +51,10 @@ BOUNDARY_OUTLINE = Symbol("fill", None, outline="#222222", width=0.8)
 ROAD = Symbol("line", "#8c8c8c", width=0.3)
 #: Regions with no class (no cluster, no value).
 MISSING = "#bdbdbd"
+#: Edge cells (mostly outside the study area or without image data): grey hatching.
+EDGE_FILL = Symbol("fill", "#7f7f7f", outline="#7f7f7f", width=0.3, pattern="b_diagonal")
+#: QGIS expression classifying regions as edge cells or not (``edge`` read as bool or 0/1).
+EDGE_EXPRESSION = f"if(\"{EDGE}\", 'edge', 'region')"
 FILL_OPACITY = 0.8
 _CELL_EDGE = "#ffffff"
 
@@ -129,8 +136,25 @@ def residual_ranges(values: np.ndarray) -> tuple[Range, ...]:
     )
 
 
-def cluster_renderer(labels: pd.Series) -> Renderer:
-    """One category per cluster label (tab10, as the maps), regions without one in grey."""
+def region_renderer(frame: pd.DataFrame) -> Renderer:
+    """Region outlines; edge cells hatched grey, when the layer marks any."""
+    edge = frame[EDGE].fillna(False).astype(bool) if EDGE in frame else pd.Series(dtype=bool)
+    if not edge.any():
+        return Renderer("singleSymbol", REGION_OUTLINE)
+    excluded = EXCLUDED in frame and bool(frame[EXCLUDED].notna().any())
+    what = "edge cell, left out of the analysis" if excluded else "edge cell"
+    categories = (
+        Category("region", f"region ({int((~edge).sum())})", REGION_OUTLINE, sld_value="false"),
+        Category("edge", f"{what} ({int(edge.sum())})", EDGE_FILL, sld_value="true"),
+    )
+    return Renderer(
+        "categorizedSymbol", REGION_OUTLINE, EDGE_EXPRESSION, categories, sld_field=EDGE
+    )
+
+
+def cluster_renderer(labels: pd.Series, *, excluded: int = 0) -> Renderer:
+    """One category per cluster label (tab10, as the maps), regions without one in grey;
+    ``excluded`` edge cells (no cluster) hatched."""
     counts = pd.to_numeric(labels, errors="coerce").dropna().astype(int).value_counts()
     categories = [
         Category(
@@ -140,7 +164,10 @@ def cluster_renderer(labels: pd.Series) -> Renderer:
         )
         for label in sorted(counts.index)
     ]
-    categories.append(Category("", "no cluster", _fill(MISSING)))
+    if excluded:
+        categories.append(Category("", f"edge cell, excluded ({excluded} regions)", EDGE_FILL))
+    else:
+        categories.append(Category("", "no cluster", _fill(MISSING)))
     return Renderer("categorizedSymbol", _fill(MISSING), "cluster", tuple(categories))
 
 
@@ -205,8 +232,10 @@ def prediction_styles(frame: pd.DataFrame) -> list[LayerStyle]:
 def layer_styles(name: str, frame: pd.DataFrame) -> list[LayerStyle]:
     """urbangeo's styles of layer ``name`` built from its data ([] for layers it does not
     style); the first is the default."""
+    if name == C.LAYER_REGIONS:
+        text = "urbangeo: region outlines, edge cells hatched"
+        return [LayerStyle("urbangeo", region_renderer(frame), text)]
     single = {
-        C.LAYER_REGIONS: (REGION_OUTLINE, "urbangeo: region outlines"),
         C.LAYER_BOUNDARY: (BOUNDARY_OUTLINE, "urbangeo: study area outline"),
         C.LAYER_ROADS: (ROAD, "urbangeo: roads"),
         C.LAYER_SV_POINTS: (POINT, "urbangeo: street-view sample points"),
@@ -223,11 +252,9 @@ def layer_styles(name: str, frame: pd.DataFrame) -> list[LayerStyle]:
         symbol, text = single[name]
         return [LayerStyle("urbangeo", Renderer("singleSymbol", symbol), text)]
     if name == C.LAYER_CLUSTERS and "cluster" in frame:
-        return [
-            LayerStyle(
-                "urbangeo", cluster_renderer(frame["cluster"]), "urbangeo: clusters (categorised)"
-            )
-        ]
+        excluded = int(frame[EXCLUDED].notna().sum()) if EXCLUDED in frame else 0
+        renderer = cluster_renderer(frame["cluster"], excluded=excluded)
+        return [LayerStyle("urbangeo", renderer, "urbangeo: clusters (categorised)")]
     if name == C.LAYER_PREDICTIONS:
         return prediction_styles(frame)
     return []

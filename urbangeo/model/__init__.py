@@ -10,54 +10,41 @@ registry) import without torch; the rest pull it in, and open_clip only when a n
 it is used.
 """
 
-from __future__ import annotations
+from urbangeo._lazy import lazy_exports
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "ClipBundle": "clip",
-    "LongTokenizer": "clip",
-    "ModelConfigError": "clip",
-    "PretrainedWeightsError": "clip",
-    "TINY_MODEL_CONFIGS": "clip",
-    "create_model": "clip",
-    "extend_context_length": "clip",
-    "register_model_config": "clip",
-    "register_tiny_models": "clip",
-    "stretch_positional_embedding": "clip",
-    "EMATeacher": "distill",
-    "FeatureQueue": "distill",
-    "concat_all_gather": "distill",
-    "ema_update": "distill",
-    "momentum_distillation_loss": "distill",
-    "load_pairs": "data",
-    "split_pairs": "data",
-    "MODES": "training.config",
-    "TrainConfig": "training.config",
-    "TrainSettings": "training.config",
-    "TrainResult": "training.trainer",
-    "Trainer": "training.trainer",
-    "ENCODERS": "encoders",
-    "ImageEncoder": "encoders.base",
-    "build_encoder": "encoders",
-    "RegionEmbeddings": "embed",
-    "embed_images": "embed",
-    "embed_regions": "embed",
-    "train_stage": "stages",
-    "embed_stage": "stages",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    # Lazy so that `import urbangeo.model` does not pay for open_clip's import (several seconds).
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+# Lazy so that `import urbangeo.model` does not pay for open_clip's import (several seconds).
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "ClipBundle": ".clip",
+        "LongTokenizer": ".clip",
+        "ModelConfigError": ".clip",
+        "PretrainedWeightsError": ".clip",
+        "TINY_MODEL_CONFIGS": ".clip",
+        "create_model": ".clip",
+        "extend_context_length": ".clip",
+        "register_model_config": ".clip",
+        "register_tiny_models": ".clip",
+        "stretch_positional_embedding": ".clip",
+        "EMATeacher": ".distill",
+        "FeatureQueue": ".distill",
+        "concat_all_gather": ".distill",
+        "ema_update": ".distill",
+        "momentum_distillation_loss": ".distill",
+        "load_pairs": ".data",
+        "split_pairs": ".data",
+        "MODES": ".training.config",
+        "TrainConfig": ".training.config",
+        "TrainSettings": ".training.config",
+        "TrainResult": ".training.trainer",
+        "Trainer": ".training.trainer",
+        "ENCODERS": ".encoders",
+        "ImageEncoder": ".encoders.base",
+        "build_encoder": ".encoders",
+        "RegionEmbeddings": ".embed",
+        "embed_images": ".embed",
+        "embed_regions": ".embed",
+        "train_stage": ".stages",
+        "embed_stage": ".stages",
+    },
+)

@@ -12,6 +12,8 @@ with hooks, or a mask that is not the plain causal one, go through open_clip's o
 
 from __future__ import annotations
 
+from typing import cast
+
 import open_clip.transformer as oct
 import torch
 import torch.nn.functional as F
@@ -36,7 +38,9 @@ def causal_mask_of(module: nn.Module) -> bool:
     cached = getattr(module, "_urbangeo_causal", None)
     if cached is None or cached[0] != key:
         cached = (key, is_causal_mask(mask))
-        module._urbangeo_causal = cached
+        # nn.Module.__setattr__ is typed for tensors and modules; it keeps any other value as
+        # a plain attribute
+        module._urbangeo_causal = cached  # type: ignore[assignment]
     return cached[1]
 
 
@@ -71,7 +75,7 @@ def supports_fast_forward(transformer: nn.Module) -> bool:
     )
 
 
-def block_forward(block: nn.Module, x: Tensor, *, causal: bool) -> Tensor:
+def block_forward(block: oct.ResidualAttentionBlock, x: Tensor, *, causal: bool) -> Tensor:
     """One ``ResidualAttentionBlock`` on ``x`` (batch, length, width), causal or not."""
     attn: nn.MultiheadAttention = block.attn
     batch, length, width = x.shape
@@ -98,6 +102,6 @@ def transformer_forward(
         causal = is_causal_mask(attn_mask)
     if not (attn_mask is None or causal):
         return transformer(x, attn_mask=attn_mask)
-    for block in transformer.resblocks:
+    for block in cast(nn.ModuleList, transformer.resblocks):  # checked by supports_fast_forward
         x = block_forward(block, x, causal=causal)
     return x

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import open_clip
 import open_clip.factory
@@ -28,6 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from urbangeo.errors import InputError, UrbangeoError
+from urbangeo.model.protocols import ClipModel, ClipTextPositions
+from urbangeo.model.tensor_files import load_tensors
 
 DEFAULT_MODEL = "ViT-B-16"
 LONG_CONTEXT_LENGTH = 248
@@ -36,6 +38,7 @@ IPSI_KEEP = 20
 # Tiny architectures for CPU work and tests (random init only; no weights exist for them).
 # The text vocabulary and context stay CLIP's (49408, 77) so that the BPE tokenizer and IPSI
 # behave exactly as with a real model.
+_TINY_TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2}
 TINY_MODEL_CONFIGS: dict[str, dict[str, Any]] = {
     "urbangeo-tiny-vit": {
         "embed_dim": 64,
@@ -47,14 +50,7 @@ TINY_MODEL_CONFIGS: dict[str, dict[str, Any]] = {
             "mlp_ratio": 2.0,
             "patch_size": 16,
         },
-        "text_cfg": {
-            "context_length": 77,
-            "vocab_size": 49408,
-            "width": 64,
-            "heads": 2,
-            "layers": 2,
-            "mlp_ratio": 2.0,
-        },
+        "text_cfg": {**_TINY_TEXT_CFG, "layers": 2, "mlp_ratio": 2.0},
     },
     "urbangeo-tiny-vit-96": {
         "embed_dim": 64,
@@ -65,13 +61,7 @@ TINY_MODEL_CONFIGS: dict[str, dict[str, Any]] = {
             "head_width": 32,
             "patch_size": 16,
         },
-        "text_cfg": {
-            "context_length": 77,
-            "vocab_size": 49408,
-            "width": 64,
-            "heads": 2,
-            "layers": 4,
-        },
+        "text_cfg": {**_TINY_TEXT_CFG, "layers": 4},
     },
 }
 
@@ -223,7 +213,7 @@ def extend_context_length(model: nn.Module, context_length: int, *, keep: int = 
     attention mask is rebuilt at the new size and ``context_length`` attributes follow. Returns
     the stretch ratio (1 when ``context_length`` already is the model's length: no change).
     """
-    tower = _text_tower(model)
+    tower = cast(ClipTextPositions, _text_tower(model))
     native = int(tower.positional_embedding.shape[0])
     if context_length == native:
         return 1
@@ -242,7 +232,7 @@ def extend_context_length(model: nn.Module, context_length: int, *, keep: int = 
     tower.context_length = context_length
     if hasattr(tower, "num_pos"):
         tower.num_pos = context_length
-    model.context_length = context_length
+    cast(ClipModel, model).context_length = context_length
     return ratio
 
 
@@ -392,16 +382,12 @@ def _load_checkpoint(model: nn.Module, path: Path, name: str) -> None:
 
 def checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The ``urbangeo`` record (architecture, context length) of a trained checkpoint, or {}."""
-    try:
-        try:  # memory-mapped: only the small record is read from a large file
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # files not in torch.save's zip format cannot be mapped
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(
-            f"Cannot read the checkpoint {path} ({type(exc).__name__}: {exc}).",
-            hint="Pass checkpoints/NAME/model.pt written by `urbangeo train`.",
-        ) from exc
+    state = load_tensors(  # memory-mapped: only the small record is read from a large file
+        path,
+        what="the checkpoint",
+        hint="Pass checkpoints/NAME/model.pt written by `urbangeo train`.",
+        mmap=True,
+    )
     meta = state.get("urbangeo") if isinstance(state, dict) else None
     return dict(meta) if isinstance(meta, dict) else {}
 
@@ -530,7 +516,7 @@ def create_model(
     )
     if (image_mean is None) != (image_std is None):
         raise ModelConfigError("Give image_mean and image_std together.")
-    if image_mean is not None:
+    if image_mean is not None and image_std is not None:
         return with_image_normalization(bundle, image_mean, image_std)
     if checkpoint is not None and checkpoint_norm:
         try:
@@ -564,7 +550,7 @@ def with_image_normalization(
             f"image_mean and image_std need 3 values each, std > 0; got {mean}, {std}"
         )
     cfg = {**_preprocess_cfg(bundle.model), "mean": mean, "std": std}
-    bundle.model.visual.preprocess_cfg = cfg
+    cast(ClipModel, bundle.model).visual.preprocess_cfg = cfg
     pp = PreprocessCfg(**cfg)
     return replace(
         bundle,

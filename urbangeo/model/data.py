@@ -183,6 +183,26 @@ def _resolve(folder: Path, path: Any) -> Path:
     return p if p.is_absolute() else folder / p
 
 
+def drop_excluded(pairs: pd.DataFrame, source: str | os.PathLike) -> tuple[pd.DataFrame, int, int]:
+    """The pairs of the regions a run keeps, the number of pairs dropped and of their regions.
+
+    A run's GeoPackage may exclude regions (edge cells, column ``excluded`` of its ``regions``
+    layer: :mod:`urbangeo.imagery.edges`); their pairs are dropped, so that training and the
+    image statistics never see their mostly blank images. Pairs files keep every pair.
+    """
+    from urbangeo.imagery.edges import excluded_regions
+
+    if Path(source).suffix.lower() != ".gpkg":
+        return pairs, 0, 0
+    excluded = excluded_regions(source)
+    if excluded.empty:
+        return pairs, 0, 0
+    region = pairs[C.REGION_ID]
+    drop = region.notna() & region.astype(str).isin(excluded.index)
+    n_regions = int(region[drop].astype(str).nunique())
+    return pairs[~drop].reset_index(drop=True), int(drop.sum()), n_regions
+
+
 def drop_missing_files(pairs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """Pairs whose image file exists, and how many were dropped (warned once)."""
     exists = np.fromiter((os.path.isfile(p) for p in pairs[C.PATH]), bool, len(pairs))
@@ -378,7 +398,14 @@ class ResumableSampler(DistributedSampler):
     def __init__(
         self, n: int, *, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0
     ) -> None:
-        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        # DistributedSampler only takes len() of its dataset; torch types it as a Dataset
+        super().__init__(
+            range(n),  # type: ignore[arg-type]
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
+        )
         self.start = 0
 
     def set_start(self, start: int) -> None:

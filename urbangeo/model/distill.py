@@ -33,7 +33,7 @@ gradients are identical. Typical step::
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from urbangeo.model.defaults import DEFAULT_MOMENTUM, DEFAULT_MU, DEFAULT_QUEUE_SIZE
+from urbangeo.model.protocols import ClipModel
 
 MAX_LOGIT_SCALE = 100.0
 
@@ -50,8 +51,8 @@ def _unwrap(module: nn.Module) -> nn.Module:
     while True:
         if isinstance(module, EMATeacher | nn.parallel.DistributedDataParallel | nn.DataParallel):
             module = module.module
-        elif hasattr(module, "_orig_mod"):  # torch.compile's OptimizedModule
-            module = module._orig_mod
+        elif isinstance(orig := getattr(module, "_orig_mod", None), nn.Module):
+            module = orig  # torch.compile's OptimizedModule
         else:
             return module
 
@@ -142,12 +143,12 @@ class EMATeacher(nn.Module):
     @torch.no_grad()
     def encode_image(self, images: Tensor, normalize: bool = True) -> Tensor:
         """Teacher image features, L2-normalised by default."""
-        return self.module.encode_image(images, normalize=normalize)
+        return cast(ClipModel, self.module).encode_image(images, normalize=normalize)
 
     @torch.no_grad()
     def encode_text(self, tokens: Tensor, normalize: bool = True) -> Tensor:
         """Teacher text features, L2-normalised by default."""
-        return self.module.encode_text(tokens, normalize=normalize)
+        return cast(ClipModel, self.module).encode_text(tokens, normalize=normalize)
 
 
 class FeatureQueue(nn.Module):

@@ -191,9 +191,9 @@ def embed_regions(
         rows = (images[C.KIND] == k).to_numpy()
         if not rows.any():
             continue
-        ids, means, counts = pool_by_region(features[rows], images.loc[rows, C.REGION_ID], ok[rows])
+        ids, means, n_rows = pool_by_region(features[rows], images.loc[rows, C.REGION_ID], ok[rows])
         frame = pd.DataFrame(means, columns=vector_columns(encoder.dim))
-        frame.insert(0, N_IMAGES, counts.astype(np.int64))
+        frame.insert(0, N_IMAGES, n_rows.astype(np.int64))
         frame.insert(0, C.REGION_ID, ids)
         pooled[k] = frame
     if kind == "concat":

@@ -35,6 +35,7 @@ def train_stage(
     overwrite: bool = False,
     pairs: str | os.PathLike | None = None,
     resume: bool = False,
+    stop_after: int | None = None,
     max_steps: int | None = None,
     run_dir: str | os.PathLike | None = None,
     **values: Any,
@@ -43,14 +44,21 @@ def train_stage(
 
     With a GeoPackage the finished run is recorded as stage ``train`` (its settings, counts
     and final validation retrieval); checkpoints and ``train_metrics.csv`` go to ``run_dir``
-    (default: beside the input). ``resume`` continues from the last checkpoint; ``max_steps``
-    stops after that many steps in all (with a checkpoint, to resume). Under torchrun the
-    main process holds the run's lock and writes the record; the others only train.
+    (default: beside the input). ``resume`` continues from the last checkpoint; ``stop_after``
+    stops after that many steps in all (with a checkpoint, to resume; ``max_steps`` is its old
+    name, deprecated). Under torchrun the main process holds the run's lock and writes the
+    record; the others only train.
 
     Settings: the fields of :class:`urbangeo.settings.TrainSettings`, as keyword arguments or
-    as ``settings``; ``overwrite`` starts over where a checkpoint exists.
+    as ``settings``; ``overwrite`` starts over where a checkpoint exists. The run's length is
+    ``steps``, else ``samples``, else ``epochs`` (epochs beside either of them among the keyword
+    arguments is refused; see :mod:`urbangeo.model.training.budget`).
     """
+    from urbangeo.model.training.budget import check_budget_keywords, stop_after_keyword
+
+    stop_after = stop_after_keyword(stop_after, max_steps)
     values = {k: v for k, v in values.items() if v is not None}
+    check_budget_keywords(values, "the keyword arguments")
     chosen = settings_of(TrainSettings, settings, {})
     if values:  # unknown names and bad values refused by name
         chosen = TrainSettings.from_mapping({**chosen.to_dict(), **values})
@@ -60,7 +68,7 @@ def train_stage(
             hint="--gpkg RUN.gpkg for a run; --pairs FILE.csv for your own image–caption pairs.",
         )
     source = Path(gpkg if gpkg is not None else pairs)  # type: ignore[arg-type]
-    io = {"source": source, "resume": resume, "max_steps": max_steps, "run_dir": run_dir}
+    io = {"source": source, "resume": resume, "stop_after": stop_after, "run_dir": run_dir}
     if gpkg is None or _torchrun_rank() > 0:
         return _train(None, chosen, overwrite=overwrite, **io)
     return _train(gpkg, chosen, overwrite=overwrite, **io)
@@ -77,13 +85,13 @@ def _train(
     overwrite: bool,
     source: Path,
     resume: bool,
-    max_steps: int | None,
+    stop_after: int | None,
     run_dir: str | os.PathLike | None,
 ) -> StageResult:
     from urbangeo.model.training import train
 
     result = train(
-        source, s, run_dir=run_dir, resume=resume, overwrite=overwrite, max_steps=max_steps
+        source, s, run_dir=run_dir, resume=resume, overwrite=overwrite, stop_after=stop_after
     )
     counts: dict[str, Any] = dict(result.counts)
     counts.update({k: round(v, 4) for k, v in result.validation.items()})
@@ -119,14 +127,22 @@ def embed_stage(run: StageRun, s: EmbedSettings, *, overwrite: bool) -> StageRes
     ``checkpoint`` (default: ``checkpoints/<name>/model.pt`` beside the GeoPackage; any other
     run's model works too: transfer). Vectors that are not finite (a diverged model) are
     refused before anything is written. See :func:`urbangeo.model.embed.embed_regions`.
+    The region encoders (``raster``, ``patches``) read no images: see
+    :func:`urbangeo.model.encoders.region_encoder.run_region_encoder`.
     """
-    from urbangeo.model.embed import embed_regions, region_layer, write_parquet
-    from urbangeo.model.encoders import build_encoder, default_checkpoint
-    from urbangeo.model.threads import use_threads
+    from urbangeo.model.encoders import ENCODERS, build_encoder, default_checkpoint
 
     path = run.path
     assert path is not None  # the decorator requires the GeoPackage
     regions = read_layer(path, C.LAYER_REGIONS)
+    implementation = ENCODERS.get(s.encoder)
+    if getattr(implementation, "encodes_regions", False):  # raster, patches: no images, no torch
+        from urbangeo.model.encoders.region_encoder import run_region_encoder
+
+        return run_region_encoder(run, s, regions, implementation)
+    from urbangeo.model.embed import embed_regions, region_layer, write_parquet
+    from urbangeo.model.threads import use_threads
+
     checkpoint = s.checkpoint
     if s.encoder == "trained" and checkpoint is None:
         checkpoint = default_checkpoint(path.parent, s.name)

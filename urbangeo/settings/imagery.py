@@ -21,6 +21,10 @@ COORDS = ("wgs84", "gcj02", "bd09")
 DEFAULT_TILE_SIZE = 256
 #: A square with image data on less than this share of its area is reported missing.
 DEFAULT_MIN_VALID = 0.5
+#: A region is an edge cell when its image has data on less than this share of its area...
+DEFAULT_MIN_VALID_SHARE = 0.5
+#: ...or when less than this share of its cell lies inside the boundary (``inside_share``).
+DEFAULT_MIN_INSIDE_SHARE = 0.5
 #: The environment variable that holds a tile service's API key, unless another is named.
 TILE_KEY_ENV = "URBANGEO_TILE_KEY"
 #: A photo matches a sample point (folder) or is searched for (web APIs) within this radius.
@@ -149,6 +153,29 @@ class TilesSettings(HttpSettings):
         unit="SHARE",
         min=0,
         max=1,
+    )
+    min_valid_share: float = setting(
+        DEFAULT_MIN_VALID_SHARE,
+        "A region whose image has data on less than this share of its area (the rest lies "
+        "outside the OSM extract's coverage or the raster) is an edge cell (column edge of "
+        "layer regions).",
+        unit="SHARE",
+        min=0,
+        max=1,
+    )
+    min_inside_share: float = setting(
+        DEFAULT_MIN_INSIDE_SHARE,
+        "A region with less than this share of its cell inside the boundary (column "
+        "inside_share) is an edge cell too.",
+        unit="SHARE",
+        min=0,
+        max=1,
+    )
+    include_edges: bool = setting(
+        False,
+        "Keep edge cells in training, clustering and prediction. By default they stay in the "
+        "grid but are left out of them, with the reason in column excluded.",
+        plugin="Include edge cells",
     )
     workers: int = setting(
         2, "Threads that encode and save images.", min=1, max=64, cli=False, runtime=True

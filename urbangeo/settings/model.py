@@ -18,6 +18,8 @@ TRAIN_CHOICES = ("both", "image", "text", "last-n")
 IMAGE_NORMS = ("auto", "model", "data")
 PAIR_KINDS = ("all", "satellite", "streetview")
 EMBED_KINDS = ("auto", "streetview", "satellite", "concat")
+#: Embedding rasters ``embed --encoder raster`` reads (see urbangeo.model.encoders.raster).
+RASTER_PRODUCTS = ("aef", "tessera", "generic")
 DEFAULT_MOMENTUM = 0.995
 DEFAULT_QUEUE_SIZE = 4096
 DEFAULT_MU = 0.5
@@ -128,7 +130,27 @@ class TrainSettings(DeviceSettings):
     )
     kind: str = setting("all", "Which images to train on.", choices=PAIR_KINDS)
     epochs: int = setting(
-        10, "Passes over the training pairs.", unit="N", min=1, max=100_000, plugin="Epochs"
+        10,
+        "Passes over the training pairs (unless --steps or --samples sizes the training).",
+        unit="N",
+        min=1,
+        max=100_000,
+        plugin="Epochs",
+    )
+    steps: int | None = setting(
+        None,
+        "Optimizer steps in all, instead of --epochs (the last pass over the pairs may stop "
+        "part-way); the warm-up and the cosine decay span them. The length is --steps, else "
+        "--samples, else --epochs: give one of them (a profile's epochs give way).",
+        unit="STEPS",
+        min=1,
+    )
+    samples: int | None = setting(
+        None,
+        "Pairs seen in all, instead of --epochs: steps = samples / (batch size x accumulation "
+        "steps x processes), rounded up.",
+        unit="N",
+        min=1,
     )
     batch_size: int = setting(
         64, "Pairs per batch and process.", unit="N", min=1, max=65536, plugin="Batch size"
@@ -187,11 +209,21 @@ class TrainSettings(DeviceSettings):
         max=0.99,
     )
     val_every: int = setting(1, "Validate every N epochs.", min=1, cli=False)
-    checkpoint_every: int = setting(
-        500,
-        "Save the full training state every N steps (and at the end).",
+    checkpoint_every: int | None = setting(
+        None,
+        "Also save the full training state (last.pt) at every multiple of N steps (default: "
+        "by time alone, see --checkpoint-minutes).",
         unit="STEPS",
         min=1,
+        runtime=True,
+    )
+    checkpoint_minutes: float = setting(
+        10.0,
+        "Save the full training state (last.pt, to --resume from) after this many minutes of "
+        "training since the last save, or at --checkpoint-every steps if that comes first; "
+        "always at the end and on Ctrl-C (0: only then).",
+        unit="MINUTES",
+        min=0,
         runtime=True,
     )
     name: str | None = setting(
@@ -202,6 +234,13 @@ class TrainSettings(DeviceSettings):
     )
 
     def check(self) -> None:
+        if self.steps is not None and self.samples is not None:
+            raise InputError(
+                f"[train] steps ({self.steps}) and samples ({self.samples}) both size the "
+                "training: give one.",
+                hint="--steps counts optimizer steps, --samples pairs seen (steps x batch size "
+                "x accumulation steps x processes); either replaces --epochs.",
+            )
         if self.name is not None and not (
             self.name.replace("-", "").replace("_", "").replace(".", "").isalnum()
         ):
@@ -303,4 +342,45 @@ class EmbedSettings(DeviceSettings):
         unit="N",
         min=0,
         max=MAX_SEED,
+    )
+    raster: Path | None = setting(
+        None,
+        "Embedding raster for --encoder raster: a GeoTIFF, COG or VRT of tiles in any CRS, one "
+        "band per dimension (AlphaEarth, TESSERA...). Each region gets the mean of the pixels "
+        "whose centres fall in it, and valid_share, the share of them with data.",
+        unit="FILE",
+        exists=True,
+        plugin="Embedding raster (--encoder raster)",
+    )
+    product: str = setting(
+        "aef",
+        "What --raster holds: aef (AlphaEarth / Google Satellite Embedding: int8 de-quantised "
+        "as sign(x)(x/127.5)^2, -128 no data, means re-normalised to unit length), tessera "
+        "(geotessera's float32 GeoTIFFs, NaN no data, plain mean) or generic (any bands as they "
+        "are, plain mean).",
+        choices=RASTER_PRODUCTS,
+        plugin="Raster product",
+    )
+    patches: Path | None = setting(
+        None,
+        "Patch embeddings for --encoder patches: a GeoParquet or GeoPackage of points or "
+        "polygons with a vector column (Earth Index, Clay, Major TOM...). Polygons: "
+        "area-weighted mean; points: mean of those inside, else the nearest (distance "
+        "recorded).",
+        unit="FILE",
+        exists=True,
+        plugin="Patch embeddings (--encoder patches)",
+    )
+    patch_column: str | None = setting(
+        None,
+        "The vector column of --patches (a list per row, JSON text, or NAME0.. number "
+        "columns). Default: embedding, embeddings, vector or the only list column.",
+        unit="NAME",
+    )
+    attribution: str | None = setting(
+        None,
+        "Licence and attribution text of the product, stored in the layer's metadata (QGIS: "
+        "Layer Properties, Information and Metadata) and the parquet. Default: the product's "
+        "own (AlphaEarth, TESSERA: CC-BY 4.0).",
+        unit="TEXT",
     )

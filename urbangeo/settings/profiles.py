@@ -29,7 +29,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "lr": 3e-4,
             "queue_size": 64,
             "kind": "satellite",
-            "checkpoint_every": 10,
+            # checkpoints by time (every 10 minutes of training, the default): a run of a few
+            # minutes writes last.pt once, at the end (or on Ctrl-C)
         },
         "predict": {"seeds": 3},
     },

@@ -81,6 +81,8 @@ class LayerSpec:
     regions' images, a base layer). Legend items are (colour, label, shape) with shape
     ``box``, ``line``, ``dot`` or ``image``. ``tooltip``: the fields a tooltip shows (short),
     ``details`` those of the popup a click opens (all); ``own``: the layer's own value fields.
+    ``outline`` and ``dash``: the polygons' outline colour and dash pattern (default: thin
+    white, solid).
     """
 
     name: str
@@ -96,6 +98,8 @@ class LayerSpec:
     pane: str = ""
     weight: float = 1.0
     opacity: float = 0.7
+    outline: str = ""
+    dash: str = ""
 
 
 STYLE = """
@@ -212,7 +216,8 @@ var {{ this.get_name() }} = (function () {
   return L.geoJSON(data, {
     style: function (f) {
       var c = f.properties[spec.color_key];
-      return {color: '#ffffff', weight: 0.6, opacity: 0.8, fillColor: c || '#000000',
+      return {color: spec.outline || '#ffffff', weight: spec.outline ? 1.2 : 0.6,
+              dashArray: spec.dash || null, opacity: 0.8, fillColor: c || '#000000',
               fillOpacity: c ? spec.opacity : 0.0};
     },
     pointToLayer: function (f, latlng) {
@@ -326,6 +331,8 @@ def elements():
                 "pane": spec.pane,
                 "weight": spec.weight,
                 "opacity": spec.opacity,
+                "outline": spec.outline,
+                "dash": spec.dash,
                 "ring": POINT_RING,
             }
 

@@ -9,8 +9,10 @@ package; folium's CDN assets dropped, the map needs none of them). What it shows
   needs no network; a run without images gets its roads drawn instead, on a light ground.
   With ``tiles="osm"`` OpenStreetMap tiles are offered as a second base (online only).
 * **Overlays**: clusters, per indicator its prediction, ground truth and residual, ground
-  truth of other indicators, the roads, the study area's outline and the street-view points
-  (dark dots with a white ring, distinct from every fill colour; always on top).
+  truth of other indicators, the edge cells (grey, dashed: regions mostly outside the study
+  area or its image data, left out of the analysis: :mod:`urbangeo.imagery.edges`), the
+  roads, the study area's outline and the street-view points (dark dots with a white ring,
+  distinct from every fill colour; always on top).
 * **A legend** for every layer shown, and **tooltips** of bounded size with the region's
   image, its values and its selected caption (clamped; a click opens the whole caption in a
   scrolling popup).
@@ -32,6 +34,7 @@ import pandas as pd
 import shapely
 
 from urbangeo import constants as C
+from urbangeo.imagery.edges import EDGE, EXCLUDED
 from urbangeo.io.files import write_text_atomic
 from urbangeo.viz.colors import DIVERGING, SEQUENTIAL, cluster_color, ramp
 from urbangeo.viz.leaflet import (
@@ -53,6 +56,8 @@ MAX_POINTS_SHOWN = 400
 CAPTION_CHARS = 400
 #: Fill opacity of the region layers (the base layer shows through).
 FILL_OPACITY = 0.6
+#: Edge cells: a grey fill with a dashed outline.
+EDGE_COLOR = "#7f7f7f"
 
 
 def _geojson(frame: gpd.GeoDataFrame) -> dict:
@@ -285,6 +290,10 @@ def build_map(
             )
         )
     lines: list[tuple[str, LayerSpec]] = []
+    edges = _edge_layer(regions)
+    if edges is not None:
+        layers_data["edges"] = _geojson(edges[0])
+        lines.append(("edges", edges[1]))
     if roads is not None and len(roads):
         layers_data["roads"] = _geojson(_lines(roads, tolerance=2.0))
         lines.append(
@@ -385,6 +394,36 @@ def build_map(
     # Keep the regions clear of the layer list and the legend on the right.
     fmap.fit_bounds([[south, west], [north, east]], padding_bottom_right=(270, 10))
     return fmap
+
+
+def _edge_layer(regions: gpd.GeoDataFrame) -> tuple[gpd.GeoDataFrame, LayerSpec] | None:
+    """The edge cells of ``regions`` (column ``edge``) and their layer; None without any."""
+    if EDGE not in regions:
+        return None
+    edge = regions[EDGE].fillna(False).astype(bool).to_numpy()
+    if not edge.any():
+        return None
+    cells = regions.loc[edge, [C.REGION_ID, regions.geometry.name]].copy()
+    cells[C.REGION_ID] = cells[C.REGION_ID].astype(str)
+    reasons = regions.loc[edge, EXCLUDED] if EXCLUDED in regions else None
+    left_out = reasons is not None and bool(reasons.notna().any())
+    cells[EXCLUDED] = reasons.to_numpy() if reasons is not None else None
+    cells["_c_edge"] = EDGE_COLOR
+    what = "left out of training, clusters and predictions" if left_out else "kept"
+    fields = [(C.REGION_ID, "region"), (EXCLUDED, "left out")]
+    spec = LayerSpec(
+        "Edge cells",
+        "_c_edge",
+        [(EDGE_COLOR, f"edge cell, {what} ({int(edge.sum())} regions)", "box")],
+        "Edge cells (mostly outside the study area or its image data)",
+        show=True,
+        tooltip=fields,
+        details=fields,
+        opacity=0.35,
+        outline="#444444",
+        dash="4 3",
+    )
+    return cells, spec
 
 
 def _key(value: object) -> str:

@@ -36,7 +36,8 @@ class Symbol:
     """A one-layer QGIS symbol: a fill, a line or a marker (sizes in millimetres).
 
     ``color`` is the fill (line colour for lines); ``None`` draws no fill. ``outline`` and
-    ``width`` are the fill's or marker's outline (the line's width for lines).
+    ``width`` are the fill's or marker's outline (the line's width for lines). ``pattern``:
+    the fill's brush, ``solid`` or a hatching (QGIS's names, see :data:`HATCHES`).
     """
 
     kind: str
@@ -46,6 +47,7 @@ class Symbol:
     size: float = 2.0
     opacity: float = 1.0
     shape: str = "circle"
+    pattern: str = "solid"
 
     def props(self) -> dict[str, str]:
         """The symbol layer's properties as QGIS names them."""
@@ -87,7 +89,7 @@ class Symbol:
             "outline_style": "solid" if self.width > 0 else "no",
             "outline_width": f"{self.width:g}",
             "outline_width_unit": "MM",
-            "style": "solid" if self.color else "no",
+            "style": self.pattern if self.color else "no",
         }
 
     def element(self, name: str) -> ET.Element:
@@ -106,12 +108,7 @@ class Symbol:
         layer = ET.SubElement(
             symbol, "layer", {"class": cls, "enabled": "1", "locked": "0", "pass": "0"}
         )
-        props = self.props()
-        options = ET.SubElement(layer, "Option", {"type": "Map"})
-        for key, value in props.items():
-            ET.SubElement(options, "Option", {"type": "QString", "name": key, "value": value})
-        for key, value in props.items():
-            ET.SubElement(layer, "prop", {"k": key, "v": value})
+        _add_props(layer, self.props())
         return symbol
 
     def symbolizer(self) -> ET.Element:
@@ -131,11 +128,34 @@ class Symbol:
             ET.SubElement(graphic, f"{{{_SE}}}Size").text = f"{_pixels(self.size):g}"
             return element
         element = ET.Element(f"{{{_SE}}}PolygonSymbolizer")
-        if self.color:
+        if self.color and self.pattern in HATCHES:
+            _hatch(element, self.color, HATCHES[self.pattern])
+        elif self.color:
             _fill(element, self.color, self.opacity)
         if self.width > 0:
             _stroke(element, self.outline, self.width)
         return element
+
+
+#: QGIS's hatched brushes and the SLD marks that draw them (as QGIS exports them).
+HATCHES = {
+    "b_diagonal": "shape://slash",
+    "f_diagonal": "shape://backslash",
+    "diagonal_x": "shape://times",
+    "cross": "shape://plus",
+    "horizontal": "shape://horline",
+    "vertical": "shape://vertline",
+}
+
+
+def _hatch(parent: ET.Element, color: str, mark_name: str) -> None:
+    """A fill of repeated line marks (SLD's way of drawing a hatched brush)."""
+    fill = ET.SubElement(parent, f"{{{_SE}}}Fill")
+    graphic = ET.SubElement(ET.SubElement(fill, f"{{{_SE}}}GraphicFill"), f"{{{_SE}}}Graphic")
+    mark = ET.SubElement(graphic, f"{{{_SE}}}Mark")
+    ET.SubElement(mark, f"{{{_SE}}}WellKnownName").text = mark_name
+    _stroke(mark, color, 0.26)
+    ET.SubElement(graphic, f"{{{_SE}}}Size").text = "8"
 
 
 def _pixels(mm: float) -> float:
@@ -160,11 +180,14 @@ def _stroke(parent: ET.Element, color: str, width: float) -> None:
 
 @dataclass(frozen=True)
 class Category:
-    """One class of a categorised renderer: features whose field equals ``value``."""
+    """One class of a categorised renderer: features whose field equals ``value``
+    (``sld_value``: the value the SLD filter compares, when the renderer's ``sld_field``
+    differs from its field)."""
 
     value: str
     label: str
     symbol: Symbol
+    sld_value: str | None = None
 
 
 @dataclass(frozen=True)
@@ -185,7 +208,8 @@ class Renderer:
     ``kind`` is QGIS's renderer type (``singleSymbol``, ``categorizedSymbol``,
     ``graduatedSymbol``). ``ramp`` (graduated) is the colour ramp QGIS offers when the user
     reclassifies; ``method`` the classification it records (``Quantile``, ``EqualInterval``)
-    and ``symmetric`` whether classes are symmetric around 0.
+    and ``symmetric`` whether classes are symmetric around 0. ``field`` may be a QGIS
+    expression; the SLD then compares ``sld_field`` with each category's ``sld_value``.
     """
 
     kind: str
@@ -196,6 +220,7 @@ class Renderer:
     ramp: tuple[str, ...] = ()
     method: str = "Quantile"
     symmetric: bool = False
+    sld_field: str = ""
 
     @property
     def geometry_kind(self) -> str:
@@ -211,30 +236,12 @@ class Renderer:
             attrs["graduatedMethod"] = "GraduatedColor"
         renderer = ET.Element("renderer-v2", attrs)
         symbols = ET.Element("symbols")
-        if self.kind == "categorizedSymbol":
-            parent = ET.SubElement(renderer, "categories")
-            for i, cat in enumerate(self.categories):
-                ET.SubElement(
-                    parent,
-                    "category",
-                    {"value": cat.value, "label": cat.label, "symbol": str(i), "render": "true"},
-                )
-                symbols.append(cat.symbol.element(str(i)))
-        elif self.kind == "graduatedSymbol":
-            parent = ET.SubElement(renderer, "ranges")
-            for i, rng in enumerate(self.ranges):
-                ET.SubElement(
-                    parent,
-                    "range",
-                    {
-                        "lower": repr(float(rng.lower)),
-                        "upper": repr(float(rng.upper)),
-                        "label": rng.label,
-                        "symbol": str(i),
-                        "render": "true",
-                    },
-                )
-                symbols.append(rng.symbol.element(str(i)))
+        group, classes = self._classes()
+        if group:
+            parent = ET.SubElement(renderer, group)
+            for i, (tag, attrib, symbol) in enumerate(classes):
+                ET.SubElement(parent, tag, {**attrib, "symbol": str(i), "render": "true"})
+                symbols.append(symbol.element(str(i)))
         else:
             symbols.append(self.symbol.element("0"))
         renderer.append(symbols)
@@ -262,17 +269,35 @@ class Renderer:
         ET.SubElement(renderer, "sizescale")
         return renderer
 
+    def _classes(self) -> tuple[str, list[tuple[str, dict[str, str], Symbol]]]:
+        """The element holding the classes ("" for a single symbol), and each class's tag,
+        attributes and symbol."""
+        if self.kind == "categorizedSymbol":
+            return "categories", [
+                ("category", {"value": c.value, "label": c.label}, c.symbol)
+                for c in self.categories
+            ]
+        if self.kind == "graduatedSymbol":
+            bounds = [(repr(float(r.lower)), repr(float(r.upper))) for r in self.ranges]
+            return "ranges", [
+                ("range", {"lower": low, "upper": high, "label": r.label}, r.symbol)
+                for (low, high), r in zip(bounds, self.ranges, strict=True)
+            ]
+        return "", []
+
     def rules(self) -> list[tuple[str, ET.Element | None, Symbol]]:
         """SLD rules: (name, ogc:Filter or None, symbol)."""
         if self.kind == "categorizedSymbol":
             out = []
             for cat in self.categories:
                 filt = None
-                if cat.value != "":
+                value = cat.value if cat.sld_value is None else cat.sld_value
+                if value != "":
                     filt = ET.Element(f"{{{_OGC}}}Filter")
                     equal = ET.SubElement(filt, f"{{{_OGC}}}PropertyIsEqualTo")
-                    ET.SubElement(equal, f"{{{_OGC}}}PropertyName").text = self.field
-                    ET.SubElement(equal, f"{{{_OGC}}}Literal").text = cat.value
+                    name = self.sld_field or self.field
+                    ET.SubElement(equal, f"{{{_OGC}}}PropertyName").text = name
+                    ET.SubElement(equal, f"{{{_OGC}}}Literal").text = value
                 out.append((cat.label, filt, cat.symbol))
             return out
         if self.kind == "graduatedSymbol":
@@ -281,10 +306,10 @@ class Renderer:
                 filt = ET.Element(f"{{{_OGC}}}Filter")
                 both = ET.SubElement(filt, f"{{{_OGC}}}And")
                 low = "PropertyIsGreaterThanOrEqualTo" if i == 0 else "PropertyIsGreaterThan"
-                for op, value in ((low, rng.lower), ("PropertyIsLessThanOrEqualTo", rng.upper)):
+                for op, bound in ((low, rng.lower), ("PropertyIsLessThanOrEqualTo", rng.upper)):
                     cmp = ET.SubElement(both, f"{{{_OGC}}}{op}")
                     ET.SubElement(cmp, f"{{{_OGC}}}PropertyName").text = self.field
-                    ET.SubElement(cmp, f"{{{_OGC}}}Literal").text = repr(float(value))
+                    ET.SubElement(cmp, f"{{{_OGC}}}Literal").text = repr(float(bound))
                 out.append((rng.label, filt, rng.symbol))
             return out
         return [("Single symbol", None, self.symbol)]
@@ -311,12 +336,18 @@ def _ramp_element(colors: tuple[str, ...]) -> ET.Element:
         "stops": stops,
     }
     ramp = ET.Element("colorramp", {"type": "gradient", "name": "[source]"})
-    options = ET.SubElement(ramp, "Option", {"type": "Map"})
+    _add_props(ramp, props)
+    return ramp
+
+
+def _add_props(element: ET.Element, props: dict[str, str]) -> None:
+    """``props`` under ``element`` as QGIS writes them: an ``<Option>`` map, and again as the
+    older ``<prop>`` elements."""
+    options = ET.SubElement(element, "Option", {"type": "Map"})
     for key, value in props.items():
         ET.SubElement(options, "Option", {"type": "QString", "name": key, "value": value})
     for key, value in props.items():
-        ET.SubElement(ramp, "prop", {"k": key, "v": value})
-    return ramp
+        ET.SubElement(element, "prop", {"k": key, "v": value})
 
 
 def layer_elements(renderer: Renderer, *, opacity: float = 1.0) -> list[ET.Element]:

@@ -29,8 +29,8 @@ def _encode(path: Path, px: int) -> str | None:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
             image.thumbnail((px, px))
             best: bytes | None = None
             mime = ""

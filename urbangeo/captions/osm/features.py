@@ -9,7 +9,7 @@ green space.
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -77,7 +77,7 @@ class PlaceFeatures:
     @property
     def function(self) -> str:
         """The dominant function in a word: residential, industrial, commercial, green..."""
-        scores: Counter = Counter()
+        scores: defaultdict[str, float] = defaultdict(float)
         for word, share in self.landuse.items():
             for key in ("residential", "industrial", "commercial", "retail", "port", "farm"):
                 if key in word:
@@ -92,7 +92,7 @@ class PlaceFeatures:
         scores["commercial"] += min(self.commerce, 40) / 100
         if not scores or max(scores.values()) < 0.05:
             return "mixed"
-        best = scores.most_common(1)[0][0]
+        best = max(scores, key=scores.__getitem__)  # the first of the highest, as most_common
         return "agricultural" if best == "farm" else best
 
 
@@ -201,7 +201,8 @@ def place_features(layers: dict[str, Any], item: ImageItem, *, radius: float) ->
     for value, geom in zip(_col(roads, "highway"), roads.geometry, strict=True):
         word = ROAD_CLASSES.get(value) if isinstance(value, str) else None
         if word:
-            feats.roads_m[word] += float(geom.intersection(area).length)
+            # a Counter of metres: Counter allows float values, typeshed types them int
+            feats.roads_m[word] += float(geom.intersection(area).length)  # type: ignore[assignment]
     if is_point and len(roads):
         distances = roads.geometry.distance(place)
         nearest = roads.loc[distances.idxmin()]

@@ -74,11 +74,10 @@ class Writer:
         return COMPASS[round(float(self.f.heading) % 360 / 45) % 8]
 
     def where(self) -> str:
+        road = (self.f.street_class or "street").removesuffix("s")  # "a residential street"
         if self.f.street:
-            return f"{self.f.street}, a {self.f.street_class.removesuffix('s')}"
-        if self.f.street_class:
-            return f"a {self.f.street_class.removesuffix('s')}"
-        return "a street"
+            return f"{self.f.street}, a {road}"
+        return f"a {road}"
 
     def natural_sentence(self) -> str:
         f = self.f
@@ -121,6 +120,10 @@ class Writer:
             "Human activity appears limited, with no mapped shops, cafes or services.",
         )
 
+    def closing(self, verdict: str) -> list[str]:
+        """The last sentences of a narrative caption: activity, nature, then ``verdict``."""
+        return [self.activity_sentence(), self.natural_sentence(), verdict]
+
     # styles
     def planner(self) -> list[str]:
         f = self.f
@@ -159,9 +162,7 @@ class Writer:
             )
         else:
             out.append("No roads are mapped in this area.")
-        out.append(self.activity_sentence())
-        out.append(self.natural_sentence())
-        out.append(f"Overall, it reads as a {f.density} {f.function} urban unit.")
+        out += self.closing(f"Overall, it reads as a {f.density} {f.function} urban unit.")
         return out
 
     def observer(self) -> list[str]:
@@ -204,9 +205,7 @@ class Writer:
         if f.landuse:
             top = max(f.landuse.items(), key=lambda kv: kv[1])
             out.append(f"Much of the land is {top[0]}, about {_pct(top[1])} of the view.")
-        out.append(self.activity_sentence())
-        out.append(self.natural_sentence())
-        out.append(f"The overall impression is of a {f.density} {f.function} place.")
+        out += self.closing(f"The overall impression is of a {f.density} {f.function} place.")
         return out
 
     def analyst(self) -> list[str]:

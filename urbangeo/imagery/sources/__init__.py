@@ -5,17 +5,19 @@
 - :mod:`.raster` (``raster``): a GeoTIFF/COG or any raster GDAL reads, in any CRS;
 - :mod:`.xyz` (``xyz``): an XYZ tile service, tiles cached on disk;
 - :mod:`.render` (``osm``): map tiles drawn offline from an OSM extract;
-- :mod:`.warp`: warping pixels into a square, shared by the sources.
+- :mod:`.warp`: warping pixels into a square, shared by the sources;
+- :mod:`.coverage`: where an OSM extract has data (nothing is drawn beyond it).
 
 A square that has data for less than ``min_valid`` of its area (default half; nodata, outside
-the raster, missing tiles) is reported as missing, not drawn.
+the raster, missing tiles) is reported as missing, not drawn. Every tile records the share of
+it with data (``valid_share``; pixels without data are black).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from urbangeo._lazy import lazy_exports
 from urbangeo._registry import Registry
 
 if TYPE_CHECKING:
@@ -33,32 +35,22 @@ TILE_SOURCES = Registry(
     },
 )
 
-#: Names imported when first asked for: this package loads no numpy, rasterio or requests, so
-#: the settings can list :data:`TILE_SOURCES` cheaply.
-_LAZY = {
-    "DEFAULT_MIN_VALID": "urbangeo.settings.imagery",
-    "DEFAULT_RESAMPLING": "urbangeo.settings.imagery",
-    "RESAMPLING": "urbangeo.settings.imagery",
-    "TILE_KEY_ENV": "urbangeo.settings.imagery",
-    "Tile": "urbangeo.imagery.sources.base",
-    "TileOptions": "urbangeo.imagery.sources.base",
-    "TileSource": "urbangeo.imagery.sources.base",
-}
-
-__all__ = [
-    "DEFAULT_MIN_VALID",
-    "DEFAULT_RESAMPLING",
-    "RESAMPLING",
-    "TILE_KEY_ENV",
-    "TILE_SOURCES",
-    "OsmRenderSource",
-    "RasterSource",
-    "Tile",
-    "TileOptions",
-    "TileSource",
-    "XyzSource",
-    "make_tile_source",
-]
+#: Names imported when first asked for: this package loads no numpy, rasterio, mercantile, pyrosm
+#: or requests, so the settings can list :data:`TILE_SOURCES` cheaply.
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "DEFAULT_MIN_VALID": "urbangeo.settings.imagery",
+        "DEFAULT_RESAMPLING": "urbangeo.settings.imagery",
+        "RESAMPLING": "urbangeo.settings.imagery",
+        "TILE_KEY_ENV": "urbangeo.settings.imagery",
+        "Tile": ".base",
+        "TileOptions": ".base",
+        "TileSource": ".base",
+    },
+    defined=["TILE_SOURCES", "make_tile_source"],
+    registry=TILE_SOURCES,
+)
 
 
 def make_tile_source(
@@ -86,13 +78,3 @@ def make_tile_source(
         source.close()
         raise
     return source
-
-
-def __getattr__(name: str) -> Any:
-    # The implementations load rasterio, mercantile or pyrosm: each is imported when asked for.
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    for key in TILE_SOURCES:
-        if TILE_SOURCES[key].endswith(f":{name}"):
-            return TILE_SOURCES.get(key)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,14 +16,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from urbangeo.io.http import HttpClient
+from urbangeo.imagery.http_options import HttpOptions
 from urbangeo.settings.imagery import (  # the one declaration of the defaults (re-exported)
-    DEFAULT_CONCURRENCY,
     DEFAULT_MIN_VALID,
-    DEFAULT_RATE_LIMIT,
     DEFAULT_RESAMPLING,
-    DEFAULT_RETRIES,
-    DEFAULT_TIMEOUT_S,
     RESAMPLING,
     TILE_KEY_ENV,
 )
@@ -41,16 +37,22 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Tile:
-    """One region's image (``image``: H × W × 3 or H × W uint8) or why there is none."""
+    """One region's image (``image``: H × W × 3 or H × W uint8) or why there is none.
+
+    ``valid_share``: the share of the square where the source has data (0..1; the rest is
+    drawn black), None when the source cannot tell.
+    """
 
     status: str
     image: np.ndarray | None = None
     reason: str = ""
+    valid_share: float | None = None
 
 
 @dataclass
-class TileOptions:
-    """Settings of every tile source (each uses the ones that concern it).
+class TileOptions(HttpOptions):
+    """Settings of every tile source (each uses the ones that concern it), with the HTTP
+    settings of :class:`~urbangeo.imagery.http_options.HttpOptions`.
 
     ``location`` is what the source reads: the raster file (``raster``), the URL template or
     xyzservices name (``xyz``), the OSM extract (``osm``).
@@ -58,19 +60,16 @@ class TileOptions:
 
     location: str | os.PathLike | None = None
     grid_crs: object = None
+    #: Where the source has data, in the grid's CRS (a shapely geometry; None: the source
+    #: finds out itself). The OSM renderer draws nothing outside it.
+    coverage: object = None
     #: The run's folder: sources keep their caches under it.
     run_dir: Path | None = None
     bands: tuple[int, ...] | None = None
     zoom: int | None = None
     resampling: str = DEFAULT_RESAMPLING
     min_valid: float = DEFAULT_MIN_VALID
-    concurrency: int = DEFAULT_CONCURRENCY
-    rate_limit: float = DEFAULT_RATE_LIMIT
-    retries: int = DEFAULT_RETRIES
-    timeout: float = DEFAULT_TIMEOUT_S
     key_env: str = TILE_KEY_ENV
-    user_agent: str | None = None
-    client: HttpClient | None = None
 
 
 class TileSource(ABC):

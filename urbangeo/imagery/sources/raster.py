@@ -14,6 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 import rasterio
@@ -267,9 +268,17 @@ class RasterSource(TileSource):
         )
         return data, valid, transform
 
+    @overload
+    def _to_uint8(self, data: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @overload
+    def _to_uint8(self, data: np.ndarray, valid: None) -> tuple[np.ndarray, np.ndarray | None]: ...
+
     def _to_uint8(
         self, data: np.ndarray, valid: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The bands as uint8 (colour map or stretch) and where they are valid: a mask in, a
+        mask out; without one, the stretched bands' finite pixels, or None (all valid)."""
         if self.colormap is not None:
             lut = np.zeros((256, 3), dtype=np.uint8)
             for value, rgba in self.colormap.items():
@@ -310,6 +319,7 @@ class RasterSource(TileSource):
 
     def _vrt_tile(self, b: np.ndarray, size: int) -> Tile:
         spec = self._vrt
+        assert spec is not None  # tile() calls this only with a planned grid
         vrt = getattr(self._local, "vrt", None)
         if vrt is None or self._local.vrt_spec != spec:
             x0, top, res, width, height = spec
@@ -332,7 +342,11 @@ class RasterSource(TileSource):
         data = vrt.read([*self.bands, vrt.count], window=window)
         valid = data[-1] > 0
         if not valid.any():
-            return Tile(C.STATUS_MISSING, reason="no image data (outside the raster or nodata)")
+            return Tile(
+                C.STATUS_MISSING,
+                reason="no image data (outside the raster or nodata)",
+                valid_share=0.0,
+            )
         rgb, mask = self._to_uint8(data[:-1], valid.astype(np.uint8))
         return finish(rgb, mask > 0, self.min_valid)
 
@@ -347,7 +361,7 @@ class RasterSource(TileSource):
             return self._vrt_tile(b, size)
         read = self._read(ds, b, size)
         if read is None:
-            return Tile(C.STATUS_MISSING, reason="outside the raster")
+            return Tile(C.STATUS_MISSING, reason="outside the raster", valid_share=0.0)
         data, valid, transform = read
         data, valid = self._to_uint8(data, valid)
         return warp_rgba(

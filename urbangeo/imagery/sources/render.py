@@ -35,10 +35,14 @@ building              (196, 182, 171)  building=*
 Lines are drawn as polygons buffered to a width in metres (``ROAD_WIDTH_M``), so a road is as
 wide in the image as on the ground; tunnels are not drawn. The sea is drawn only where OSM maps
 it as a water polygon (coastlines are not closed into sea areas).
+
+Nothing is drawn beyond the extract's coverage (:mod:`.coverage`): those pixels are black (no
+data), and each tile's ``valid_share`` says how much of it the extract covers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -54,6 +58,12 @@ from rasterio.transform import from_origin
 from urbangeo import constants as C
 from urbangeo.errors import InputError
 from urbangeo.imagery.sources.base import Tile, TileOptions, TileSource
+from urbangeo.imagery.sources.coverage import (
+    NODATA_RGB,
+    box_in_crs,
+    coverage_mask,
+    pbf_header_bbox,
+)
 from urbangeo.imagery.sources.warp import lattice_step
 from urbangeo.io.osm import NETWORK_ALL, open_extract
 
@@ -281,11 +291,11 @@ def map_features(layers: dict[str, gpd.GeoDataFrame], crs: object) -> MapFeature
     add("building", _polygons(layers.get("buildings")).geometry)
 
     items: list[tuple[int, np.ndarray]] = []
-    for cls, geoms in parts:
-        items.append((cls, _to_crs(geoms, crs)))
-    for cls, geoms, widths in lines:
+    for code, geoms in parts:
+        items.append((code, _to_crs(geoms, crs)))
+    for code, geoms, widths in lines:
         buffered = shapely.buffer(_to_crs(geoms, crs), widths / 2, quad_segs=2)
-        items.append((cls, buffered))
+        items.append((code, buffered))
     # Stable sort by class keeps drawing order: later classes are burnt over earlier ones.
     items.sort(key=lambda item: item[0])
     if items:
@@ -347,16 +357,47 @@ def render_regions(
     Regions of the same size on a common lattice are rendered together, ``block`` × ``block``
     per rasterize call; others one by one.
     """
+    for i, image, _ in render_covered(features, bounds, size=size, block=block):
+        yield i, image
+
+
+def _masked(
+    classes: np.ndarray, valid: np.ndarray | None, top: int, left: int, size: int
+) -> tuple[np.ndarray, float]:
+    """The RGB image of one square of a block and the share of it with data."""
+    image = colourise(classes[top : top + size, left : left + size])
+    if valid is None:
+        return image, 1.0
+    inside = valid[top : top + size, left : left + size]
+    share = float(np.count_nonzero(inside)) / inside.size
+    if share < 1:
+        image[~inside] = NODATA_RGB
+    return image, share
+
+
+def render_covered(
+    features: MapFeatures,
+    bounds: np.ndarray,
+    *,
+    size: int = 256,
+    block: int = BLOCK,
+    coverage: shapely.Geometry | None = None,
+) -> Iterator[tuple[int, np.ndarray, float]]:
+    """(index, RGB array, valid share) for each square, as :func:`render_regions`; pixels
+    outside ``coverage`` (the extract's, in the features' CRS; None: everywhere) are black."""
     bounds = np.asarray(bounds, dtype=float).reshape(-1, 4)
     if len(bounds) == 0:
         return
+    if coverage is not None:
+        shapely.prepare(coverage)
     cell = lattice_step(bounds)
     if cell is None:
         for i, b in enumerate(bounds):
             pixel = (b[2] - b[0]) / size
             box = (b[0], b[3] - size * pixel, b[0] + size * pixel, b[3])
             classes = render_block(features, box, pixel)
-            yield i, colourise(classes)
+            valid = coverage_mask(coverage, box, pixel, classes.shape)
+            yield (i, *_masked(classes, valid, 0, 0, size))
         return
     pixel = cell / size
     block = max(1, min(block, MAX_BLOCK_PX // size))
@@ -376,10 +417,11 @@ def render_regions(
         r0, r1 = rows[members].min(), rows[members].max() + 1
         box = (x0 + c0 * cell, y0 + r0 * cell, x0 + c1 * cell, y0 + r1 * cell)
         classes = render_block(features, box, pixel)
+        valid = coverage_mask(coverage, box, pixel, classes.shape)
         for i in members:
             top = (r1 - 1 - rows[i]) * size
             left = (cols[i] - c0) * size
-            yield int(i), colourise(classes[top : top + size, left : left + size])
+            yield (int(i), *_masked(classes, valid, top, left, size))
         start = stop
 
 
@@ -387,11 +429,19 @@ class OsmRenderSource(TileSource):
     """Map tiles drawn from an OSM extract, in the colour scheme above.
 
     The extract is read once, for the squares' extent only, when the first tiles are asked for.
+    Nothing is drawn outside ``coverage`` (in the grid's CRS; default: the bounding box in the
+    extract's header, else that of the data read): see :mod:`.coverage`.
     """
 
     photographic = False  # flat colours
 
-    def __init__(self, osm_path: str | os.PathLike, *, grid_crs: object) -> None:
+    def __init__(
+        self,
+        osm_path: str | os.PathLike,
+        *,
+        grid_crs: object,
+        coverage: shapely.Geometry | None = None,
+    ) -> None:
         self.osm_path = Path(osm_path)
         if not self.osm_path.is_file():
             raise InputError(
@@ -401,13 +451,22 @@ class OsmRenderSource(TileSource):
         self.grid_crs = grid_crs
         self.features: MapFeatures | None = None
         self._source = f"osm:{self.osm_path.resolve()}"
+        self.coverage_from = "given"
+        if coverage is None:
+            header = pbf_header_bbox(self.osm_path)
+            if header is not None:
+                coverage, self.coverage_from = box_in_crs(header, grid_crs), "pbf header"
+            else:
+                self.coverage_from = "data"  # known once the data is read
+        self.coverage = coverage
 
     @classmethod
     def from_options(cls, options: TileOptions) -> OsmRenderSource:
-        """The extract at ``options.location``."""
+        """The extract at ``options.location``, drawn within ``options.coverage``."""
         if options.location is None:
             raise InputError("Rendering map tiles needs an OSM extract.", hint=OSM_HINT)
-        return cls(options.location, grid_crs=options.grid_crs)
+        coverage = options.coverage if isinstance(options.coverage, shapely.Geometry) else None
+        return cls(options.location, grid_crs=options.grid_crs, coverage=coverage)
 
     @property
     def source(self) -> str:
@@ -416,7 +475,11 @@ class OsmRenderSource(TileSource):
 
     def params(self) -> dict:
         """Settings that decide the images (the colour scheme is part of the code)."""
-        return {"source": self.source, "style": "urbangeo-osm-1"}
+        coverage = self.coverage_from
+        if self.coverage is not None:
+            wkb = shapely.to_wkb(shapely.set_precision(self.coverage, 0.01), output_dimension=2)
+            coverage += ":" + hashlib.sha1(wkb).hexdigest()[:12]
+        return {"source": self.source, "style": "urbangeo-osm-2", "coverage": coverage}
 
     def load(self, bounds: np.ndarray) -> MapFeatures:
         """Read and classify the OSM data around ``bounds`` (once)."""
@@ -437,6 +500,9 @@ class OsmRenderSource(TileSource):
             )
             layers = read_osm(self.osm_path, bounds_wgs84=box)
             self.features = map_features(layers, self.grid_crs)
+            if self.coverage is None and len(self.features):
+                # No coverage known: the bounding box of the data read stands for it.
+                self.coverage = shapely.box(*shapely.total_bounds(self.features.geometries))
         return self.features
 
     def tiles(self, bounds: np.ndarray, size: int) -> Iterator[tuple[int, Tile]]:
@@ -444,5 +510,5 @@ class OsmRenderSource(TileSource):
         if len(bounds) == 0:
             return
         features = self.load(bounds)
-        for i, image in render_regions(features, bounds, size=size):
-            yield i, Tile(C.STATUS_OK, image)
+        for i, image, share in render_covered(features, bounds, size=size, coverage=self.coverage):
+            yield i, Tile(C.STATUS_OK, image, valid_share=share)

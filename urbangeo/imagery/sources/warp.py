@@ -79,7 +79,9 @@ def warp_rgba(
 
 
 def finish(data: np.ndarray, valid: np.ndarray | None, min_valid: float) -> Tile:
-    """A tile from uint8 bands (B × H × W) and where they are valid; missing if mostly not."""
+    """A tile from uint8 bands (B × H × W) and where they are valid (its ``valid_share``);
+    missing if mostly not."""
+    share = 1.0
     if valid is not None:
         share = float(np.count_nonzero(valid)) / valid.size
         if share < min_valid:
@@ -87,10 +89,11 @@ def finish(data: np.ndarray, valid: np.ndarray | None, min_valid: float) -> Tile
                 C.STATUS_MISSING,
                 reason=f"only {share:.0%} of the region has image data "
                 f"(at least {min_valid:.0%} needed)",
+                valid_share=share,
             )
         if share < 1:
             data = data.copy()
             data[:, ~valid] = 0  # nodata is black
     if data.shape[0] == 1:
-        return Tile(C.STATUS_OK, np.ascontiguousarray(data[0]))
-    return Tile(C.STATUS_OK, np.ascontiguousarray(np.moveaxis(data, 0, -1)))
+        return Tile(C.STATUS_OK, np.ascontiguousarray(data[0]), valid_share=share)
+    return Tile(C.STATUS_OK, np.ascontiguousarray(np.moveaxis(data, 0, -1)), valid_share=share)

@@ -235,12 +235,7 @@ class XyzSource(TileSource):
         key = os.environ.get(key_env) or None
         client = options.client
         if client is None:
-            client = HttpClient(
-                concurrency=options.concurrency,
-                rate_limit=options.rate_limit,
-                retries=options.retries,
-                timeout=options.timeout,
-                user_agent=options.user_agent,
+            client = options.new_client(
                 secrets=[key] if key else (),
                 service="The tile server",
                 key_hint=f"Check the tile service's API key (environment variable {key_env}) "
@@ -361,19 +356,22 @@ class XyzSource(TileSource):
             elif d is not None:
                 decoded[t] = d
                 px = px or d[0].shape[0]
-            elif isinstance(files.get(t), str):
-                problems.append(files[t])
+            elif isinstance(marker := files.get(t), str):
+                problems.append(marker)
         px = px or self.tile_px
         nx, ny = max(xs) - x0 + 1, max(ys) - y0 + 1
         data = np.zeros((3, ny * px, nx * px), dtype=np.uint8)
         valid = np.zeros((ny * px, nx * px), dtype=np.uint8)
         for t, (rgb, alpha) in decoded.items():
             if rgb.shape[:2] != (px, px):
-                rgb = np.asarray(Image.fromarray(rgb).resize((px, px), Image.BILINEAR))
-                alpha = np.asarray(Image.fromarray(alpha).resize((px, px), Image.NEAREST))
+                rgb = np.asarray(Image.fromarray(rgb).resize((px, px), Image.Resampling.BILINEAR))
+                alpha = np.asarray(
+                    Image.fromarray(alpha).resize((px, px), Image.Resampling.NEAREST)
+                )
             r, c = (t.y - y0) * px, (t.x - x0) * px
             data[:, r : r + px, c : c + px] = np.moveaxis(rgb, -1, 0)
             valid[r : r + px, c : c + px] = alpha
+        assert self.zoom is not None  # chosen by tiles() before any mosaic
         left, _, _, top = mercantile.xy_bounds(mercantile.Tile(x0, y0, self.zoom))
         step = EARTH_CIRCUMFERENCE_M / (2**self.zoom * px)
         transform = Affine(step, 0, left, 0, -step, top)
@@ -396,7 +394,10 @@ class XyzSource(TileSource):
             pixels = {t: self._decode(f) for t, f in files.items() if isinstance(f, Path)}
             for offset, (b, ts) in enumerate(zip(chunk, per_square, strict=True)):
                 if not ts:
-                    yield start + offset, Tile(C.STATUS_MISSING, reason="outside web mercator")
+                    yield (
+                        start + offset,
+                        Tile(C.STATUS_MISSING, reason="outside web mercator", valid_share=0.0),
+                    )
                     continue
                 data, valid, transform, problems = self._mosaic(ts, files, pixels)
                 tile = warp_rgba(

@@ -22,9 +22,9 @@ ids such as ``google:PANO_ID``), not to logs, not to error messages.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from urbangeo._lazy import lazy_exports
 from urbangeo._registry import Registry
 
 if TYPE_CHECKING:
@@ -41,56 +41,33 @@ PROVIDERS = Registry(
     },
 )
 
-_BASE = "urbangeo.imagery.streetview.base"
-_LOCATION = "urbangeo.imagery.streetview.location"
-#: Names imported when first asked for: this package loads no geopandas, Pillow or requests,
-#: so the settings can list :data:`PROVIDERS` cheaply.
-_LAZY = {
-    "DEFAULT_FOV": "urbangeo.settings.imagery",
-    "DEFAULT_MATCH_RADIUS_M": "urbangeo.settings.imagery",
-    "DEFAULT_MAX_ANGLE": "urbangeo.settings.imagery",
-    "Fetched": _BASE,
-    "ProviderOptions": _BASE,
-    "Shot": _BASE,
-    "StreetViewProvider": _BASE,
-    "heading_id": _BASE,
-    "shot_job": _BASE,
-    "IMAGE_SUFFIXES": _LOCATION,
-    "LocatedImage": _LOCATION,
-    "exif_location": _LOCATION,
-    "name_location": _LOCATION,
-    "read_locations_csv": _LOCATION,
-    "scan_folder": _LOCATION,
-    "xmp_location": _LOCATION,
-    "WebProvider": "urbangeo.imagery.streetview.web",
-}
-
-__all__ = [
-    "DEFAULT_FOV",
-    "DEFAULT_MATCH_RADIUS_M",
-    "DEFAULT_MAX_ANGLE",
-    "ENV_URLS",
-    "IMAGE_SUFFIXES",
-    "PROVIDERS",
-    "BaiduProvider",
-    "Fetched",
-    "FolderProvider",
-    "GoogleProvider",
-    "LocatedImage",
-    "MapillaryProvider",
-    "ProviderOptions",
-    "Shot",
-    "StreetViewProvider",
-    "WebProvider",
-    "exif_location",
-    "heading_id",
-    "make_provider",
-    "name_location",
-    "read_locations_csv",
-    "scan_folder",
-    "shot_job",
-    "xmp_location",
-]
+#: Names imported when first asked for (each provider's name is known from PROVIDERS alone): this
+#: package loads no geopandas, Pillow or requests, so the settings can list :data:`PROVIDERS`
+#: cheaply.
+__all__, _lazy_getattr, __dir__ = lazy_exports(
+    __name__,
+    {
+        "DEFAULT_FOV": "urbangeo.settings.imagery",
+        "DEFAULT_MATCH_RADIUS_M": "urbangeo.settings.imagery",
+        "DEFAULT_MAX_ANGLE": "urbangeo.settings.imagery",
+        "Fetched": ".base",
+        "ProviderOptions": ".base",
+        "Shot": ".base",
+        "StreetViewProvider": ".base",
+        "heading_id": ".base",
+        "shot_job": ".base",
+        "IMAGE_SUFFIXES": ".location",
+        "LocatedImage": ".location",
+        "exif_location": ".location",
+        "name_location": ".location",
+        "read_locations_csv": ".location",
+        "scan_folder": ".location",
+        "xmp_location": ".location",
+        "WebProvider": ".web",
+    },
+    defined=["ENV_URLS", "PROVIDERS", "make_provider"],
+    registry=PROVIDERS,
+)
 
 
 def make_provider(name: str, options: ProviderOptions | None = None) -> StreetViewProvider:
@@ -114,13 +91,5 @@ def env_urls() -> dict[str, str]:
 
 
 def __getattr__(name: str) -> Any:
-    # The providers and helpers are imported when asked for (each provider's name is known
-    # from PROVIDERS alone).
-    if name == "ENV_URLS":
-        return env_urls()
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    for key in PROVIDERS:
-        if PROVIDERS[key].endswith(f":{name}"):
-            return PROVIDERS.get(key)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # ENV_URLS is worked out from the providers registered when it is asked for.
+    return env_urls() if name == "ENV_URLS" else _lazy_getattr(name)

@@ -17,16 +17,12 @@ import geopandas as gpd
 from PIL import Image
 
 from urbangeo import constants as C
+from urbangeo.imagery.http_options import HttpOptions
 from urbangeo.imagery.manifest import ImageJob
-from urbangeo.io.http import HttpClient
 from urbangeo.settings.imagery import (  # the one declaration of the defaults (re-exported)
-    DEFAULT_CONCURRENCY,
     DEFAULT_FOV,
     DEFAULT_MATCH_RADIUS_M,
     DEFAULT_MAX_ANGLE,
-    DEFAULT_RATE_LIMIT,
-    DEFAULT_RETRIES,
-    DEFAULT_TIMEOUT_S,
 )
 
 __all__ = [
@@ -66,8 +62,9 @@ class Fetched:
 
 
 @dataclass
-class ProviderOptions:
-    """Settings of every provider (each uses the ones that concern it)."""
+class ProviderOptions(HttpOptions):
+    """Settings of every provider (each uses the ones that concern it), with the HTTP settings
+    of :class:`~urbangeo.imagery.http_options.HttpOptions`."""
 
     folder: Path | None = None
     csv: Path | None = None
@@ -80,12 +77,6 @@ class ProviderOptions:
     size: tuple[int, int] | None = None
     max_angle: float = DEFAULT_MAX_ANGLE
     base_url: str | None = None
-    concurrency: int = DEFAULT_CONCURRENCY
-    rate_limit: float = DEFAULT_RATE_LIMIT
-    retries: int = DEFAULT_RETRIES
-    timeout: float = DEFAULT_TIMEOUT_S
-    user_agent: str | None = None
-    client: HttpClient | None = None
 
 
 def heading_id(heading: float) -> int:
@@ -125,14 +116,16 @@ class StreetViewProvider(ABC):
 
     def params(self) -> dict:
         """Settings that decide the images (recorded with the stage)."""
+        return {**self.shot_params(), **self.view_params()}
+
+    def shot_params(self) -> dict:
+        """The source and the camera headings (where a provider's :meth:`params` start)."""
+        return {"source": self.source, "headings": [float(h) for h in self.options.headings]}
+
+    def view_params(self) -> dict:
+        """The camera's field of view and pitch, and the image size."""
         o = self.options
-        return {
-            "source": self.source,
-            "headings": [float(h) for h in o.headings],
-            "fov": float(o.fov),
-            "pitch": float(o.pitch),
-            "size": list(self.size),
-        }
+        return {"fov": float(o.fov), "pitch": float(o.pitch), "size": list(self.size)}
 
     @property
     def size(self) -> tuple[int, int]:

@@ -86,7 +86,7 @@ class FolderProvider(StreetViewProvider):
         if o.csv is not None:
             params["csv"] = str(Path(o.csv).resolve())
         if o.panorama_views:
-            params.update(fov=float(o.fov), pitch=float(o.pitch), size=list(self.size))
+            params.update(self.view_params())
         return params
 
     def plan(self, points: gpd.GeoDataFrame) -> list[Shot]:

@@ -10,7 +10,7 @@ from urbangeo import constants as C
 from urbangeo.errors import InputError
 from urbangeo.imagery.streetview.base import Fetched, ProviderOptions, Shot
 from urbangeo.imagery.streetview.web import WebProvider
-from urbangeo.io.http import AccessDeniedError, HttpError
+from urbangeo.io.http import AccessDeniedError
 
 
 class GoogleProvider(WebProvider):
@@ -56,11 +56,9 @@ class GoogleProvider(WebProvider):
 
     def fetch(self, shot: Shot) -> Fetched:
         """Metadata (once per point), then the image at this heading."""
-        key = (shot.job.point_id, round(shot.lon, 7), round(shot.lat, 7))
-        try:
-            meta = self.memo(key, lambda: self._metadata(shot))
-        except HttpError as exc:
-            return Fetched(C.STATUS_FAILED, reason=f"metadata: {exc}")
+        meta = self.per_point(shot, "metadata", lambda: self._metadata(shot))
+        if isinstance(meta, Fetched):
+            return meta
         status = meta.get("status")
         if status in ("ZERO_RESULTS", "NOT_FOUND"):
             return Fetched(
@@ -79,23 +77,19 @@ class GoogleProvider(WebProvider):
         pano = str(meta.get("pano_id", ""))
         source = f"google:{pano}" if pano else "google"
         w, h = self.size
-        try:
-            response = self.client.get(
-                f"{self.base_url}/maps/api/streetview",
-                params={
-                    "size": f"{w}x{h}",
-                    "location": f"{shot.lat:.7f},{shot.lon:.7f}",
-                    "heading": f"{shot.heading:.2f}",
-                    "fov": f"{self.options.fov:g}",
-                    "pitch": f"{self.options.pitch:g}",
-                    "radius": f"{self.options.radius:g}",
-                    "source": "outdoor",
-                    "return_error_code": "true",
-                    "key": self.key,
-                },
-            )
-        except HttpError as exc:
-            return Fetched(C.STATUS_FAILED, reason=str(exc), source=source)
-        if response.status_code == 404:
-            return Fetched(C.STATUS_MISSING, reason="no Street View image", source=source)
-        return self.image(response.content, source)
+        return self.download(
+            f"{self.base_url}/maps/api/streetview",
+            source,
+            missing="no Street View image",
+            params={
+                "size": f"{w}x{h}",
+                "location": f"{shot.lat:.7f},{shot.lon:.7f}",
+                "heading": f"{shot.heading:.2f}",
+                "fov": f"{self.options.fov:g}",
+                "pitch": f"{self.options.pitch:g}",
+                "radius": f"{self.options.radius:g}",
+                "source": "outdoor",
+                "return_error_code": "true",
+                "key": self.key,
+            },
+        )

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import SupportsFloat
 
 import numpy as np
 from PIL import ExifTags, Image
@@ -50,8 +52,8 @@ def exif_location(image: Image.Image) -> tuple[float, float, float | None] | Non
     if tags.GPSLatitude not in gps or tags.GPSLongitude not in gps:
         return None
 
-    def degrees(value: object) -> float:
-        parts = [float(v) for v in value]  # type: ignore[union-attr]
+    def degrees(value: Iterable[SupportsFloat]) -> float:
+        parts = [float(v) for v in value]
         parts += [0.0] * (3 - len(parts))
         return parts[0] + parts[1] / 60 + parts[2] / 3600
 

@@ -10,7 +10,6 @@ import math
 from urbangeo import constants as C
 from urbangeo.imagery.streetview.base import Fetched, Shot
 from urbangeo.imagery.streetview.web import WebProvider
-from urbangeo.io.http import HttpError
 
 
 class MapillaryProvider(WebProvider):
@@ -30,12 +29,7 @@ class MapillaryProvider(WebProvider):
     def params(self) -> dict:
         """Settings that decide the images."""
         o = self.options
-        return {
-            "source": self.source,
-            "headings": [float(h) for h in o.headings],
-            "radius": float(o.radius),
-            "max_angle": float(o.max_angle),
-        }
+        return {**self.shot_params(), "radius": float(o.radius), "max_angle": float(o.max_angle)}
 
     def _search(self, shot: Shot) -> list[dict]:
         r = self.options.radius
@@ -57,11 +51,9 @@ class MapillaryProvider(WebProvider):
 
     def fetch(self, shot: Shot) -> Fetched:
         """Search around the point (once per point), pick an image, download its thumbnail."""
-        key = (shot.job.point_id, round(shot.lon, 7), round(shot.lat, 7))
-        try:
-            found = self.memo(key, lambda: self._search(shot))
-        except HttpError as exc:
-            return Fetched(C.STATUS_FAILED, reason=f"search: {exc}")
+        found = self.per_point(shot, "search", lambda: self._search(shot))
+        if isinstance(found, Fetched):
+            return found
         best = None
         for item in found:
             coords = (item.get("computed_geometry") or {}).get("coordinates")
@@ -87,14 +79,9 @@ class MapillaryProvider(WebProvider):
             )
         item = best[1]
         source = f"mapillary:{item.get('id')}"
-        try:
-            # A signed CDN URL: no Authorization header, so the token never leaves for it.
-            response = self.client.get(str(item["thumb_1024_url"]))
-        except HttpError as exc:
-            return Fetched(C.STATUS_FAILED, reason=str(exc), source=source)
-        if response.status_code == 404:
-            return Fetched(C.STATUS_MISSING, reason="image no longer available", source=source)
-        return self.image(response.content, source)
+        # A signed CDN URL: no Authorization header, so the token never leaves for it.
+        url = str(item["thumb_1024_url"])
+        return self.download(url, source, missing="image no longer available")
 
 
 def _ground_distance(lon1: float, lat1: float, lon2: float, lat2: float) -> float:

@@ -9,17 +9,20 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import ClassVar
+from typing import ClassVar, TypeVar, cast
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError
 from urbangeo.imagery.streetview.base import (
     Fetched,
     ProviderOptions,
+    Shot,
     StreetViewProvider,
     check_image,
 )
-from urbangeo.io.http import HttpClient
+from urbangeo.io.http import HttpError, QueryParams
+
+T = TypeVar("T")
 
 
 class WebProvider(StreetViewProvider):
@@ -50,22 +53,16 @@ class WebProvider(StreetViewProvider):
             self.client = options.client
             self.client.secrets = sorted({*self.client.secrets, self.key}, key=len, reverse=True)
         else:
-            self.client = HttpClient(
-                concurrency=options.concurrency,
-                rate_limit=options.rate_limit,
-                retries=options.retries,
-                timeout=options.timeout,
-                user_agent=options.user_agent,
-                secrets=[self.key],
-                service=f"The {self.name} API",
-                key_hint=hint,
+            self.client = options.new_client(
+                secrets=[self.key], service=f"The {self.name} API", key_hint=hint
             )
         self.key_hint = hint
         self._cache: dict[object, object] = {}
         self._cache_lock = threading.Lock()
 
-    def memo(self, key: object, compute: Callable[[], object]) -> object:
+    def memo(self, key: object, compute: Callable[[], T]) -> T:
         """``compute()`` once per key (several headings of one point share a lookup)."""
+        value: object
         with self._cache_lock:
             event = self._cache.get(key)
             if event is None:
@@ -88,7 +85,27 @@ class WebProvider(StreetViewProvider):
             value = self._cache[key]
         if isinstance(value, BaseException):
             raise value
-        return value
+        return cast(T, value)  # the cache holds what compute() returned for this key
+
+    def per_point(self, shot: Shot, what: str, compute: Callable[[], T]) -> T | Fetched:
+        """``compute()`` once per sample point (the point's headings share it), or a failed
+        result naming ``what`` when its request failed."""
+        try:
+            return self.memo((shot.job.point_id, round(shot.lon, 7), round(shot.lat, 7)), compute)
+        except HttpError as exc:
+            return Fetched(C.STATUS_FAILED, reason=f"{what}: {exc}")
+
+    def download(
+        self, url: str, source: str, *, missing: str, params: QueryParams | None = None
+    ) -> Fetched:
+        """The image at ``url``: failed after an HTTP error, missing (``missing``) on a 404."""
+        try:
+            response = self.client.get(url, params=params)
+        except HttpError as exc:
+            return Fetched(C.STATUS_FAILED, reason=str(exc), source=source)
+        if response.status_code == 404:
+            return Fetched(C.STATUS_MISSING, reason=missing, source=source)
+        return self.image(response.content, source)
 
     def image(self, response_data: bytes, source: str) -> Fetched:
         """An ok result if the bytes decode as an image."""

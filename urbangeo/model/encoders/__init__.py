@@ -12,6 +12,10 @@ resnet18      torchvision ResNet-18 up to global average pooling (512 values), I
               weights from a local file, else random with a warning
 image-stats   per-channel mean, standard deviation and an 8-bin histogram of the RGB pixels
               (3 + 3 + 24 = 30 values, each in [0, 1]), at full resolution
+raster        (no images) an embedding raster (AlphaEarth, TESSERA, any) averaged over each
+              region's pixels, with valid_share; see :mod:`.raster`
+patches       (no images) patch vectors (points or polygons: Earth Index, Clay, Major TOM)
+              averaged per region; see :mod:`.patches`
 ============  ==============================================================================
 
 Each is an :class:`~urbangeo.model.encoders.base.ImageEncoder` in a module of its own,
@@ -21,10 +25,10 @@ until one is asked for.
 
 from __future__ import annotations
 
-import importlib
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from urbangeo._lazy import lazy_exports
 from urbangeo._registry import Registry
 
 if TYPE_CHECKING:
@@ -40,6 +44,9 @@ ENCODERS = Registry(
         "random": f"{_HERE}.random_clip:RandomClipEncoder",
         "resnet18": f"{_HERE}.resnet:ResNet18Encoder",
         "image-stats": f"{_HERE}.image_stats:ImageStatsEncoder",
+        # region encoders: products aggregated to the regions, no images, no torch
+        "raster": f"{_HERE}.raster:RasterProductEncoder",
+        "patches": f"{_HERE}.patches:PatchEncoder",
     },
 )
 
@@ -66,31 +73,22 @@ def build_encoder(
 
 
 #: Names imported from the implementations on first use.
-_EXPORTS = {
-    "ImageEncoder": "base",
-    "ClipEncoder": "clip_tower",
-    "ClipImageTower": "clip_tower",
-    "TrainedEncoder": "trained",
-    "default_checkpoint": "trained",
-    "trained_encoder": "trained",
-    "FrozenClipEncoder": "frozen_clip",
-    "RandomClipEncoder": "random_clip",
-    "ResNet18Encoder": "resnet",
-    "resnet18_encoder": "resnet",
-    "ImageStatsEncoder": "image_stats",
-    "image_statistics": "image_stats",
-    "image_stats_encoder": "image_stats",
-}
-
-__all__ = sorted(["ENCODERS", "build_encoder", *_EXPORTS])
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "ImageEncoder": ".base",
+        "ClipEncoder": ".clip_tower",
+        "ClipImageTower": ".clip_tower",
+        "TrainedEncoder": ".trained",
+        "default_checkpoint": ".trained",
+        "trained_encoder": ".trained",
+        "FrozenClipEncoder": ".frozen_clip",
+        "RandomClipEncoder": ".random_clip",
+        "ResNet18Encoder": ".resnet",
+        "resnet18_encoder": ".resnet",
+        "ImageStatsEncoder": ".image_stats",
+        "image_statistics": ".image_stats",
+        "image_stats_encoder": ".image_stats",
+    },
+    defined=["ENCODERS", "build_encoder"],
+)

@@ -3,12 +3,13 @@ and ``random`` encoders share."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from urbangeo.model.encoders.base import ImageEncoder
+from urbangeo.model.protocols import ClipModel
 
 
 class ClipImageTower(nn.Module):
@@ -19,7 +20,7 @@ class ClipImageTower(nn.Module):
         self.model = model.eval().requires_grad_(False)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.model.encode_image(images, normalize=True)
+        return cast(ClipModel, self.model).encode_image(images, normalize=True)
 
 
 class ClipEncoder(ImageEncoder):

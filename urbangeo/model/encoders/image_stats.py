@@ -28,8 +28,8 @@ def image_statistics(image: Image.Image | np.ndarray, bins: int = HIST_BINS) -> 
     # bins over 0..255 in equal widths: value v falls in bin v * bins // 256
     index = pixels.astype(np.int64) * bins // 256
     hist = np.stack([np.bincount(index[:, c], minlength=bins) for c in range(3)])
-    hist = hist / max(1, pixels.shape[0])
-    return np.concatenate([mean, std, hist.ravel()]).astype(np.float32)
+    shares = hist / max(1, pixels.shape[0])
+    return np.concatenate([mean, std, shares.ravel()]).astype(np.float32)
 
 
 def _stats_transform(image: Image.Image) -> Tensor:

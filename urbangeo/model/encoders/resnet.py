@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from urbangeo.errors import InputError, UrbangeoWarning
 from urbangeo.model.encoders.base import ImageEncoder
+from urbangeo.model.tensor_files import load_tensors
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,10 +38,7 @@ class ResNet18Encoder(ImageEncoder):
 def _load_weights_file(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise InputError(f"Weights file not found: {path}", hint="Check --weights.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"Cannot read the weights file {path} ({type(exc).__name__}).") from exc
+    state = load_tensors(path, what="the weights file")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -8,10 +8,11 @@ module             holds
 ``contrastive``    the forward pass of both towers, text cut to its tokens
 ``image_norm``     where the run's image normalisation comes from
 ``optim``          parameter freezing, AdamW parameter groups, warm-up + cosine schedule
+``budget``         the run's length (steps, samples or epochs), when checkpoints are due
 ``metrics``        held-out image↔text retrieval
 ``distributed``    the torchrun job: :class:`DistInfo` and collectives
 ``checkpoint``     atomic checkpoints, resuming from them, model metadata, RNG state
-``log``            ``train_metrics.csv``
+``log``            ``train_metrics.csv``, the progress bar of the steps
 ``stopping``       Ctrl-C at a safe point, the error of a run that diverged
 ``trainer``        :class:`Trainer` and :func:`train`
 =================  ==========================================================================
@@ -20,57 +21,47 @@ Names are imported on first use, so that ``urbangeo.model.training.config`` (and
 import without torch.
 """
 
-from __future__ import annotations
+from urbangeo._lazy import lazy_exports
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "CHECKPOINT_FORMAT": "config",
-    "IMAGE_NORMS": "config",
-    "LAST_CHECKPOINT": "config",
-    "METRICS_CSV": "config",
-    "MODEL_FILE": "config",
-    "MODES": "config",
-    "RESUME_FREE": "config",
-    "TRAIN_CHOICES": "config",
-    "ModeSpec": "config",
-    "TrainConfig": "config",
-    "TrainSettings": "config",
-    "ContrastiveModule": "contrastive",
-    "encode_text": "contrastive",
-    "apply_freezing": "optim",
-    "param_groups": "optim",
-    "warmup_cosine": "optim",
-    "encode_pairs": "metrics",
-    "retrieval_metrics": "metrics",
-    "DistInfo": "distributed",
-    "init_distributed": "distributed",
-    "TrainingPairs": "pairs",
-    "load_training_pairs": "pairs",
-    "choose_image_norm": "image_norm",
-    "image_norm_source": "image_norm",
-    "atomic_save": "checkpoint",
-    "load_train_state": "checkpoint",
-    "model_metadata": "checkpoint",
-    "resume_state": "checkpoint",
-    "METRIC_COLUMNS": "log",
-    "MetricsLog": "log",
-    "StopRequest": "stopping",
-    "TrainResult": "trainer",
-    "Trainer": "trainer",
-    "train": "trainer",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "CHECKPOINT_FORMAT": ".config",
+        "IMAGE_NORMS": ".config",
+        "LAST_CHECKPOINT": ".config",
+        "METRICS_CSV": ".config",
+        "MODEL_FILE": ".config",
+        "MODES": ".config",
+        "RESUME_FREE": ".config",
+        "TRAIN_CHOICES": ".config",
+        "ModeSpec": ".config",
+        "TrainConfig": ".config",
+        "TrainSettings": ".config",
+        "ContrastiveModule": ".contrastive",
+        "encode_text": ".contrastive",
+        "apply_freezing": ".optim",
+        "param_groups": ".optim",
+        "warmup_cosine": ".optim",
+        "Budget": ".budget",
+        "CheckpointClock": ".budget",
+        "training_budget": ".budget",
+        "encode_pairs": ".metrics",
+        "retrieval_metrics": ".metrics",
+        "DistInfo": ".distributed",
+        "init_distributed": ".distributed",
+        "TrainingPairs": ".pairs",
+        "load_training_pairs": ".pairs",
+        "choose_image_norm": ".image_norm",
+        "image_norm_source": ".image_norm",
+        "atomic_save": ".checkpoint",
+        "load_train_state": ".checkpoint",
+        "model_metadata": ".checkpoint",
+        "resume_state": ".checkpoint",
+        "METRIC_COLUMNS": ".log",
+        "MetricsLog": ".log",
+        "StopRequest": ".stopping",
+        "TrainResult": ".trainer",
+        "Trainer": ".trainer",
+        "train": ".trainer",
+    },
+)

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from urbangeo.errors import InputError, OutputError
-from urbangeo.io.files import atomic_path
+from urbangeo.io.files import atomic_path, make_folder
+from urbangeo.model.tensor_files import load_tensors
 from urbangeo.model.training.config import CHECKPOINT_FORMAT, RESUME_FREE
 from urbangeo.progress import message
 from urbangeo.settings.model import TrainSettings
@@ -143,13 +144,11 @@ def model_metadata(
 
 def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
     """A training checkpoint written by ``train`` (tensors on CPU)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(
-            f"Cannot read the training checkpoint {path}: {exc}",
-            hint="Start over with --overwrite, or point --name at another run.",
-        ) from exc
+    state = load_tensors(
+        path,
+        what="the training checkpoint",
+        hint="Start over with --overwrite, or point --name at another run.",
+    )
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path} is not a training checkpoint written by urbangeo train.")
     return state
@@ -196,10 +195,7 @@ def resume_state(
     elif resume and main:
         message(f"No checkpoint at {last_path}; starting from the beginning.")
     if main:
-        try:
-            last_path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"Cannot create {last_path.parent}: {exc.strerror}.") from exc
+        make_folder(last_path.parent, name=str(last_path.parent), hint=None)
     return state
 
 

@@ -48,6 +48,7 @@ RESUME_FREE = frozenset(
     {
         "num_workers",
         "checkpoint_every",
+        "checkpoint_minutes",
         "device",
         "val_every",
         "checkpoint",

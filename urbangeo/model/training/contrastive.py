@@ -7,10 +7,13 @@ end-of-text), so every batch is cut to its longest caption before the text tower
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
 from urbangeo.model.attention import causal_mask_of, transformer_forward
+from urbangeo.model.protocols import ClipModel, ClipTextTower
 
 
 def _trimmable(model: nn.Module) -> bool:
@@ -30,18 +33,19 @@ def encode_text(model: nn.Module, tokens: Tensor, normalize: bool = True) -> Ten
     tower pools at the end-of-text token; other models get their own ``encode_text``.
     """
     if not _trimmable(model) or tokens.ndim != 2 or tokens.shape[0] == 0:
-        return model.encode_text(tokens, normalize=normalize)
+        return cast(ClipModel, model).encode_text(tokens, normalize=normalize)
+    clip = cast(ClipTextTower, model)  # checked by _trimmable
     length = int(tokens.argmax(dim=-1).max()) + 1
     tokens = tokens[:, :length]
-    cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens).to(cast_dtype)
-    x = x + model.positional_embedding[:length].to(cast_dtype)
-    mask = model.attn_mask[:length, :length]  # a prefix of a causal mask is causal
-    x = transformer_forward(model.transformer, x, mask, causal=True)
-    x = model.ln_final(x)
+    cast_dtype = clip.transformer.get_cast_dtype()
+    x = clip.token_embedding(tokens).to(cast_dtype)
+    x = x + clip.positional_embedding[:length].to(cast_dtype)
+    mask = clip.attn_mask[:length, :length]  # a prefix of a causal mask is causal
+    x = transformer_forward(clip.transformer, x, mask, causal=True)
+    x = clip.ln_final(x)
     x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
-    if model.text_projection is not None:
-        proj = model.text_projection
+    if clip.text_projection is not None:
+        proj = clip.text_projection
         x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
     return nn.functional.normalize(x, dim=-1) if normalize else x
 
@@ -57,9 +61,10 @@ class ContrastiveModule(nn.Module):
         self.model = model
 
     def forward(self, images: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        img = self.model.encode_image(images, normalize=True)
+        clip = cast(ClipModel, self.model)
+        img = clip.encode_image(images, normalize=True)
         txt = encode_text(self.model, tokens, normalize=True)
-        return img, txt, self.model.logit_scale.exp()
+        return img, txt, clip.logit_scale.exp()
 
 
 def embed_dim(model: nn.Module) -> int:
@@ -69,4 +74,4 @@ def embed_dim(model: nn.Module) -> int:
         return int(proj.shape[1])
     if isinstance(proj, nn.Linear):
         return int(proj.out_features)
-    return int(model.visual.output_dim)
+    return int(cast(ClipModel, model).visual.output_dim)

@@ -58,6 +58,7 @@ def choose_image_norm(
         return recorded_image_norm(state.get("urbangeo") or {})
     source = image_norm_source(cfg)
     if source == "checkpoint":  # fine-tuning keeps its inputs as they were
+        assert cfg.checkpoint is not None  # image_norm_source says "checkpoint" only then
         return recorded_image_norm(checkpoint_metadata(cfg.checkpoint))
     if source == "model":
         return None

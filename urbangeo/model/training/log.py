@@ -1,14 +1,18 @@
-"""``train_metrics.csv``: one row per optimizer step and per epoch of every named run."""
+"""``train_metrics.csv``: one row per optimizer step and per epoch of every named run; the
+progress bar of the steps."""
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from urbangeo.io.files import atomic_path
+from urbangeo.progress import progress
 
 METRIC_COLUMNS = (
     "run",
@@ -68,3 +72,21 @@ class MetricsLog:
             for key, value in row.items():
                 out[key] = f"{value:.6g}" if isinstance(value, float) else value
             writer.writerow(out)
+
+
+class _NoProgress:
+    def update(self, n: int = 1, *, status: str | None = None) -> None:
+        pass
+
+
+@contextmanager
+def step_progress(enabled: bool, total: int, done: int) -> Iterator[Any]:
+    """The progress bar of ``total`` optimizer steps, ``done`` of them already (when resumed);
+    one that shows nothing unless ``enabled`` (the main process)."""
+    if not enabled:
+        yield _NoProgress()
+        return
+    with progress(total, task="train", unit="step") as bar:
+        if done:
+            bar.update(done, status="resumed")
+        yield bar

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 import torch
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from urbangeo.model.data import ImageDataset, autocast, collate_images
+from urbangeo.model.protocols import ClipModel
 from urbangeo.model.training.contrastive import encode_text
 
 
@@ -69,6 +71,7 @@ def encode_pairs(
         worker_init_fn=worker_init_fn,
     )
     imgs, txts, kept = [], [], []
+    clip = cast(ClipModel, model)
     try:
         for batch in loader:
             if check is not None:
@@ -76,7 +79,7 @@ def encode_pairs(
             if batch["index"].numel() == 0:
                 continue
             with autocast(device, dtype):
-                imgs.append(model.encode_image(batch["images"].to(device), normalize=True).float())
+                imgs.append(clip.encode_image(batch["images"].to(device), normalize=True).float())
                 tok = tokens[batch["index"]].to(device, torch.long)
                 txts.append(encode_text(model, tok, normalize=True).float())
             kept.append(batch["index"])

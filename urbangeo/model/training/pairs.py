@@ -14,12 +14,14 @@ from urbangeo import constants as C
 from urbangeo.errors import InputError, UrbangeoWarning
 from urbangeo.model.clip import LongTokenizer
 from urbangeo.model.data import (
+    drop_excluded,
     drop_missing_files,
     load_pairs,
     pairs_fingerprint,
     split_pairs,
     tokenize_captions,
 )
+from urbangeo.progress import message
 from urbangeo.settings.model import TrainSettings
 
 
@@ -38,12 +40,26 @@ class TrainingPairs:
     n_pairs: int
     n_missing: int
     n_truncated: int
+    #: Pairs of the regions the run excludes (edge cells), left out.
+    n_excluded: int = 0
 
 
 def load_training_pairs(source: Path, cfg: TrainSettings, *, main: bool) -> TrainingPairs:
     """The pairs of ``source`` whose images exist, split by ``cfg.val_fraction`` and tokenised
     for ``cfg.model``; warnings come from the ``main`` process only."""
     pairs = load_pairs(source, kind=cfg.kind)
+    pairs, n_excluded, n_regions = drop_excluded(pairs, source)
+    if n_excluded and main:
+        message(
+            f"Left out {n_excluded:,} pairs of {n_regions:,} excluded regions (edge cells: "
+            "column excluded of layer regions; `urbangeo tiles --include-edges` keeps them)."
+        )
+    if pairs.empty:
+        raise InputError(
+            f"Every image-caption pair of {source} belongs to an excluded region (edge cells).",
+            hint="Keep them with `urbangeo tiles --include-edges`, or lower --min-inside-share "
+            "and --min-valid-share.",
+        )
     with warnings.catch_warnings():
         if not main:
             warnings.simplefilter("ignore", UrbangeoWarning)
@@ -54,6 +70,7 @@ def load_training_pairs(source: Path, cfg: TrainSettings, *, main: bool) -> Trai
             hint="Image paths are relative to the GeoPackage's folder; check images/.",
         )
     train, val = split_pairs(pairs, cfg.val_fraction)
+    assert cfg.context_length is not None, "expects cfg.resolved()"
     tokenizer = LongTokenizer.for_model(cfg.model, cfg.context_length)
     train_tokens, n_train = tokenize_captions(train[C.CAPTION].tolist(), tokenizer)
     val_tokens, n_val = tokenize_captions(val[C.CAPTION].tolist(), tokenizer)
@@ -75,4 +92,5 @@ def load_training_pairs(source: Path, cfg: TrainSettings, *, main: bool) -> Trai
         n_pairs=len(pairs),
         n_missing=n_missing,
         n_truncated=n_truncated,
+        n_excluded=n_excluded,
     )

@@ -4,7 +4,9 @@
 deterministic validation split, AdamW with linear warm-up and cosine decay, gradient
 accumulation, mixed precision on CUDA (bf16 autocast, or fp16 with a GradScaler), parameter
 freezing, the EMA teacher with its two feature queues, checkpoints that resume exactly, a
-``train_metrics.csv`` and image↔text retrieval on the held-out pairs after every epoch.
+``train_metrics.csv`` and image↔text retrieval on the held-out pairs after every epoch. How
+long it trains (epochs, steps or samples) and when it saves (minutes or steps) is
+:mod:`~urbangeo.model.training.budget`'s.
 Launched by ``torchrun`` it trains with DistributedDataParallel, one process per GPU (or CPU
 process with gloo), the queues filled from all ranks. The modes and the freezing choices are
 described in :mod:`urbangeo.model.training.config`.
@@ -23,15 +25,16 @@ import random
 import time
 import warnings
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from urbangeo import constants as C
@@ -53,7 +56,15 @@ from urbangeo.model.distill import (
     concat_all_gather,
     momentum_distillation_loss,
 )
+from urbangeo.model.protocols import ClipModel
 from urbangeo.model.threads import use_threads
+from urbangeo.model.training.budget import (
+    CheckpointClock,
+    lr_schedule,
+    run_settings,
+    stop_after_keyword,
+    training_budget,
+)
 from urbangeo.model.training.checkpoint import (
     non_finite,
     restore_training_state,
@@ -72,9 +83,9 @@ from urbangeo.model.training.distributed import (
     mean_across,
 )
 from urbangeo.model.training.image_norm import choose_image_norm
-from urbangeo.model.training.log import MetricsLog
+from urbangeo.model.training.log import MetricsLog, step_progress
 from urbangeo.model.training.metrics import encode_pairs, retrieval_metrics
-from urbangeo.model.training.optim import WarmupCosine, apply_freezing, fused_ok, param_groups
+from urbangeo.model.training.optim import apply_freezing, fused_ok, param_groups
 from urbangeo.model.training.pairs import load_training_pairs
 from urbangeo.model.training.stopping import (
     StopRequest,
@@ -82,7 +93,7 @@ from urbangeo.model.training.stopping import (
     ignore_sigint,
     interrupted_message,
 )
-from urbangeo.progress import message, progress
+from urbangeo.progress import message
 from urbangeo.settings.model import TrainSettings
 
 
@@ -105,22 +116,6 @@ class TrainResult:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-@contextmanager
-def _maybe_progress(enabled: bool, total: int, done: int) -> Iterator[Any]:
-    if not enabled:
-
-        class _Null:
-            def update(self, n: int = 1, *, status: str | None = None) -> None:
-                pass
-
-        yield _Null()
-        return
-    with progress(total, task="train", unit="step") as bar:
-        if done:
-            bar.update(done, status="resumed")
-        yield bar
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -131,17 +126,6 @@ def _new_epoch_acc() -> dict[str, Any]:
     return {"loss": 0.0, "windows": 0, "images": 0, "seconds": 0.0}
 
 
-def _settings(
-    settings: TrainSettings | Mapping[str, Any] | None, overrides: Mapping[str, Any]
-) -> TrainSettings:
-    values = {k: v for k, v in overrides.items() if v is not None}
-    if settings is None or isinstance(settings, Mapping):
-        return TrainSettings.from_mapping({**(settings or {}), **values})
-    if not isinstance(settings, TrainSettings):
-        raise InputError(f"Expected TrainSettings, got {type(settings).__name__}.")
-    return TrainSettings.from_mapping({**settings.to_dict(), **values}) if values else settings
-
-
 def train(
     source: str | os.PathLike,
     settings: TrainSettings | Mapping[str, Any] | None = None,
@@ -149,6 +133,7 @@ def train(
     run_dir: str | os.PathLike | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    stop_after: int | None = None,
     max_steps: int | None = None,
     **overrides: Any,
 ) -> TrainResult:
@@ -156,18 +141,21 @@ def train(
 
     ``source`` is a run GeoPackage or a pairs CSV/parquet file; ``settings`` (a
     :class:`~urbangeo.settings.TrainSettings` or a mapping) and keyword ``overrides`` of its
-    fields set everything else. Checkpoints go to
-    ``run_dir/checkpoints/<name>/`` (``last.pt``: full state every ``checkpoint_every`` steps
-    and at the end; ``model.pt``: the final weights), metrics to ``run_dir/train_metrics.csv``;
-    ``run_dir`` defaults to the source's folder. ``resume`` continues from ``last.pt`` exactly
-    (bit-identical on CPU); without it an existing checkpoint needs ``overwrite``.
-    ``max_steps`` stops (with a checkpoint) after that many optimizer steps in all, to resume
-    later. Under ``torchrun`` each process trains its share with DistributedDataParallel.
+    fields set everything else; ``steps``, ``samples`` or ``epochs`` sizes the run
+    (:mod:`~urbangeo.model.training.budget`). Checkpoints go to ``run_dir/checkpoints/<name>/``
+    (``last.pt``: the full state every ``checkpoint_minutes`` or ``checkpoint_every`` steps, at
+    the end and on Ctrl-C; ``model.pt``: the final weights), metrics to
+    ``run_dir/train_metrics.csv``; ``run_dir`` defaults to the source's folder. ``resume``
+    continues from ``last.pt`` exactly (bit-identical on CPU); without it an existing
+    checkpoint needs ``overwrite``. ``stop_after`` stops (with a checkpoint) after that many
+    optimizer steps in all, to resume later (``max_steps``: its old name). Under ``torchrun``
+    each process trains its share with DistributedDataParallel.
     A large architecture from a random init on a CPU is refused unless ``from_scratch``.
     """
-    cfg = _settings(settings, overrides).resolved()
-    if max_steps is not None and max_steps < 1:
-        raise InputError(f"max_steps must be at least 1; got {max_steps}")
+    stop_after = stop_after_keyword(stop_after, max_steps)
+    cfg = run_settings(settings, overrides).resolved()
+    if stop_after is not None and stop_after < 1:
+        raise InputError(f"stop_after must be at least 1; got {stop_after}")
     _check_architecture(cfg.model)
     source = Path(source)
     run_dir = Path(run_dir) if run_dir is not None else source.parent
@@ -175,7 +163,7 @@ def train(
     try:
         cfg.check_device(pick_device(cfg.device, info.local_rank).type)
         trainer = Trainer(cfg, source, run_dir, info, resume=resume, overwrite=overwrite)
-        return trainer.run(max_steps=max_steps)
+        return trainer.run(stop_after=stop_after)
     finally:
         if info.owns_group:
             dist.destroy_process_group()
@@ -195,6 +183,7 @@ class Trainer:
         overwrite: bool = False,
     ) -> None:
         self.cfg = cfg = cfg.resolved()
+        assert cfg.name is not None  # resolved() names the run after its mode by default
         self.info = info
         ckpt_dir = run_dir / C.CHECKPOINTS_DIR / cfg.name
         self.last_path, self.model_path = ckpt_dir / LAST_CHECKPOINT, ckpt_dir / MODEL_FILE
@@ -214,6 +203,7 @@ class Trainer:
         self.finished = False
         self.saved_step: int | None = None  # of the last checkpoint written or resumed
         self.stop = StopRequest(enabled=False)
+        self.clock = CheckpointClock(cfg)
         if state is not None:
             self._restore(state)
         else:
@@ -223,6 +213,7 @@ class Trainer:
 
     def _build_model(self, state: dict[str, Any] | None = None) -> None:
         cfg, info, device = self.cfg, self.info, self.device
+        assert cfg.context_length is not None  # set by cfg.resolved()
         _seed_everything(cfg.seed)
         bundle = create_model(
             cfg.model,
@@ -252,7 +243,7 @@ class Trainer:
                 self.txt_queue = FeatureQueue(dim, cfg.queue_size).to(device)
         self.module: nn.Module = ContrastiveModule(model)
         if info.enabled:
-            self.module = nn.parallel.DistributedDataParallel(
+            self.module = DDP(
                 self.module, device_ids=[device.index] if device.type == "cuda" else None
             )
         self.clip_loss = None
@@ -282,13 +273,10 @@ class Trainer:
         self.n_batches = batches_per_epoch(
             len(self.pairs.train), cfg.batch_size, self.info.world_size
         )
-        self.total_steps = math.ceil(self.n_batches / cfg.accum_steps) * cfg.epochs
-        warmup = (
-            cfg.warmup_steps if cfg.warmup_steps is not None else round(0.05 * self.total_steps)
-        )
+        self.budget = training_budget(cfg, self.n_batches, self.info.world_size)
+        self.total_steps = self.budget.total_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            WarmupCosine(min(warmup, self.total_steps), self.total_steps, cfg.min_lr_ratio),
+            self.optimizer, lr_schedule(cfg, self.total_steps)
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
@@ -318,26 +306,29 @@ class Trainer:
             raise self._diverged(f"{len(bad)} tensor(s) hold NaN or infinity ({shown})", self.step)
         save_training_state(self, final)
         self.saved_step = self.step
+        self.clock.saved()
 
     # ---- the loop
 
-    def run(self, max_steps: int | None = None) -> TrainResult:
-        """Train to the end (or to ``max_steps``), validating after epochs; returns the result."""
-        cfg, info = self.cfg, self.info
+    def run(self, stop_after: int | None = None) -> TrainResult:
+        """Train to the end of the budget (or to step ``stop_after``, with a checkpoint),
+        validating after epochs; returns the result."""
+        info, total = self.info, self.total_steps
         stopped = False
         self.stop = StopRequest(enabled=not info.enabled)
-        with self.stop, _maybe_progress(info.is_main, self.total_steps, self.step) as bar:
-            while self.epoch < cfg.epochs and not self.finished:
+        self.clock.saved()  # the minutes to the first checkpoint count from here
+        with self.stop, step_progress(info.is_main, total, self.step) as bar:
+            while self.epoch < self.budget.epochs and not self.finished:
                 batches = None  # the last epoch's workers stop here, under the stop request
                 batches = self._epoch_batches()
-                while self.position < self.n_batches:
+                while self.position < self.n_batches and self.step < total:
                     self._stop_if_asked(whole=True)
                     self._train_step(batches, bar)
-                    if max_steps is not None and self.step >= max_steps:
+                    if stop_after is not None and self.step >= stop_after:
                         self.save(final=False)
                         stopped = True
                         break
-                    if self.step % cfg.checkpoint_every == 0:
+                    if self.step < total and self.clock.due(self.step):  # the end saves anyway
                         self.save(final=False)
                 if stopped:
                     break
@@ -402,8 +393,9 @@ class Trainer:
                 )
                 return loss, {"loss_c": loss.detach()}, None
             with torch.no_grad():
-                img_t = self.teacher.module.encode_image(images, normalize=True)
+                img_t = self.teacher.encode_image(images, normalize=True)
                 txt_t = encode_text(self.teacher.module, tokens, normalize=True)
+            assert self.cfg.mu is not None  # set by cfg.resolved()
             loss, parts = momentum_distillation_loss(
                 img_s, txt_s, img_t, txt_t, self.img_queue, self.txt_queue, scale, mu=self.cfg.mu
             )
@@ -435,14 +427,16 @@ class Trainer:
             images = batch["images"][:n].to(self.device, non_blocking=True)
             tokens = self.pairs.train_tokens[batch["index"][:n]].to(self.device, torch.long)
             sync = micro == window - 1 or not info.enabled
-            with nullcontext() if sync else self.module.no_sync():
+            ddp = self.module if isinstance(self.module, DDP) else None  # a DDP when info.enabled
+            with nullcontext() if sync or ddp is None else ddp.no_sync():
                 loss, parts, teacher_feats = self._forward_loss(images, tokens)
                 self.scaler.scale(loss / window).backward()
             synced = synced or (sync and info.enabled)
-            if teacher_feats is not None and self.img_queue is not None:
+            img_q, txt_q = self.img_queue, self.txt_queue  # both or neither
+            if teacher_feats is not None and img_q is not None and txt_q is not None:
                 img_t, txt_t = teacher_feats  # enqueued after the loss that used the old queue
-                self.img_queue.enqueue(concat_all_gather(img_t.float()))
-                self.txt_queue.enqueue(concat_all_gather(txt_t.float()))
+                img_q.enqueue(concat_all_gather(img_t.float()))
+                txt_q.enqueue(concat_all_gather(txt_t.float()))
             losses.append(float(loss.detach()))
             for key, value in parts.items():
                 parts_sum[key] = parts_sum.get(key, 0.0) + float(value)
@@ -461,7 +455,7 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         with torch.no_grad():
-            self.model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
+            cast(ClipModel, self.model).logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
         self.step += 1
         self._log_step(losses, parts_sum, images_seen, time.perf_counter() - started, bar)
 
@@ -475,7 +469,7 @@ class Trainer:
     ) -> None:
         count = max(1, len(losses))
         nan = float("nan")
-        logged = torch.tensor(
+        totals = torch.tensor(
             [
                 sum(losses) / count if losses else nan,
                 parts_sum.get("loss_c", nan) / count,
@@ -484,7 +478,7 @@ class Trainer:
             ],
             device=self.device,
         )
-        logged = mean_across(logged, self.info).tolist()
+        logged: list[float] = mean_across(totals, self.info).tolist()
         images = logged[3] * self.info.world_size
         rate = images / max(seconds, 1e-9)
         acc = self.epoch_acc
@@ -501,7 +495,7 @@ class Trainer:
                 "loss": logged[0],
                 "loss_c": logged[1],
                 "loss_d": logged[2],
-                "logit_scale": float(self.model.logit_scale.detach().exp()),
+                "logit_scale": float(cast(ClipModel, self.model).logit_scale.detach().exp()),
                 "images": round(images),
                 "images_per_s": rate,
                 "seconds": seconds,
@@ -530,7 +524,7 @@ class Trainer:
 
     def _end_epoch(self) -> None:
         cfg, info, acc = self.cfg, self.info, self.epoch_acc
-        if (self.epoch + 1) % cfg.val_every == 0 or self.epoch + 1 == cfg.epochs:
+        if (self.epoch + 1) % cfg.val_every == 0 or self.epoch + 1 == self.budget.epochs:
             if info.is_main:
                 self.validation = self.validate()
             if info.enabled:
@@ -543,7 +537,7 @@ class Trainer:
                 "step": self.step,
                 "lr": float(self.scheduler.get_last_lr()[0]),
                 "loss": acc["loss"] / windows,
-                "logit_scale": float(self.model.logit_scale.detach().exp()),
+                "logit_scale": float(cast(ClipModel, self.model).logit_scale.detach().exp()),
                 "images": acc["images"],
                 "images_per_s": acc["images"] / max(acc["seconds"], 1e-9),
                 "seconds": acc["seconds"],
@@ -554,7 +548,7 @@ class Trainer:
         if info.is_main and self.validation:
             v = self.validation
             message(
-                f"epoch {self.epoch + 1}/{cfg.epochs}: loss {acc['loss'] / windows:.4f}, "
+                f"epoch {self.epoch + 1}/{self.budget.epochs}: loss {acc['loss'] / windows:.4f}, "
                 f"val R@1 image->text {v['i2t_r1']:.3f} text->image {v['t2i_r1']:.3f} "
                 f"(chance {v['chance_r1']:.3f}, {int(v['val_pairs'])} pairs)"
             )
