@@ -9,8 +9,10 @@ from pathlib import Path
 from qgis.core import (
     QgsApplication,
     QgsMapLayerProxyModel,
+    QgsProject,
     QgsSettings,
     QgsTask,
+    QgsVectorLayer,
 )
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtWidgets import (
@@ -37,8 +39,11 @@ from .styles import load_run_layers
 from .task import CommandTask
 
 SOURCES = ("Bundled city", "Polygon layer", "Map canvas extent", "Place name (online)")
+#: The layer `urbangeo similar` writes, and the field naming each region.
+SIMILAR_LAYER = "similar"
+REGION_ID = "region_id"
 #: Shown until `urbangeo cities --json` answers (it replaces them with the installed list).
-FALLBACK_CITIES = ("kotka", "helsinki", "sao-paulo")
+FALLBACK_CITIES = ("sao-paulo", "kotka", "helsinki")  # the default first
 
 
 class UrbangeoDock(QDockWidget):
@@ -51,6 +56,7 @@ class UrbangeoDock(QDockWidget):
         self.task: CommandTask | None = None
         self._queue: list[tuple[str, list[str]]] = []
         self._gpkg: str | None = None
+        self._load = load_run_layers
         self.cities_from_command = False
         self.setWidget(self._build())
         self._refresh_cities()
@@ -144,6 +150,14 @@ class UrbangeoDock(QDockWidget):
         row.addWidget(self.run_button)
         row.addWidget(self.cancel_button)
         outer.addLayout(row)
+        self.similar_button = QPushButton("Similar regions")
+        self.similar_button.setToolTip(
+            "Select regions of a run's regions layer, then press this: `urbangeo similar` finds "
+            "the regions whose embeddings are most like theirs and adds the layer 'similar' "
+            "(ranked by cosine similarity; the selected regions flagged)."
+        )
+        self.similar_button.clicked.connect(self.find_similar)
+        outer.addWidget(self.similar_button)
 
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
@@ -263,6 +277,43 @@ class UrbangeoDock(QDockWidget):
             ]
             self._start(steps)
 
+    def selected_regions(self) -> tuple[str, list[str]]:
+        """The GeoPackage and the selected region ids of the regions layer: the active layer
+        when it has selected regions, else the first layer of the project that has."""
+        active = self.iface.activeLayer() if hasattr(self.iface, "activeLayer") else None
+        layers = [active, *QgsProject.instance().mapLayers().values()]
+        for layer in layers:
+            if not isinstance(layer, QgsVectorLayer) or layer.selectedFeatureCount() == 0:
+                continue
+            if layer.fields().indexOf(REGION_ID) < 0 or layer.providerType() != "ogr":
+                continue
+            path = layer.source().split("|")[0]
+            if not path.lower().endswith(".gpkg"):
+                continue
+            ids = [str(f[REGION_ID]) for f in layer.selectedFeatures()]
+            return path, list(dict.fromkeys(ids))
+        raise ValueError(
+            "Select one or more regions of a run's regions layer (a GeoPackage layer with a "
+            "region_id field) first."
+        )
+
+    def similar_args(self) -> tuple[str, list[str]]:
+        """The run's GeoPackage and the arguments of `urbangeo similar` for the selection."""
+        gpkg, ids = self.selected_regions()
+        args = ["similar", "--gpkg", gpkg]
+        for rid in ids:
+            args += ["--region", rid]
+        return gpkg, args
+
+    def find_similar(self) -> None:
+        """Run `urbangeo similar` on the selected regions and load its layer."""
+        try:
+            gpkg, args = self.similar_args()
+        except ValueError as exc:
+            self.fail(str(exc))
+            return
+        self._start([("Similar regions", args)], gpkg=gpkg, load=load_similar_layer)
+
     def cancel(self) -> None:
         """Cancel the running command (it stops cleanly; finished layers stay)."""
         self._queue.clear()
@@ -278,27 +329,40 @@ class UrbangeoDock(QDockWidget):
         except ValueError as exc:
             return exc
 
-    def _start(self, steps: list[tuple[str, list[str] | Exception]]) -> None:
+    def _start(
+        self,
+        steps: list[tuple[str, list[str] | Exception]],
+        *,
+        gpkg: str | None = None,
+        load=None,
+    ) -> None:
+        """Run ``steps`` in turn, then ``load`` the GeoPackage's layers (default: the panel's
+        run folder and all its layers; ``gpkg``: an existing run's)."""
         for _, args in steps:
             if isinstance(args, Exception):
                 self.fail(str(args))
                 return
-        out = self.run_dir()
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            self.fail(f"Cannot create the run folder {out}: {exc.strerror}. Choose another one.")
-            return
-        if not os.access(out, os.W_OK):
-            self.fail(f"The run folder {out} is not writable. Choose another one.")
-            return
+        if gpkg is None:
+            out = self.run_dir()
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                self.fail(
+                    f"Cannot create the run folder {out}: {exc.strerror}. Choose another one."
+                )
+                return
+            if not os.access(out, os.W_OK):
+                self.fail(f"The run folder {out} is not writable. Choose another one.")
+                return
         try:
             self._exe = find_executable(self.executable.filePath() or None)
         except CommandNotFound as exc:
             self.fail(str(exc))
             return
-        QgsSettings().setValue("urbangeo/out_dir", self.out_dir.filePath())
-        self._gpkg = self.gpkg()
+        if gpkg is None:
+            QgsSettings().setValue("urbangeo/out_dir", self.out_dir.filePath())
+        self._gpkg = gpkg or self.gpkg()
+        self._load = load or load_run_layers
         self._queue = list(steps)
         self._next()
 
@@ -326,7 +390,7 @@ class UrbangeoDock(QDockWidget):
         self.task = None
         if outcome.ok:
             if self._gpkg and Path(self._gpkg).exists():
-                load_run_layers(self._gpkg)
+                self._load(self._gpkg)
             if self._queue:
                 self._next()
                 return
@@ -340,6 +404,7 @@ class UrbangeoDock(QDockWidget):
     def _set_running(self, running: bool) -> None:
         self.cancel_button.setEnabled(running)
         self.run_button.setEnabled(not running)
+        self.similar_button.setEnabled(not running)
         for button in self.stage_buttons.values():
             button.setEnabled(not running)
 
@@ -355,6 +420,27 @@ class UrbangeoDock(QDockWidget):
             # the message bar is a convenience; the log has the whole message
             with contextlib.suppress(Exception):
                 bar().pushCritical("urbangeo", text.splitlines()[0])
+
+
+def load_similar_layer(gpkg: str) -> QgsVectorLayer | None:
+    """Add the run's ``similar`` layer to the project (replacing one loaded from the same
+    GeoPackage), in the run's group when it is loaded, on top otherwise."""
+    project = QgsProject.instance()
+    source = f"{gpkg}|layername={SIMILAR_LAYER}"
+    old = [
+        layer.id()
+        for layer in project.mapLayers().values()
+        if layer.name() == SIMILAR_LAYER and layer.source().split("|")[0] == gpkg
+    ]
+    project.removeMapLayers(old)
+    layer = QgsVectorLayer(source, SIMILAR_LAYER, "ogr")
+    if not layer.isValid():
+        return None
+    root = project.layerTreeRoot()
+    group = root.findGroup(f"urbangeo: {Path(gpkg).parent.name or Path(gpkg).stem}")
+    project.addMapLayer(layer, False)
+    (group or root).insertLayer(0, layer)
+    return layer
 
 
 def _spin(value: float, low: float, high: float, suffix: str) -> QDoubleSpinBox:

@@ -131,8 +131,10 @@ def test_pipeline_from_the_panel_loads_styled_layers(dock):
     assert layers["regions"].featureCount() == 30
     assert layers["clusters"].renderer().type() == "categorizedSymbol"
     assert layers["predictions"].renderer().type() == "graduatedSymbol"
-    symbol = layers["regions"].renderer().symbol()
-    assert symbol.color().alpha() == 0  # outlines only
+    regions = layers["regions"].renderer()  # outlines, edge cells hatched
+    assert regions.type() == "categorizedSymbol"
+    interior = next(c for c in regions.categories() if c.value() == "region")
+    assert interior.symbol().color().alpha() == 0  # outlines only
     assert layers["sv_points"].renderer().symbol().color().name() == "#111111"  # on any fill
     assert dock.progress.value() == 100
 
