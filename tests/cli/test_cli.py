@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from urbangeo import constants as C
+from urbangeo.errors import InputError
 from urbangeo.io.gpkg import list_layers, read_layer
 from urbangeo_cli.main import cli
 
@@ -408,3 +409,31 @@ def test_a_rerun_on_read_only_storage_is_a_clear_error(runner, read_only_mount):
         assert "is on read-only storage" in result.output
         assert "Copy the run folder to writable storage" in result.output
     assert {C.LAYER_BOUNDARY, C.LAYER_REGIONS} <= set(list_layers(gpkg))  # still readable
+
+
+def test_run_takes_the_area_options_of_grid_and_a_roads_file(runner, tmp_path, monkeypatch):
+    """`urbangeo run --bbox/--boundary/--place/--roads` reach the stages as grid's and
+    sample's own settings (the whole run for a bbox inside Kotka is tests/geo's offline test)."""
+    import urbangeo.pipeline as pipeline
+
+    seen = {}
+
+    def capture(run_dir, **kwargs):
+        seen.update(kwargs)
+        return []
+
+    monkeypatch.setattr("urbangeo_cli.run.run_pipeline", capture)
+    roads = tmp_path / "city.osm.pbf"
+    roads.write_bytes(b"")
+    result = invoke(
+        runner, "run", "--bbox", "26.93,60.52,26.97,60.54", "--roads", roads, "-o", tmp_path / "r"
+    )
+    assert result.exit_code == 0, result.output
+    assert seen["grid__bbox"] == "26.93,60.52,26.97,60.54" and seen["sample__roads"] == roads
+    config = pipeline.resolve_config(
+        None, **{k: v for k, v in seen.items() if "__" in k and v is not None}
+    )
+    assert "city" not in config["grid"]  # the area given replaces the default city
+    assert config["sample"]["roads"] == roads
+    with pytest.raises(InputError, match="Did you mean"):  # checked before any work
+        pipeline.resolve_config(None, grid__bbox="-33.9,151.2,-33.8,151.3")
