@@ -38,7 +38,9 @@ def test_settings_and_encoder_names_import_without_torch() -> None:
         "assert not heavy, heavy\n"
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["trained,frozen-clip,random,resnet18,image-stats,raster,patches"]
+    assert done.stdout.split() == [
+        "trained,frozen-clip,random,resnet18,image-stats,raster,patches,geoclip-location"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,13 @@ same), once: ``baselines/embeddings_<encoder>.parquet`` beside the GeoPackage ho
 vectors with a key of what made them (the images layer's checksums, the encoder, its
 architecture and seed, the image kind), and is reused while that key holds. torch is imported
 only when a baseline has to be computed.
+
+``location`` needs no images: GeoCLIP's pretrained location encoder (the optional extra
+``location``; :mod:`urbangeo.model.encoders.geoclip`) at each region's centroid, 512 values,
+cached in ``baselines/embeddings_location.parquet`` under a key of the region ids and centroids,
+geoclip's version and the weights' checksum. It answers "does the embedding know more than
+where the region is?" beside the coordinates k-NN. By default it is left out, with the reason,
+where the extra is not installed; asked for by name, that is an error.
 """
 
 from __future__ import annotations
@@ -23,12 +30,16 @@ import pandas as pd
 
 from urbangeo import constants as C
 from urbangeo.downstream.tables import embeddings_frame
-from urbangeo.errors import InputError
+from urbangeo.errors import InputError, MissingExtraError
 from urbangeo.io.gpkg import list_layers, read_layer
 from urbangeo.io.runs import read_stage_records
 
 #: Baselines that embed the run's images.
 IMAGE_BASELINES = ("random", "image-stats")
+#: The baseline of GeoCLIP's location features at the region centroids (no images).
+LOCATION = "location"
+#: The embed encoder whose vectors the location baseline computes.
+LOCATION_ENCODER = "geoclip-location"
 #: The cache folder beside the GeoPackage.
 BASELINES_DIR = "baselines"
 #: The key of the cache's parquet metadata that says what made it.
@@ -156,14 +167,115 @@ def image_baselines(
     explicit: bool = True,
     device: str | None = None,
 ) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, Any]]]:
-    """The embeddings of the image baselines among ``names`` for the regions scored.
+    """The embeddings of the image baselines and the ``location`` baseline among ``names`` for
+    the regions scored.
 
-    Each is embedded like the run's own embeddings (the embed stage's recorded image kind and,
-    for ``random``, architecture). A baseline that cannot be computed (no GeoPackage or no
-    images; the embeddings scored already are that encoder's; regions it does not cover) is
-    left out with its reason, or refused when ``explicit`` (asked for by name). Returns the
-    features by name and, per baseline, what was done.
+    Each image baseline is embedded like the run's own embeddings (the embed stage's recorded
+    image kind and, for ``random``, architecture). A baseline that cannot be computed (no
+    GeoPackage or no images; the location extra not installed; the embeddings scored already
+    are that encoder's; regions it does not cover) is left out with its reason, or refused when
+    ``explicit`` (asked for by name). Returns the features by name and, per baseline, what was
+    done.
     """
+    features, info = _image_baselines(
+        gpkg, names, regions=regions, explicit=explicit, device=device
+    )
+    if LOCATION in names:
+        frame, done = location_baseline(gpkg, regions=regions, explicit=explicit, device=device)
+        if frame is not None:
+            features[LOCATION] = frame
+        info[LOCATION] = done
+    return features, info
+
+
+def _location_key(region_ids: list[str], latlon: Any, spec: dict[str, Any]) -> str:
+    """A digest of the region ids and centroids (to 1e-7 degrees) and of the encoder's spec."""
+    rows = [
+        (rid, round(float(lat), 7), round(float(lon), 7))
+        for rid, (lat, lon) in zip(region_ids, latlon, strict=True)
+    ]
+    text = json.dumps({"spec": spec, "regions": rows}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def location_baseline(
+    gpkg: str | os.PathLike | None,
+    *,
+    regions: pd.Index,
+    explicit: bool = True,
+    device: str | None = None,
+) -> tuple[pd.DataFrame | None, dict[str, Any]]:
+    """GeoCLIP location features of the regions scored (``regions``), cached beside the run.
+
+    Returns the features (None when skipped) and what was done: the file, whether it was
+    ``reused``, the key; or ``skipped`` with the reason. Refused instead of skipped when
+    ``explicit``, except where the embeddings scored are already GeoCLIP's.
+    """
+    from urbangeo.model.encoders import geoclip
+
+    def skip(reason: str, error: Exception | None = None) -> tuple[None, dict[str, Any]]:
+        if explicit and error is not None:
+            raise error
+        return None, {"skipped": reason}
+
+    if gpkg is None:
+        reason = "no run GeoPackage (it encodes the regions' centroids)"
+        hint = "Give the run's GeoPackage (--gpkg), or leave it out (--baselines coords)."
+        return skip(
+            reason, InputError(f"The location baseline needs the regions: {reason}.", hint=hint)
+        )
+    if embed_record(gpkg).get("encoder") == LOCATION_ENCODER:
+        return skip("the embeddings scored are this encoder's")
+    weights = geoclip.weights_path()
+    if weights is None:
+        reason = f"geoclip is not installed (pip install 'urbangeo[{geoclip.EXTRA}]')"
+        return skip(reason, geoclip.missing_extra("The location baseline"))
+    layer = read_layer(gpkg, C.LAYER_REGIONS)
+    layer[C.REGION_ID] = layer[C.REGION_ID].astype(str)
+    latlon = geoclip.region_latlon(layer)
+    spec = {
+        "encoder": LOCATION_ENCODER,
+        "geoclip": geoclip.geoclip_version(),
+        "weights_sha256": geoclip.weights_sha256(weights),
+    }
+    key = _location_key(layer[C.REGION_ID].tolist(), latlon, spec)
+    path = cache_path(gpkg, LOCATION)
+    info: dict[str, Any] = {**spec, "file": str(path), KEY: key}
+    frame = _read_cache(path, key)
+    reused = frame is not None
+    if frame is None:
+        from urbangeo.model.encoders.region_encoder import write_vectors_parquet
+
+        try:
+            result = geoclip.GeoClipLocationEncoder(device=device).encode(layer)
+        except MissingExtraError as exc:  # geoclip found but not importable (a dependency)
+            return skip(str(exc), exc)
+        result.info[KEY] = key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_vectors_parquet(result, path)
+        frame = embeddings_frame(result.frame, source=str(path))
+    info.update(reused=reused, dim=int(frame.shape[1]))
+    missing = regions.difference(frame.index)
+    if len(missing):
+        reason = f"no centroid for {len(missing)} of the {len(regions)} regions scored"
+        refused = InputError(
+            f"The location baseline has {reason} (e.g. {missing[0]!r}): they are not in the "
+            "run's regions layer.",
+            hint="Score the run's own regions, or leave it out (--baselines coords).",
+        )
+        return skip(reason, refused)
+    return frame.loc[regions], info
+
+
+def _image_baselines(
+    gpkg: str | os.PathLike | None,
+    names: tuple[str, ...] | list[str],
+    *,
+    regions: pd.Index,
+    explicit: bool = True,
+    device: str | None = None,
+) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, Any]]]:
+    """The image baselines among ``names`` (see :func:`image_baselines`)."""
     wanted = [n for n in names if n in IMAGE_BASELINES]
     features: dict[str, pd.DataFrame] = {}
     info: dict[str, dict[str, Any]] = {}

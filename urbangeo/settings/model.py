@@ -305,7 +305,9 @@ class EmbedSettings(DeviceSettings):
         "trained",
         "trained: the model from `urbangeo train`; frozen-clip: CLIP without pre-training on "
         "captions; random: a random CLIP; resnet18: ResNet-18 features; image-stats: colour "
-        "statistics.",
+        "statistics; raster, patches: embedding products per region (--raster, --patches); "
+        "geoclip-location: GeoCLIP's pretrained location encoder at the region centroids (no "
+        "images; pip install 'urbangeo[location]').",
         choices=encoder_names,
         plugin="Encoder",
     )

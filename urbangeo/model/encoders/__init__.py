@@ -18,6 +18,10 @@ patches       (no images) patch vectors (points or polygons: Earth Index, Clay, 
               averaged per region; see :mod:`.patches`
 ============  ==============================================================================
 
+``geoclip-location`` (no images): GeoCLIP's pretrained location encoder at each region's
+centroid, 512 values from the weights the geoclip wheel ships (extra ``location``); see
+:mod:`.geoclip`.
+
 Each is an :class:`~urbangeo.model.encoders.base.ImageEncoder` in a module of its own,
 registered in :data:`ENCODERS` by name; this package imports neither torch nor any of them
 until one is asked for.
@@ -47,6 +51,8 @@ ENCODERS = Registry(
         # region encoders: products aggregated to the regions, no images, no torch
         "raster": f"{_HERE}.raster:RasterProductEncoder",
         "patches": f"{_HERE}.patches:PatchEncoder",
+        # pretrained location encoder at the region centroids (optional extra "location")
+        "geoclip-location": f"{_HERE}.geoclip:GeoClipLocationEncoder",
     },
 )
 
