@@ -1,4 +1,4 @@
-"""Commands of the downstream layer: indicators, predict, cluster, map.
+"""Commands of the downstream layer: indicators, predict, cluster, map, similar.
 
 Their options are the settings of :mod:`urbangeo.settings.downstream`; only the run's
 GeoPackage, the transfer inputs of ``predict`` and the spellings a generated option cannot take
@@ -18,6 +18,7 @@ from urbangeo.errors import InputError, UrbangeoWarning
 from urbangeo.progress import get_mode, message
 from urbangeo.settings import ClusterSettings, IndicatorsSettings, MapSettings, PredictSettings
 from urbangeo.settings._base import Field, StageSettings
+from urbangeo.settings.downstream import SimilarSettings
 from urbangeo_cli._common import overwrite_option, stage_command
 from urbangeo_cli._options import FILE, gpkg_option, settings_from, settings_options
 
@@ -186,6 +187,16 @@ def predict(
       urbangeo predict --gpkg run.gpkg --split block --block-size 5000 -o metrics.json
       urbangeo predict --gpkg run.gpkg --cv kfold --folds 10 --repeats 3 --baselines coords
       urbangeo predict --train-on beijing/run.gpkg --test-on shanghai/run.gpkg
+      urbangeo predict --gpkg run.gpkg --features run,text.parquet,location --compare
+      urbangeo predict --gpkg run.gpkg --features run --features run,location
+
+    \b
+    Feature sets (--features, repeatable; sources joined by commas): files, or names in the
+    run's folder: run (its embeddings), NAME (embeddings_NAME.parquet beside the GeoPackage or
+    in baselines/, e.g. the cached random, image-stats and location baselines). Each block is
+    standardised and divided by sqrt(its columns); every set is scored on the same regions,
+    splits and seeds, and a second table shows their R² side by side (--compare: each source
+    alone and all together too). The first set fills the layer.
     """
     from urbangeo.downstream.stages import predict_stage, transfer_stage
 
@@ -204,6 +215,10 @@ def predict(
     else:
         result = predict_stage(gpkg, settings, overwrite=overwrite)
     _show(result.report.table())  # type: ignore[attr-defined]
+    if settings.features:
+        from urbangeo.downstream.features import comparison_table
+
+        _show(comparison_table(result.report))  # type: ignore[arg-type]
 
 
 @click.command()
@@ -294,3 +309,32 @@ def map_command(gpkg: Path, **values: Any) -> None:
     from urbangeo.downstream.stages import map_stage
 
     map_stage(gpkg, settings_from(MapSettings, values))
+
+
+@click.command()
+@gpkg_option("The run's GeoPackage: its regions and embeddings; the answer is its layer 'similar'.")
+@settings_options(SimilarSettings, with_profile=False)
+@stage_command
+def similar(gpkg: Path, **values: Any) -> None:
+    """Find the regions most like one region (or like several, on average).
+
+    \b
+    Cosine similarity of the regions' embeddings (each scaled to unit length) to the region
+    given, or to the mean of the regions given (--region repeated). Exact search (numpy) up to
+    200,000 regions, a ball tree above. Edge cells the run excludes are not candidates.
+    Embeddings: the run's own, --encoder NAME (run, or embeddings_NAME.parquet beside the
+    GeoPackage or in baselines/, as predict --features names them) or --embeddings FILE.
+    Output: prints the top --k, and writes layer 'similar' (region polygons with similarity,
+    rank, selected; the top k and the selected regions), replacing an earlier one. In QGIS:
+    select regions of the regions layer and press "Similar regions" in the urbangeo panel.
+
+    \b
+    Examples:
+      urbangeo similar --gpkg kotka/run.gpkg --region 496_6709
+      urbangeo similar --gpkg run.gpkg --region 12_7 --region 13_7 --k 50
+      urbangeo similar --gpkg run.gpkg --region 12_7 --encoder image-stats
+    """
+    from urbangeo.downstream.similar import similar_stage
+
+    result = similar_stage(gpkg, settings_from(SimilarSettings, values))
+    _show(result.report.table())  # type: ignore[attr-defined]

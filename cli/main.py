@@ -6,7 +6,7 @@ import click
 
 from urbangeo import __version__
 from urbangeo_cli.captions import caption, captions
-from urbangeo_cli.downstream import cluster, indicators, map_command, predict
+from urbangeo_cli.downstream import cluster, indicators, map_command, predict, similar
 from urbangeo_cli.geo import cities, grid, sample
 from urbangeo_cli.imagery import streetview, tiles
 from urbangeo_cli.model import embed, train
@@ -32,6 +32,7 @@ def cli() -> None:
       predict  prediction heads, R2/RMSE/MAE over seeds -> layer predictions, metrics.json
       cluster  PCA + KMeans of the embeddings         -> layer clusters, density plot
       map      an offline folium map of the products  -> maps/map.html
+      similar  the regions most like given ones       -> layer similar
       run      every stage for a city, cached and resumable -> RUN_DIR/
       status   what each stage of a run folder did
       cities   the cities bundled for offline use
@@ -57,6 +58,7 @@ for command in (
     predict,
     cluster,
     map_command,
+    similar,
     captions,
     run,
     status,

@@ -64,38 +64,29 @@ def predict_stage(
     mean. ``mlp``: the MLP head's configuration (:class:`~urbangeo.downstream.heads.MLPConfig`;
     default ``DEFAULT_MLP``). Regions the run excludes (edge cells) are not scored; their rows
     have no prediction, with ``edge`` and ``excluded`` (:mod:`urbangeo.imagery.edges`).
+    ``features``: feature sets scored side by side (:mod:`urbangeo.downstream.features`).
     """
     from urbangeo.downstream.baselines import image_baselines
+    from urbangeo.downstream.features import predict_dataset
     from urbangeo.downstream.heads import DEFAULT_MLP
     from urbangeo.downstream.predict import evaluate
-    from urbangeo.downstream.tables import (
-        dataset_from_files,
-        dataset_from_gpkg,
-        run_status,
-        with_status,
-        without_excluded,
-    )
+    from urbangeo.downstream.tables import run_status, with_status
     from urbangeo.settings.downstream import DEFAULT_BASELINES
 
     path = run.path
-    if path is None and (s.embeddings is None or s.indicators is None):
+    if path is None and ((s.embeddings is None and not s.features) or s.indicators is None):
         raise InputError(
             "Nothing to predict from.",
             hint="Give a run's GeoPackage (--gpkg RUN.gpkg) or both --embeddings and "
-            "--indicators files.",
+            "--indicators files (or --features FILE,... and --indicators).",
         )
     output = s.output
     if output is None and path is not None:
         output = path.parent / C.METRICS_JSON
     if output is not None:
         ensure_writable_file(output)
-    if path is not None:
-        dataset = dataset_from_gpkg(path, embeddings=s.embeddings, indicators=s.indicators)
-    else:
-        dataset = dataset_from_files(s.embeddings, s.indicators)  # type: ignore[arg-type]
     status = run_status(path)  # edge cells the run excludes get no prediction
-    n_all = len(dataset.features)
-    dataset = without_excluded(dataset, status)
+    dataset, n_all, sets = predict_dataset(path, s, status)
     extra, baselines = image_baselines(
         path,
         s.baseline_names,
@@ -113,11 +104,12 @@ def predict_stage(
         cv=s.cv,
         folds=s.folds,
         repeats=s.repeats,
-        extra_features=extra,
+        extra_features=sets.merge(extra, baselines),
         baseline_heads=("ridge",) if s.model == "ridge" else ("mlp", "ridge"),
         coords_baseline="coords" in s.baseline_names,
     )
     report.protocol["baselines"] = {"asked": list(s.baseline_names), **baselines}
+    sets.annotate(report)
     below = report.below_baseline(s.model)
     counts: dict = {"regions": len(dataset.features), "targets": len(report.targets)}
     counts["excluded"] = n_all - len(dataset.features)
@@ -146,6 +138,7 @@ def predict_stage(
         "model": s.model,
         "baselines": list(s.baseline_names),
         "predictions": "ensemble" if s.predictions_seed is None else s.predictions_seed,
+        **sets.params(s),
     }
     result = run.commit(layers, counts=counts, params=params, files=files, report=report)
     if below:
@@ -523,8 +516,10 @@ def map_stage(run: StageRun, s: MapSettings, *, overwrite: bool) -> StageResult:
     Layers, each toggleable: the run's images as an offline base layer, clusters, per
     predicted indicator its prediction, ground truth and residual, ground truth of indicators
     without predictions, the roads, the study area and the street-view points; tooltips show
-    the region's image, values and selected caption (:mod:`urbangeo.viz.maps`).
+    the region's image, values and selected caption (:mod:`urbangeo.viz.maps`); a click on a
+    region outlines its most similar regions (by the run's embeddings, up to a size).
     """
+    from urbangeo.downstream.similar import map_embeddings
     from urbangeo.viz.maps import build_map, write_map
     from urbangeo.viz.project import write_project
     from urbangeo.viz.thumbs import run_image_uris
@@ -572,6 +567,7 @@ def map_stage(run: StageRun, s: MapSettings, *, overwrite: bool) -> StageResult:
             title=f"urbangeo: {path.parent.name or path.stem}",
             boundary=boundary,
             roads=roads,
+            embeddings=map_embeddings(path),
         )
         bar.update(1, status="write")
         write_map(fmap, out)

@@ -12,9 +12,10 @@ HEADS = ("mlp", "ridge")
 SPLITS = ("random", "block")
 #: How predict measures test scores (urbangeo.downstream.predict.CV).
 CV = ("auto", "split", "kfold")
-#: Baselines scored beside the embeddings; "random" and "image-stats" embed the run's images.
-BASELINES = ("coords", "random", "image-stats", "none")
-DEFAULT_BASELINES = ("coords", "random", "image-stats")
+#: Baselines scored beside the embeddings; "random" and "image-stats" embed the run's images,
+#: "location" encodes the region centroids with GeoCLIP (the optional extra "location").
+BASELINES = ("coords", "random", "image-stats", "location", "none")
+DEFAULT_BASELINES = ("coords", "random", "image-stats", "location")
 MAP_TILES = ("osm", "none")
 
 
@@ -188,13 +189,32 @@ class PredictSettings(StageSettings):
     baselines: tuple[str, ...] = setting(
         DEFAULT_BASELINES,
         "Baselines scored beside the embeddings, with the same splits: coords (k-NN on region "
-        "coordinates), random (a randomly initialised encoder of the same architecture) and "
-        "image-stats (colour statistics of the images), the last two embedded from the run's "
-        "images once and cached in baselines/ beside it (left out when the run has no images); "
-        "none for no baseline.",
+        "coordinates), random (a randomly initialised encoder of the same architecture), "
+        "image-stats (colour statistics of the images), the two embedded from the run's images "
+        "once and cached in baselines/ beside it (left out when the run has no images), and "
+        "location (GeoCLIP's pretrained location encoder at the region centroids, cached there "
+        "too; left out when the extra urbangeo[location] is not installed); none for no "
+        "baseline.",
         choices=BASELINES,
         unit="NAME,...",
         plugin="Baselines (comma-separated)",
+    )
+    features: tuple[str, ...] | None = setting(
+        None,
+        "A feature set scored instead of the run's embeddings: sources separated by commas, "
+        "each a file (.parquet/.csv like --embeddings) or a name in the run's folder: run (its "
+        "own embeddings, or --embeddings; also the encoder name embed recorded), NAME for "
+        "embeddings_NAME.parquet beside the GeoPackage or in its baselines/ (random, "
+        "image-stats, location...). Sources are joined by region_id, each block standardised "
+        "and divided by the square root of its column count. Repeat for several sets, scored "
+        "side by side on the same regions, splits, seeds and heads; the first fills the layer.",
+        flag="--features",
+        multiple=True,
+        unit="SRC[,SRC...]",
+    )
+    compare: bool = setting(
+        False,
+        "With --features: also score each source alone and all of them together.",
     )
     output: Path | None = setting(
         None, "Write the metrics as JSON.", flag="--output", unit="FILE.json"
@@ -214,6 +234,11 @@ class PredictSettings(StageSettings):
             raise InputError(
                 "[predict] baselines (--baselines) 'none' cannot be combined with others, not "
                 f"{','.join(self.baselines)}."
+            )
+        if self.compare and not self.features:
+            raise InputError(
+                "[predict] compare (--compare) scores the sources of --features: give some.",
+                hint="e.g. --features run,text.parquet --compare",
             )
 
     @property
@@ -309,6 +334,47 @@ class MapSettings(StageSettings):
         "nothing at all).",
         choices=MAP_TILES,
     )
+
+
+@dataclass(frozen=True)
+class SimilarSettings(StageSettings):
+    """``similar``: the regions whose embeddings are closest to some regions' (not a pipeline
+    stage: a question asked of a run, whose answer is its layer ``similar``)."""
+
+    stage = "similar"
+
+    regions: tuple[str, ...] | None = setting(
+        None,
+        "The region to find regions like (its region_id); repeat for several: regions like "
+        "their mean.",
+        flag="--region",
+        multiple=True,
+        unit="ID",
+    )
+    k: int = setting(20, "How many of the most similar regions to list and write.", min=1, unit="N")
+    encoder: str | None = setting(
+        None,
+        "Whose embeddings to compare, by name: run (the default: the run's own), or NAME for "
+        "embeddings_NAME.parquet beside the GeoPackage or in its baselines/ folder (as "
+        "predict --features resolves names).",
+        unit="NAME",
+    )
+    embeddings: Path | None = setting(
+        None,
+        "Embeddings table (region_id + features) to compare instead of the run's own.",
+        exists=True,
+    )
+
+    def check(self) -> None:
+        if not self.regions:
+            raise InputError(
+                "[similar] regions (--region) must name at least one region.",
+                hint="e.g. --region 12_7 (a region_id of the run's regions layer).",
+            )
+        if self.encoder is not None and self.embeddings is not None:
+            raise InputError(
+                "[similar] give either encoder (--encoder) or embeddings (--embeddings), not both."
+            )
 
 
 def _number_as_text(settings: StageSettings, name: str) -> None:

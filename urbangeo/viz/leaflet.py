@@ -8,7 +8,8 @@ and is put into the DOM with ``textContent``; images only as ``data:image/`` URI
 encoded itself.
 
 Draw order (Leaflet panes, bottom to top): the run's imagery, region fills, roads, the study
-area's outline, street-view points, then tooltips and popups.
+area's outline, the outlines of the regions similar to a clicked one, street-view points, then
+tooltips and popups.
 """
 
 from __future__ import annotations
@@ -279,6 +280,119 @@ _LEGEND_TEMPLATE = """
 })();
 {% endmacro %}
 """
+
+
+#: The pane of the similar-region outlines: above the fills and roads, below the points.
+SIMILAR_PANE = ("urbangeo-similar", 440)
+
+_SIMILAR_TEMPLATE = """
+{% macro script(this, kwargs) %}
+var {{ this.get_name() }} = (function () {
+  var map = {{ this._parent.get_name() }};
+  var info = {{ this.info|tojson }};
+  var data = {{ this.data_name }};
+  var group = L.layerGroup();
+  if (!map.getPane(info.pane[0])) {
+    var pane = map.createPane(info.pane[0]);
+    pane.style.zIndex = info.pane[1];
+    pane.style.pointerEvents = 'none';
+  }
+  var vectors = null, index = {}, features = {};
+  function half(h) {
+    var sign = (h & 0x8000) ? -1 : 1, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    if (e === 0) { return sign * Math.pow(2, -14) * (m / 1024); }
+    if (e === 31) { return m ? NaN : sign * Infinity; }
+    return sign * Math.pow(2, e - 15) * (1 + m / 1024);
+  }
+  function decode() {
+    var text = atob(info.vectors), bytes = new Uint8Array(text.length);
+    for (var i = 0; i < text.length; i++) { bytes[i] = text.charCodeAt(i); }
+    var view = new DataView(bytes.buffer);
+    vectors = new Float32Array(bytes.length / 2);
+    for (var j = 0; j < vectors.length; j++) { vectors[j] = half(view.getUint16(2 * j, true)); }
+    info.ids.forEach(function (id, k) { index[id] = k; });
+    data.features.forEach(function (f) { features[f.properties.region_id] = f; });
+  }
+  var note = L.control({position: 'bottomleft'});
+  note.onAdd = function () {
+    var div = L.DomUtil.create('div', 'urbangeo-legend');
+    div.id = 'urbangeo-similar-note';
+    div.style.display = 'none';
+    return div;
+  };
+  note.addTo(map);
+  function say(text) {
+    var div = document.getElementById('urbangeo-similar-note');
+    div.textContent = text;
+    div.style.display = text ? 'block' : 'none';
+  }
+  function outline(f, color, cls) {
+    L.geoJSON(f, {pane: info.pane[0], interactive: false, style: function () {
+      return {color: color, weight: 3.5, opacity: 1, fill: false, className: cls};
+    }}).addTo(group);
+  }
+  function show(id) {
+    if (vectors === null) { decode(); }
+    group.clearLayers();
+    var q = index[id];
+    if (q === undefined) {
+      say('Region ' + id + ' has no embedding: nothing to compare.');
+      return [];
+    }
+    var d = info.dim, n = info.ids.length, sims = [];
+    for (var i = 0; i < n; i++) {
+      if (i === q) { continue; }
+      var s = 0;
+      for (var j = 0; j < d; j++) { s += vectors[q * d + j] * vectors[i * d + j]; }
+      sims.push([s, i]);
+    }
+    sims.sort(function (a, b) { return (b[0] - a[0]) || (a[1] - b[1]); });
+    var top = sims.slice(0, info.top).map(function (t) { return info.ids[t[1]]; });
+    top.forEach(function (rid) {
+      if (features[rid]) { outline(features[rid], info.color, 'urbangeo-similar'); }
+    });
+    if (features[id]) { outline(features[id], info.query_color, 'urbangeo-similar-query'); }
+    say('Outlined: the ' + top.length + ' regions most similar to region ' + id
+        + ' (cosine similarity of embeddings).');
+    return top;
+  }
+  window.urbangeoSimilar = show;
+  info.layers.forEach(function (name) {
+    var layer = window.urbangeoLayers[name];
+    if (!layer) { return; }
+    layer.on('click', function (e) {  // only while the layer is on (the layer list)
+      var f = e.layer && e.layer.feature;
+      if (f && f.properties && map.hasLayer(group)) { show(String(f.properties.region_id)); }
+    });
+  });
+  map.on('overlayremove', function (e) { if (e.layer === group) { say(''); } });
+  return group;
+})();
+window.urbangeoLayers[{{ this.key|tojson }}] = {{ this.get_name() }};
+{% endmacro %}
+"""
+
+
+def similar_layer_class():
+    """The folium layer of the similar-region outlines: a click on a region of the layers
+    ``info["layers"]`` outlines the ``info["top"]`` regions whose embeddings (``info["ids"]``,
+    ``info["vectors"]``: unit rows as little-endian float16, base64, ``info["dim"]`` each) have
+    the highest cosine similarity to its own, computed in the browser, and the region itself
+    (``info["query_color"]``)."""
+    from folium.map import Layer
+    from folium.template import Template
+
+    class SimilarLayer(Layer):
+        _template = Template(_SIMILAR_TEMPLATE)
+
+        def __init__(self, data_name: str, name: str, info: dict) -> None:
+            super().__init__(name=html.escape(name), overlay=True, show=True)
+            self._name = "urbangeo_similar"
+            self.key = name
+            self.data_name = data_name
+            self.info = {**info, "pane": list(SIMILAR_PANE)}
+
+    return SimilarLayer
 
 
 def elements():

@@ -16,6 +16,11 @@ package; folium's CDN assets dropped, the map needs none of them). What it shows
 * **A legend** for every layer shown, and **tooltips** of bounded size with the region's
   image, its values and its selected caption (clamped; a click opens the whole caption in a
   scrolling popup).
+* **Similar regions**: a click on a region outlines the :data:`SIMILAR_TOP` regions whose
+  embeddings are most like its own (cosine similarity, computed in the browser), when the
+  map has at most :data:`MAX_SIMILAR_REGIONS` embedded regions: the page then holds every
+  region's unit-length embedding as float16 (2 bytes a value, about 2.7 in base64: 20,000
+  regions of 512 values add 27 MB).
 
 Safety: every value shown (captions, ids, indicator names) reaches the page as JSON data
 (escaped by Jinja's ``tojson``) and is put into the DOM with ``textContent``, never as HTML,
@@ -24,6 +29,7 @@ so a caption containing ``<script>`` shows as text.
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +42,7 @@ import shapely
 from urbangeo import constants as C
 from urbangeo.imagery.edges import EDGE, EXCLUDED
 from urbangeo.io.files import write_text_atomic
+from urbangeo.progress import message
 from urbangeo.viz.colors import DIVERGING, SEQUENTIAL, cluster_color, ramp
 from urbangeo.viz.leaflet import (
     BOUNDARY_COLOR,
@@ -45,6 +52,7 @@ from urbangeo.viz.leaflet import (
     elements,
     leaflet_assets,
     offline_map_class,
+    similar_layer_class,
 )
 
 __all__ = ["CAPTION_CHARS", "TILES", "build_map", "leaflet_assets", "write_map"]
@@ -58,6 +66,16 @@ CAPTION_CHARS = 400
 FILL_OPACITY = 0.6
 #: Edge cells: a grey fill with a dashed outline.
 EDGE_COLOR = "#7f7f7f"
+#: The most embedded regions for which the map holds the embeddings (click-to-highlight).
+MAX_SIMILAR_REGIONS = 20_000
+#: How many similar regions a click outlines.
+SIMILAR_TOP = 10
+#: Outline of the similar regions (magenta: no fill colour of the map is near it), and of the
+#: region clicked.
+SIMILAR_COLOR = "#ff00ff"
+QUERY_COLOR = "#000000"
+#: The similar-regions layer's name (layer list, legend).
+SIMILAR_LAYER = "Similar regions"
 
 
 def _geojson(frame: gpd.GeoDataFrame) -> dict:
@@ -151,6 +169,7 @@ def build_map(
     tiles: str = "none",
     log: bool = True,
     title: str = "urbangeo",
+    embeddings: pd.DataFrame | None = None,
 ):
     """A folium map with one toggleable layer per product (module docstring).
 
@@ -161,7 +180,9 @@ def build_map(
     region_id- or point_id-indexed text for the tooltips. ``boundary`` and ``roads``: the
     run's layers of those names. ``region_images`` / ``point_images``: region_id / point_id →
     ``data:image/`` URI (:func:`urbangeo.viz.thumbs.image_uris`); region images are the base
-    layer and the tooltips' thumbnails.
+    layer and the tooltips' thumbnails. ``embeddings``: region_id-indexed vectors; a click on
+    a region then outlines its :data:`SIMILAR_TOP` most similar regions (left out above
+    :data:`MAX_SIMILAR_REGIONS` regions).
     """
     import folium
 
@@ -385,15 +406,68 @@ def build_map(
         fmap.add_child(GeoLayer(data_elements["regions"].get_name(), spec))
     for key, spec in lines:
         fmap.add_child(GeoLayer(data_elements[key].get_name(), spec))
+    similar = similar_data(embeddings, frame.index)
+    if similar is not None:
+        similar["layers"] = [s.name for s in specs] + [s.name for k, s in lines if k == "edges"]
+        layer = similar_layer_class()(data_elements["regions"].get_name(), SIMILAR_LAYER, similar)
+        fmap.add_child(layer)
     folium.LayerControl(collapsed=False).add_to(fmap)
     shown = [*base, *specs, *(spec for _, spec in lines)]
     entries = [
         {"layer": s.name, "title": s.legend_title, "items": s.legend} for s in shown if s.legend
     ]
+    if similar is not None:
+        entries.append(similar_legend())
     fmap.add_child(Legend(entries))
     # Keep the regions clear of the layer list and the legend on the right.
     fmap.fit_bounds([[south, west], [north, east]], padding_bottom_right=(270, 10))
     return fmap
+
+
+def similar_data(embeddings: pd.DataFrame | None, region_ids: pd.Index) -> dict | None:
+    """What the page needs to outline similar regions: the ids of the regions on the map with
+    a non-zero embedding, their unit-length vectors as little-endian float16 in base64, the
+    dimension, the number to outline and the colours (None: no embeddings, fewer than two, or
+    more than :data:`MAX_SIMILAR_REGIONS`)."""
+    if embeddings is None:
+        return None
+    frame = embeddings[embeddings.index.astype(str).isin(region_ids)]
+    values = frame.to_numpy(dtype=np.float64)
+    norms = np.linalg.norm(values, axis=1)
+    frame, values, norms = frame[norms > 0], values[norms > 0], norms[norms > 0]
+    if len(frame) < 2:
+        return None
+    if len(frame) > MAX_SIMILAR_REGIONS:
+        message(
+            f"The map leaves out the similar-region highlighting: {len(frame):,} embedded "
+            f"regions, more than {MAX_SIMILAR_REGIONS:,} (use `urbangeo similar`)."
+        )
+        return None
+    unit = (values / norms[:, None]).astype("<f2")
+    return {
+        "ids": [str(i) for i in frame.index],
+        "dim": int(unit.shape[1]),
+        "vectors": base64.b64encode(unit.tobytes()).decode("ascii"),
+        "top": SIMILAR_TOP,
+        "color": SIMILAR_COLOR,
+        "query_color": QUERY_COLOR,
+    }
+
+
+def similar_legend() -> dict:
+    """The legend entry of the similar-regions layer (it says what a click does)."""
+    return {
+        "layer": SIMILAR_LAYER,
+        "title": "Similar regions: click a region",
+        "items": [
+            (QUERY_COLOR, "the region clicked", "line"),
+            (
+                SIMILAR_COLOR,
+                f"its {SIMILAR_TOP} most similar regions (cosine similarity of embeddings)",
+                "line",
+            ),
+        ],
+    }
 
 
 def _edge_layer(regions: gpd.GeoDataFrame) -> tuple[gpd.GeoDataFrame, LayerSpec] | None:
