@@ -42,8 +42,10 @@ def _click_type(f: Field) -> Any:
 
 
 def _metavar(f: Field) -> str | None:
-    if f.spec.choices is not None and not callable(f.spec.choices):
-        return "[" + "|".join(f.spec.choices) + "]"
+    """The choices as ``[a|b|c]`` (registries' names are known without importing any
+    implementation), else the unit."""
+    if f.spec.choices is not None:
+        return "[" + "|".join(f.spec.choice_list() or ()) + "]"
     return f.spec.unit
 
 
