@@ -22,6 +22,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "open_extract": ".osm",
         "run_extract": ".osm",
         "BoundedPool": ".pool",
+        "open_raster": ".raster",
         "StageRecord": ".runs",
         "StageResult": ".runs",
         "read_stage_records": ".runs",

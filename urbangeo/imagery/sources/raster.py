@@ -30,6 +30,7 @@ from urbangeo.errors import InputError
 from urbangeo.imagery.sources.base import Tile, TileOptions, TileSource
 from urbangeo.imagery.sources.warp import finish, lattice_step, resampling_method, warp_rgba
 from urbangeo.io.pool import BoundedPool
+from urbangeo.io.raster import open_raster
 from urbangeo.settings.imagery import DEFAULT_MIN_VALID, DEFAULT_RESAMPLING
 
 #: Block shape (rows, columns) of GDAL's warped VRTs.
@@ -63,15 +64,7 @@ class RasterSource(TileSource):
         workers: int | None = None,
     ) -> None:
         self.path = Path(path)
-        if not self.path.exists():
-            raise InputError(f"Raster {self.path} does not exist.", hint="Check the --raster path.")
-        try:
-            self.ds = rasterio.open(self.path)
-        except rasterio.errors.RasterioIOError as exc:
-            raise InputError(
-                f"Cannot read raster {self.path}: {exc}",
-                hint="Give a GeoTIFF, COG or any raster GDAL reads.",
-            ) from exc
+        self.ds = open_raster(self.path)
         if self.ds.crs is None:
             self.ds.close()
             raise InputError(

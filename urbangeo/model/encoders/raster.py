@@ -59,6 +59,7 @@ from rasterio.enums import ColorInterp, MaskFlags
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError
+from urbangeo.io.raster import open_raster
 from urbangeo.model.encoders.region_encoder import (
     N_PIXELS,
     VALID_SHARE,
@@ -168,15 +169,7 @@ class RasterProductEncoder(RegionEncoder):
         self.path = Path(path)
         self.product = PRODUCTS[product]
         self.attribution = attribution or self.product.attribution
-        if not self.path.exists():
-            raise InputError(f"Raster {self.path} does not exist.", hint="Check the --raster path.")
-        try:
-            self.ds = rasterio.open(self.path)
-        except rasterio.errors.RasterioIOError as exc:
-            raise InputError(
-                f"Cannot read raster {self.path}: {exc}",
-                hint="Give a GeoTIFF, COG, VRT or any raster GDAL reads.",
-            ) from exc
+        self.ds = open_raster(self.path, formats="a GeoTIFF, COG, VRT or any raster GDAL reads")
         try:
             self._check()
         except InputError:
