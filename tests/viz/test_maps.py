@@ -335,3 +335,26 @@ def test_inlined_images_stay_within_their_budget(tmp_path):
         map(len, full.values())
     )
     assert image_uris(paths, px=128, budget=100) == {}  # too much: no images at all
+
+
+def test_a_prediction_below_the_mean_baseline_is_flagged_on_the_map(run, tmp_path):
+    """metrics.json flags a target whose layer model scores below the mean: its map layer says
+    so (the CLI table, metrics.json and `urbangeo status` flag it too)."""
+    import json
+
+    from urbangeo import constants as C
+    from urbangeo.downstream.stages import map_stage
+    from urbangeo.viz.maps import BELOW_MEAN
+
+    gpkg, _ = run
+    page_of = {}
+    for flagged in (False, True):
+        metrics = {
+            "protocol": {"layer_model": "mlp"},
+            "targets": {"population": {"below_baseline": {"mlp": flagged}}},
+        }
+        (gpkg.parent / C.METRICS_JSON).write_text(json.dumps(metrics))
+        out = tmp_path / f"map_{flagged}.html"
+        map_stage(gpkg, output=out, overwrite=True)
+        page_of[flagged] = out.read_text()
+    assert BELOW_MEAN.strip() in page_of[True] and BELOW_MEAN.strip() not in page_of[False]

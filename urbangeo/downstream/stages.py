@@ -118,7 +118,9 @@ def predict_stage(
     counts["below_baseline"] = len(below)
     files = []
     if output is not None:
-        files.append(write_json(output, report.to_dict()))
+        summary = report.to_dict()
+        summary["protocol"]["layer_model"] = s.model  # the head whose predictions fill the layer
+        files.append(write_json(output, summary))
     layers = None
     if path is not None:
         frame = report.prediction_frame(model=s.model, seed=s.predictions_seed)
@@ -508,6 +510,19 @@ def _selected_captions(gpkg: Path) -> tuple[pd.Series | None, pd.Series | None]:
     return region, point
 
 
+def _below_baseline(metrics: Path) -> set[str]:
+    """Targets whose layer model scores below the mean baseline in the run's metrics.json."""
+    if not metrics.is_file():
+        return set()
+    data = json.loads(metrics.read_text(encoding="utf-8"))
+    model = data.get("protocol", {}).get("layer_model", "mlp")
+    return {
+        name
+        for name, target in data.get("targets", {}).items()
+        if target.get("below_baseline", {}).get(model, False)
+    }
+
+
 @stage(MapSettings)
 def map_stage(run: StageRun, s: MapSettings, *, overwrite: bool) -> StageResult:
     """Write an offline folium map of the run's products (``maps/map.html`` beside it), and
@@ -568,6 +583,7 @@ def map_stage(run: StageRun, s: MapSettings, *, overwrite: bool) -> StageResult:
             boundary=boundary,
             roads=roads,
             embeddings=map_embeddings(path),
+            below_baseline=_below_baseline(path.parent / C.METRICS_JSON),
         )
         bar.update(1, status="write")
         write_map(fmap, out)

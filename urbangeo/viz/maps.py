@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import geopandas as gpd
@@ -58,6 +58,8 @@ from urbangeo.viz.leaflet import (
 __all__ = ["CAPTION_CHARS", "TILES", "build_map", "leaflet_assets", "write_map"]
 
 TILES = ("none", "osm")
+#: Appended to a predicted layer whose model scores below the mean baseline (metrics.json).
+BELOW_MEAN = " (below the mean baseline)"
 #: Above this many street-view points their layer starts hidden (the legend lists it to turn on).
 MAX_POINTS_SHOWN = 400
 #: Longest caption shown in a tooltip (characters).
@@ -170,6 +172,7 @@ def build_map(
     log: bool = True,
     title: str = "urbangeo",
     embeddings: pd.DataFrame | None = None,
+    below_baseline: Collection[str] = (),
 ):
     """A folium map with one toggleable layer per product (module docstring).
 
@@ -239,7 +242,13 @@ def build_map(
             fields.append((f"{t}_split", f"{t} from"))
         tooltip += fields
         specs += [
-            LayerSpec(f"Predicted {t}", f"_c_p{i}", _boxes(legend_p), f"Predicted {t}", own=fields),
+            LayerSpec(
+                name := f"Predicted {t}" + (BELOW_MEAN if t in below_baseline else ""),
+                f"_c_p{i}",
+                _boxes(legend_p),
+                name,
+                own=fields,
+            ),
             LayerSpec(f"Observed {t}", f"_c_o{i}", _boxes(legend_o), f"Observed {t}", own=fields),
             LayerSpec(
                 f"Residual {t}",
