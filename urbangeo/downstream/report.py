@@ -8,7 +8,9 @@ the same head on a baseline encoder's embeddings (``random:mlp``, ``image-stats:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -234,3 +236,16 @@ def _oof(
         label = np.where(tested > 0, TESTED, NEVER_TESTED).astype(object)
     label[~has_value] = NO_TARGET
     return pred, label, tested
+
+
+def below_baseline_targets(metrics: Path) -> set[str]:
+    """Targets whose layer model scores below the mean baseline in the run's metrics.json."""
+    if not metrics.is_file():
+        return set()
+    data = json.loads(metrics.read_text(encoding="utf-8"))
+    model = data.get("protocol", {}).get("layer_model", "mlp")
+    return {
+        name
+        for name, target in data.get("targets", {}).items()
+        if target.get("below_baseline", {}).get(model, False)
+    }

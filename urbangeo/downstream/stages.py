@@ -510,19 +510,6 @@ def _selected_captions(gpkg: Path) -> tuple[pd.Series | None, pd.Series | None]:
     return region, point
 
 
-def _below_baseline(metrics: Path) -> set[str]:
-    """Targets whose layer model scores below the mean baseline in the run's metrics.json."""
-    if not metrics.is_file():
-        return set()
-    data = json.loads(metrics.read_text(encoding="utf-8"))
-    model = data.get("protocol", {}).get("layer_model", "mlp")
-    return {
-        name
-        for name, target in data.get("targets", {}).items()
-        if target.get("below_baseline", {}).get(model, False)
-    }
-
-
 @stage(MapSettings)
 def map_stage(run: StageRun, s: MapSettings, *, overwrite: bool) -> StageResult:
     """Write an offline folium map of the run's products (``maps/map.html`` beside it), and
@@ -534,6 +521,7 @@ def map_stage(run: StageRun, s: MapSettings, *, overwrite: bool) -> StageResult:
     the region's image, values and selected caption (:mod:`urbangeo.viz.maps`); a click on a
     region outlines its most similar regions (by the run's embeddings, up to a size).
     """
+    from urbangeo.downstream.report import below_baseline_targets
     from urbangeo.downstream.similar import map_embeddings
     from urbangeo.viz.maps import build_map, write_map
     from urbangeo.viz.project import write_project
@@ -583,7 +571,7 @@ def map_stage(run: StageRun, s: MapSettings, *, overwrite: bool) -> StageResult:
             boundary=boundary,
             roads=roads,
             embeddings=map_embeddings(path),
-            below_baseline=_below_baseline(path.parent / C.METRICS_JSON),
+            below_baseline=below_baseline_targets(path.parent / C.METRICS_JSON),
         )
         bar.update(1, status="write")
         write_map(fmap, out)
