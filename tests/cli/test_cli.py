@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.conftest import require
 from urbangeo import constants as C
 from urbangeo.errors import InputError
 from urbangeo.io.gpkg import list_layers, read_layer
@@ -375,10 +376,11 @@ def read_only_mount(tmp_path):
         capture_output=True,
         text=True,
     )
-    if mounted.returncode != 0:
-        pytest.skip(
-            f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}"
-        )
+    require(
+        mounted.returncode == 0,
+        "mounting a tmpfs",
+        f"run as root or with CAP_SYS_ADMIN ({mounted.stderr.strip()})",
+    )
 
     def remount() -> None:
         subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True, capture_output=True)
