@@ -98,3 +98,18 @@ class Loopback:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def qgis_metadata_document(gpkg: Path, layer: str) -> str:
+    """The QGIS metadata document that urbangeo wrote for ``layer`` (licence, attribution)."""
+    import sqlite3
+
+    from urbangeo.model.encoders.region_encoder import QGIS_METADATA_URI
+
+    with sqlite3.connect(gpkg) as con:
+        (xml,) = con.execute(
+            "SELECT metadata FROM gpkg_metadata m JOIN gpkg_metadata_reference r ON "
+            "r.md_file_id = m.id WHERE r.table_name = ? AND m.md_standard_uri = ?",
+            (layer, QGIS_METADATA_URI),
+        ).fetchone()
+    return str(xml)

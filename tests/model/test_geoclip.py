@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import socket
-import sqlite3
 from pathlib import Path
 
 import geopandas as gpd
@@ -26,6 +25,7 @@ from pyproj import Transformer
 
 from tests.conftest import require
 from tests.downstream.helpers import make_run
+from tests.helpers import qgis_metadata_document
 from urbangeo import constants as C
 from urbangeo.downstream.heads import MLPConfig
 from urbangeo.downstream.stages import predict_stage
@@ -34,7 +34,7 @@ from urbangeo.io.gpkg import read_layer, write_layers
 from urbangeo.io.runs import read_stage_records
 from urbangeo.model.encoders import ENCODERS
 from urbangeo.model.encoders import geoclip as gc
-from urbangeo.model.encoders.region_encoder import QGIS_METADATA_URI, RegionEncoder
+from urbangeo.model.encoders.region_encoder import RegionEncoder
 from urbangeo.model.stages import embed_stage
 from urbangeo.progress import set_mode
 
@@ -173,12 +173,7 @@ def test_embed_stage_writes_the_layer_and_parquet_with_attribution(
     np.testing.assert_allclose(layer[columns].to_numpy(), expected, rtol=RTOL, atol=ATOL)
     description = pyogrio.read_info(gpkg, layer=C.LAYER_REGION_EMBEDDINGS)["layer_metadata"]
     assert "Vivanco Cepeda" in description["DESCRIPTION"]
-    with sqlite3.connect(gpkg) as con:
-        (xml,) = con.execute(
-            "SELECT metadata FROM gpkg_metadata m JOIN gpkg_metadata_reference r ON "
-            "r.md_file_id = m.id WHERE r.table_name = ? AND m.md_standard_uri = ?",
-            (C.LAYER_REGION_EMBEDDINGS, QGIS_METADATA_URI),
-        ).fetchone()
+    xml = qgis_metadata_document(gpkg, C.LAYER_REGION_EMBEDDINGS)
     assert "<license>MIT</license>" in xml and "Vivanco Cepeda" in xml
     record = read_stage_records(gpkg)["embed"]
     assert record.params["encoder"] == "geoclip-location"

@@ -28,6 +28,7 @@ from pyproj import Transformer
 from rasterio.enums import ColorInterp
 from rasterio.transform import Affine, from_origin
 
+from tests.helpers import qgis_metadata_document
 from urbangeo import constants as C
 from urbangeo.downstream.tables import gpkg_embeddings
 from urbangeo.errors import InputError
@@ -36,7 +37,7 @@ from urbangeo.io.runs import read_stage_records
 from urbangeo.model.encoders import ENCODERS
 from urbangeo.model.encoders.patches import aggregate_patches
 from urbangeo.model.encoders.raster import PRODUCTS, aggregate_raster
-from urbangeo.model.encoders.region_encoder import QGIS_METADATA_URI, RegionEncoder
+from urbangeo.model.encoders.region_encoder import RegionEncoder
 from urbangeo.model.stages import embed_stage
 from urbangeo.progress import set_mode
 from urbangeo.settings.model import RASTER_PRODUCTS
@@ -462,12 +463,7 @@ def test_embed_stage_writes_the_usual_outputs_with_valid_share_and_attribution(
     # the licence: the layer's description (QGIS: Abstract) and QGIS's metadata document
     info = pyogrio.read_info(gpkg, layer=C.LAYER_REGION_EMBEDDINGS)["layer_metadata"]
     assert "Google DeepMind" in info["DESCRIPTION"]
-    with sqlite3.connect(gpkg) as con:
-        (xml,) = con.execute(
-            "SELECT metadata FROM gpkg_metadata m JOIN gpkg_metadata_reference r ON "
-            "r.md_file_id = m.id WHERE r.table_name = ? AND m.md_standard_uri = ?",
-            (C.LAYER_REGION_EMBEDDINGS, QGIS_METADATA_URI),
-        ).fetchone()
+    xml = qgis_metadata_document(gpkg, C.LAYER_REGION_EMBEDDINGS)
     assert "<license>CC-BY-4.0</license>" in xml and "Google DeepMind" in xml
     record = read_stage_records(gpkg)["embed"]
     assert (
