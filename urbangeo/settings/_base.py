@@ -174,14 +174,6 @@ class StageSettings:
             out[f.name] = _plain(getattr(self, f.name))
         return out
 
-    def changed(self) -> dict[str, Any]:
-        """The settings that differ from their defaults (plain values)."""
-        return {
-            f.name: _plain(getattr(self, f.name))
-            for f in self.fields()
-            if getattr(self, f.name) != f.default
-        }
-
     @classmethod
     def describe(cls) -> list[dict[str, Any]]:
         """Every setting as plain data: name, flag, type, default, choices, help, bounds."""

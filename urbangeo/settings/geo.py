@@ -11,13 +11,6 @@ from urbangeo.geo.limits import MAX_SV_POINTS, check_bbox
 from urbangeo.settings._base import StageSettings, setting
 
 
-def city_names() -> tuple[str, ...]:
-    """The bundled offline cities."""
-    from urbangeo.geo.boundary import list_cities
-
-    return tuple(c.name for c in list_cities())
-
-
 @dataclass(frozen=True)
 class GridSettings(StageSettings):
     """``grid``: square regions over a boundary."""
