@@ -8,11 +8,10 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from urbangeo import constants as C
-from urbangeo.errors import OutputError, UrbangeoWarning
+from urbangeo.errors import UrbangeoWarning
 from urbangeo.geo.boundary import check_boundary_file, load_boundary
 from urbangeo.geo.grid import make_grid
 from urbangeo.geo.limits import check_point_count, grid_cost_warning
@@ -43,34 +42,8 @@ def grid_stage(
     if chosen.boundary_file is not None:
         # a missing input (file, layer) before a clash of outputs
         check_boundary_file(chosen.boundary_file, layer=chosen.boundary_layer)
-    check_storage_writable(gpkg)
     with new_folders_removed_on_error(gpkg):
         return _grid(gpkg, chosen, overwrite=overwrite)
-
-
-def check_storage_writable(gpkg: str | os.PathLike) -> None:
-    """Refuse, before the run's lock and any work, a GeoPackage on read-only storage.
-
-    The folder of ``gpkg`` (or the nearest one above it that exists) is asked whether its file
-    system is mounted read-only; permissions are left to the lock and the write checks.
-    """
-    folder = Path(gpkg).absolute().parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not hasattr(os, "statvfs"):  # pragma: no cover - Windows
-        return
-    try:
-        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except OSError:
-        return
-    if read_only:
-        raise OutputError(
-            f"{folder} is on read-only storage: urbangeo cannot write the run's GeoPackage "
-            f"{gpkg}, its lock or its records there.",
-            hint=f"Copy the run folder to writable storage (e.g. `cp -r {folder} ~/runs/`) and "
-            "run there, or mount the storage read-write. Reading works as it is "
-            "(`urbangeo status`, QGIS).",
-        )
 
 
 @stage(GridSettings, outputs=(C.LAYER_BOUNDARY, C.LAYER_REGIONS))
@@ -109,13 +82,8 @@ def _grid(run: StageRun, s: GridSettings, *, overwrite: bool) -> StageResult:
     return result
 
 
-def sample_stage(
-    gpkg: str | os.PathLike | None,
-    settings: SampleSettings | Mapping[str, Any] | None = None,
-    *,
-    overwrite: bool = False,
-    **values: Any,
-) -> StageResult:
+@stage(SampleSettings, outputs=(C.LAYER_ROADS, C.LAYER_SV_POINTS))
+def sample_stage(run: StageRun, s: SampleSettings, *, overwrite: bool) -> StageResult:
     """Write layers ``roads`` and ``sv_points`` (street-view points) to ``gpkg``.
 
     Reads ``boundary`` and ``regions`` from ``gpkg`` (written by :func:`grid_stage`). More
@@ -125,16 +93,6 @@ def sample_stage(
     Settings: the fields of :class:`~urbangeo.settings.SampleSettings`, as keyword arguments
     or as ``settings``.
     """
-    chosen = settings_of(
-        SampleSettings, settings, {k: v for k, v in values.items() if v is not None}
-    )
-    if gpkg is not None:  # without one, the stage says that it needs one
-        check_storage_writable(gpkg)
-    return _sample(gpkg, chosen, overwrite=overwrite)
-
-
-@stage(SampleSettings, outputs=(C.LAYER_ROADS, C.LAYER_SV_POINTS))
-def _sample(run: StageRun, s: SampleSettings, *, overwrite: bool) -> StageResult:
     path = run.path
     assert path is not None  # the stage refuses to run without its GeoPackage
     with progress(4, task="sample", unit="step") as bar:
@@ -178,4 +136,3 @@ def _sample(run: StageRun, s: SampleSettings, *, overwrite: bool) -> StageResult
 
 
 grid_stage.settings_class = GridSettings  # type: ignore[attr-defined]
-sample_stage.settings_class = SampleSettings  # type: ignore[attr-defined]

@@ -76,6 +76,25 @@ def _stale(path: Path) -> bool:
     return not isinstance(holder, dict) or not holder_alive(holder)
 
 
+def check_storage_writable(folder: Path) -> None:
+    """Refuse a folder on read-only storage (or the nearest existing folder above it) before
+    any work; permissions are left to the lock and the write checks (root ignores them)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (AttributeError, OSError):  # no statvfs (Windows), or nothing to ask
+        return
+    if read_only:
+        raise OutputError(
+            f"{folder} is on read-only storage: urbangeo cannot write its lock, layers or "
+            "records there.",
+            hint=f"Copy the run folder to writable storage (e.g. `cp -r {folder} ~/runs/`) and "
+            "run there, or mount the storage read-write. Reading works as it is "
+            "(`urbangeo status`, QGIS).",
+        )
+
+
 @contextmanager
 def run_lock(folder: str | os.PathLike, *, command: str = "urbangeo") -> Iterator[None]:
     """Hold ``folder`` for this process; another process writing it is refused clearly."""
@@ -94,6 +113,7 @@ def run_lock(folder: str | os.PathLike, *, command: str = "urbangeo") -> Iterato
             with _guard:
                 _held[folder] -= 1
         return
+    check_storage_writable(folder)
     me = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
