@@ -66,6 +66,16 @@ def resolve_config(
     profile_name: str | None = None,
     **overrides: Any,
 ) -> dict[str, dict[str, Any]]:
+    """The settings each stage is given (see :func:`resolve_settings`), as plain values."""
+    return resolve_settings(config, profile_name=profile_name, **overrides)[0]
+
+
+def resolve_settings(
+    config: str | os.PathLike | dict | None = None,
+    *,
+    profile_name: str | None = None,
+    **overrides: Any,
+) -> tuple[dict[str, dict[str, Any]], dict[str, StageSettings]]:
     """The settings each stage is given: a profile, then ``config`` (a run.toml or a dict),
     then ``overrides``; checked against each stage's declaration before any work.
 
@@ -73,7 +83,8 @@ def resolve_config(
     :data:`~urbangeo.settings.DEFAULT_PROFILE` (``"none"``: the declared defaults alone).
     ``overrides`` are ``stage__key=value`` (e.g. ``grid__city="helsinki"``); ``None`` values
     are ignored. Unknown stages, keys, values of the wrong type or out of range are an error
-    that names them. Returns, per stage, the values chosen (the rest are declared defaults).
+    that names them. Returns, per stage, the values chosen (the rest are declared defaults)
+    and the checked settings objects.
     """
     data = _read_config(config)
     fmt = data.pop("format", RUN_FORMAT)
@@ -119,17 +130,15 @@ def resolve_config(
     if "name" not in resolved["embed"]:
         # embed the model this run trains (checkpoints/<name>/, named after the mode by default)
         resolved["embed"]["name"] = train.get("name") or train.get("mode", "urbanln")
-    for stage in C.STAGES:
-        STAGE_SETTINGS[stage].from_mapping(resolved[stage], where=f"[{stage}]")
-    return {
-        stage: {k: v for k, v in values.items() if v is not None}
-        for stage, values in resolved.items()
+    settings = {
+        stage: STAGE_SETTINGS[stage].from_mapping(resolved[stage], where=f"[{stage}]")
+        for stage in C.STAGES
     }
-
-
-def stage_settings(config: dict[str, dict[str, Any]]) -> dict[str, StageSettings]:
-    """Each stage's settings object for a resolved configuration."""
-    return {stage: STAGE_SETTINGS[stage].from_mapping(config[stage]) for stage in C.STAGES}
+    values = {
+        stage: {k: v for k, v in chosen.items() if v is not None}
+        for stage, chosen in resolved.items()
+    }
+    return values, settings
 
 
 def _toml_value(value: Any) -> str:
@@ -224,7 +233,7 @@ def run_pipeline(
     """
     if from_stage is not None and from_stage not in C.STAGES:
         raise InputError(f"Unknown stage '{from_stage}'.", hint=f"Stages: {', '.join(C.STAGES)}.")
-    config_values = resolve_config(config, profile_name=profile_name, **overrides)
+    config_values, settings = resolve_settings(config, profile_name=profile_name, **overrides)
     city = config_values["grid"].get("city")
     run_dir = Path(run_dir if run_dir is not None else (city or "urbangeo-run"))
     new = not run_dir.exists()
@@ -236,7 +245,7 @@ def run_pipeline(
         )
         state: dict[str, Any] = {}
         try:
-            return _run_stages(run_dir, config_values, from_stage, state)
+            return _run_stages(run_dir, config_values, settings, from_stage, state)
         except BaseException:
             if new and not any(e.get("status") == "done" for e in state.get("stages", {}).values()):
                 # A new run that did nothing leaves no folder behind (as a failed grid).
@@ -246,11 +255,14 @@ def run_pipeline(
 
 
 def _run_stages(
-    run_dir: Path, config: dict[str, dict[str, Any]], from_stage: str | None, state: dict
+    run_dir: Path,
+    config: dict[str, dict[str, Any]],
+    settings: dict[str, StageSettings],
+    from_stage: str | None,
+    state: dict,
 ) -> list[StageResult]:
     """The stages of :func:`run_pipeline`; ``state`` is filled with the run's state as read."""
     gpkg = run_dir / C.RUN_GPKG
-    settings = stage_settings(config)
     results: list[StageResult] = []
     with run_lock(run_dir, command="urbangeo run"):
         state.update(read_state(run_dir))
