@@ -13,22 +13,8 @@ from urbangeo.errors import InputError
 from urbangeo.io.gpkg import list_layers, read_layer
 from urbangeo_cli.main import cli
 
-COMMANDS = [
-    "cities",
-    "grid",
-    "sample",
-    "tiles",
-    "streetview",
-    "caption",
-    "train",
-    "embed",
-    "indicators",
-    "predict",
-    "cluster",
-    "map",
-    "run",
-    "status",
-]
+#: Every stage is a command, and so are these.
+COMMANDS = ["cities", *C.STAGES, "run", "status"]
 
 
 @pytest.fixture
