@@ -3,16 +3,10 @@
 QGIS's Python bindings belong to the system Python, so the check runs there, in a subprocess.
 """
 
-import json
-import subprocess
-from pathlib import Path
-
 import pytest
 
-from tests.conftest import require
+from tests.io.helpers import require_qgis, system_python_json
 from urbangeo.geo.stages import grid_stage, sample_stage
-
-SYSTEM_PYTHON = "/usr/bin/python3"
 
 QGIS_SCRIPT = r"""
 import json, os, sys
@@ -40,13 +34,6 @@ print(json.dumps(out))
 """
 
 
-def _has_qgis() -> bool:
-    if not Path(SYSTEM_PYTHON).exists():
-        return False
-    probe = subprocess.run([SYSTEM_PYTHON, "-c", "import qgis.core"], capture_output=True)
-    return probe.returncode == 0
-
-
 @pytest.fixture(scope="module")
 def run_gpkg(tmp_path_factory):
     path = tmp_path_factory.mktemp("run") / "run.gpkg"
@@ -56,16 +43,9 @@ def run_gpkg(tmp_path_factory):
 
 
 def test_every_layer_opens_in_qgis(run_gpkg):
-    require(_has_qgis(), "QGIS (python3-qgis)", "apt-get install python3-qgis qgis-providers")
+    require_qgis()
     names = ["boundary", "regions", "roads", "sv_points"]
-    proc = subprocess.run(
-        [SYSTEM_PYTHON, "-c", QGIS_SCRIPT, str(run_gpkg), *names],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = system_python_json(QGIS_SCRIPT, run_gpkg, *names)
     assert result["version"].startswith("3.")
     import geopandas as gpd
 

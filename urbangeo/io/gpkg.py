@@ -1,7 +1,9 @@
 """GeoPackage conventions: one file per run, atomic multi-layer writes, clear read errors.
 
-Every stage reads the layers it needs from the run's GeoPackage and adds its own. Writes go to a
-temporary copy beside the file that replaces it in one ``os.replace``: a crash or Ctrl-C never
+Every stage reads the layers it needs from the run's GeoPackage and adds its own. Writes are
+all-or-nothing and cost the size of the layers written, not of the file: GDAL writes the layers
+into a small scratch GeoPackage beside the file, and one SQLite transaction moves them in
+(:mod:`urbangeo.io.gpkg_tx`); a new file is the scratch file renamed. A crash or Ctrl-C never
 leaves a corrupt or half-written file, and the file's other layers survive. Files are GeoPackage
 1.3 (what QGIS 3.22's GDAL expects), with a spatial index on every layer and the CRS recorded.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import geopandas as gpd
@@ -20,6 +22,7 @@ import pyogrio
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError, MissingLayerError, OutputError
+from urbangeo.io import gpkg_tx
 from urbangeo.io.files import atomic_path, ensure_writable_file
 
 #: The command that writes each layer, for the hint when a layer is missing.
@@ -86,6 +89,7 @@ def list_layers(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.exists():
         return []
+    gpkg_tx.roll_back_hot_journal(path)  # after a crash in a commit; GDAL cannot
     try:
         return [str(name) for name in pyogrio.list_layers(path)[:, 0]]
     except Exception as exc:
@@ -109,7 +113,12 @@ def read_layer(path: str | os.PathLike, layer: str) -> gpd.GeoDataFrame:
             f"Layer '{layer}' is not in {path}.",
             hint=f"Run `{producer}` on this GeoPackage first.",
         )
-    return gpd.read_file(path, layer=layer, engine="pyogrio")
+    frame = gpd.read_file(path, layer=layer, engine="pyogrio")
+    if layer in (C.LAYER_IMAGES, C.LAYER_CAPTIONS):
+        from urbangeo.imagery.kinds import normalize_kinds
+
+        normalize_kinds(frame)  # kinds of runs written by urbangeo 0.1 ("satellite")
+    return frame
 
 
 def write_layers(
@@ -128,6 +137,32 @@ def write_layers(
     layers are kept. Returns the path.
     """
     path = check_can_write(path, list(layers), overwrite=overwrite)
+    if not layers:
+        return path
+    if not path.exists():
+        return _write_by_copy(path, layers, styles=styles)  # nothing to copy: a new file
+    chosen = _styles(layers) if styles else {}
+    with gpkg_tx.scratch_path(path) as scratch:
+        with gpkg_tx.unsynced():
+            gpkg_tx.seed(scratch, path)
+            for name, frame in layers.items():
+                _write_one(scratch, name, frame)
+        try:
+            gpkg_tx.move_layers(scratch, path, list(layers), then=_add_styles(chosen))
+            return path
+        except gpkg_tx.Unsupported:
+            # The file holds something the transaction cannot move safely (a tile table,
+            # related tables, a CRS record of the same id with another meaning, tables a
+            # newer GDAL writes): copy the whole file as before, the slow, sure way.
+            pass
+    return _write_by_copy(path, layers, styles=styles)
+
+
+def _write_by_copy(
+    path: Path, layers: Mapping[str, gpd.GeoDataFrame | pd.DataFrame], *, styles: bool
+) -> Path:
+    """Write ``layers`` into a copy of ``path`` that replaces it (costs the file's size): a new
+    file, and the fallback of :func:`write_layers`."""
     # Also on KeyboardInterrupt: the original file is untouched until the final os.replace.
     with atomic_path(path, suffix=".gpkg") as tmp:
         if path.exists():
@@ -135,10 +170,24 @@ def write_layers(
         for name, frame in layers.items():
             _write_one(tmp, name, frame)
         if styles:
-            from urbangeo.io.styles import styles_for, write_styles
+            from urbangeo.io.styles import write_styles
 
-            write_styles(tmp, styles_for(layers))
+            write_styles(tmp, _styles(layers))
     return path
+
+
+def _styles(layers: Mapping[str, gpd.GeoDataFrame | pd.DataFrame]) -> dict:
+    from urbangeo.io.styles import styles_for
+
+    return styles_for(layers)
+
+
+def _add_styles(chosen: dict) -> Callable[[sqlite3.Connection], object] | None:
+    if not chosen:
+        return None
+    from urbangeo.io.styles import add_styles
+
+    return lambda con: add_styles(con, chosen)
 
 
 def _write_one(path: Path, layer: str, frame: gpd.GeoDataFrame | pd.DataFrame) -> None:

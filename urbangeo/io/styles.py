@@ -290,63 +290,66 @@ def write_styles(gpkg_path: str | os.PathLike, styles: Mapping[str, Sequence[Lay
     """
     if not any(styles.values()):
         return 0
-    path = Path(gpkg_path)
-    con = sqlite3.connect(path)
+    con = sqlite3.connect(Path(gpkg_path))
     try:
         with con:
-            geometry = dict(
-                con.execute("SELECT table_name, column_name FROM gpkg_geometry_columns")
-            )
-            wanted = {k: v for k, v in styles.items() if v and k in geometry}
-            if not wanted:
-                return 0
-            _ensure_table(con)
-            rows = 0
-            for layer, chosen in wanted.items():
-                con.execute(
-                    f'DELETE FROM "{TABLE}" WHERE f_table_name = ? AND owner = ?', (layer, OWNER)
-                )
-                if any(s.default for s in chosen):
-                    con.execute(
-                        f'UPDATE "{TABLE}" SET useAsDefault = 0 WHERE f_table_name = ?', (layer,)
-                    )
-                for style in chosen:
-                    con.execute(
-                        f'INSERT INTO "{TABLE}" (f_table_catalog, f_table_schema, f_table_name, '
-                        "f_geometry_column, styleName, styleQML, styleSLD, useAsDefault, "
-                        f"description, owner, ui, update_time) VALUES ('', '', ?, ?, ?, ?, ?, ?, "
-                        f"?, ?, NULL, {_NOW})",
-                        (
-                            layer,
-                            geometry[layer],
-                            style.name,
-                            style.qml,
-                            style.sld(layer),
-                            int(style.default),
-                            style.description,
-                            OWNER,
-                        ),
-                    )
-                    rows += 1
-            con.execute(
-                f"UPDATE gpkg_contents SET last_change = {_NOW} WHERE table_name = ?", (TABLE,)
-            )
+            return add_styles(con, styles)
     finally:
         con.close()
+
+
+def add_styles(con: sqlite3.Connection, styles: Mapping[str, Sequence[LayerStyle]]) -> int:
+    """:func:`write_styles` on an open connection, inside the caller's transaction (it neither
+    begins nor commits one): the styles land in the same commit as the caller's layers."""
+    geometry = dict(con.execute("SELECT table_name, column_name FROM main.gpkg_geometry_columns"))
+    wanted = {k: v for k, v in styles.items() if v and k in geometry}
+    if not wanted:
+        return 0
+    _ensure_table(con)
+    rows = 0
+    for layer, chosen in wanted.items():
+        con.execute(
+            f'DELETE FROM main."{TABLE}" WHERE f_table_name = ? AND owner = ?', (layer, OWNER)
+        )
+        if any(s.default for s in chosen):
+            con.execute(
+                f'UPDATE main."{TABLE}" SET useAsDefault = 0 WHERE f_table_name = ?', (layer,)
+            )
+        for style in chosen:
+            con.execute(
+                f'INSERT INTO main."{TABLE}" (f_table_catalog, f_table_schema, f_table_name, '
+                "f_geometry_column, styleName, styleQML, styleSLD, useAsDefault, "
+                f"description, owner, ui, update_time) VALUES ('', '', ?, ?, ?, ?, ?, ?, "
+                f"?, ?, NULL, {_NOW})",
+                (
+                    layer,
+                    geometry[layer],
+                    style.name,
+                    style.qml,
+                    style.sld(layer),
+                    int(style.default),
+                    style.description,
+                    OWNER,
+                ),
+            )
+            rows += 1
+    con.execute(
+        f"UPDATE main.gpkg_contents SET last_change = {_NOW} WHERE table_name = ?", (TABLE,)
+    )
     return rows
 
 
 def _ensure_table(con: sqlite3.Connection) -> None:
     """Create ``layer_styles`` and list it in ``gpkg_contents`` (an attributes table)."""
     exists = con.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,)
+        "SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = ?", (TABLE,)
     ).fetchone()
     if exists:
         return
     con.execute(_CREATE)
     con.execute(
-        "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, last_change)"
-        f" VALUES (?, 'attributes', ?, '', {_NOW})",
+        "INSERT INTO main.gpkg_contents (table_name, data_type, identifier, description, "
+        f"last_change) VALUES (?, 'attributes', ?, '', {_NOW})",
         (TABLE, TABLE),
     )
 
