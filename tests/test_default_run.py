@@ -14,7 +14,7 @@ import torch
 
 from urbangeo import constants as C
 from urbangeo.io.runs import read_stage_records
-from urbangeo.pipeline import read_state, run_pipeline
+from urbangeo.pipeline import run_pipeline, run_status
 from urbangeo.progress import set_mode
 from urbangeo.settings import DEFAULT_PROFILE, PROFILES
 
@@ -33,10 +33,11 @@ def default_run(tmp_path_factory):
 
 
 def test_default_run_finishes_every_offline_stage(default_run: Path) -> None:
-    stages = read_state(default_run)["stages"]
-    offline = [s for s in C.STAGES if s != "streetview"]  # no provider works offline
-    assert all(stages.get(s, {}).get("finished") for s in offline), stages
     records = read_stage_records(default_run / C.RUN_GPKG)
+    offline = [s for s in C.STAGES if s != "streetview"]  # no provider works offline
+    assert all(records[s].finished and records[s].fingerprint for s in offline), records
+    statuses = {row["stage"]: row["status"] for row in run_status(default_run)}
+    assert statuses == {s: "done" if s in offline else "not run" for s in C.STAGES}
     assert PROFILES[DEFAULT_PROFILE]["grid"]["city"] == C.DEFAULT_CITY == "sao-paulo"
     assert records["grid"].counts["regions"] == records["embed"].counts["regions"] == 615
 

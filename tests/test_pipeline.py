@@ -1,9 +1,13 @@
-"""The whole pipeline on a tiny configuration: every layer and file, caching, --from, resume."""
+"""The whole pipeline on a tiny configuration: every layer and file, caching, --from, resume,
+and what each stage did: its record in the GeoPackage (with its fingerprint) and the event log."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,8 +22,21 @@ from urbangeo import constants as C
 from urbangeo.errors import InputError, OutputError
 from urbangeo.geo.boundary import city_boundary
 from urbangeo.geo.grid import make_grid
-from urbangeo.io.gpkg import list_layers, read_layer
-from urbangeo.pipeline import STATE_JSON, read_state, resolve_config, run_pipeline, run_status
+from urbangeo.io.gpkg import list_layers, read_layer, write_layers
+from urbangeo.io.runs import (
+    INTERRUPTED,
+    RUN_LOG,
+    STAGES_TABLE,
+    read_events,
+    read_stage_records,
+)
+from urbangeo.pipeline import (
+    OLD_STATE_JSON,
+    resolve_config,
+    resolve_settings,
+    run_pipeline,
+    run_status,
+)
 
 #: Small enough for CI (about a minute a run on 2 cores), big enough for every stage to work:
 #: helsinki at 400 m gives 20 regions, more than the 10 a prediction target needs.
@@ -46,7 +63,7 @@ LAYERS = {
 FILES = [
     "run.gpkg",
     "run.toml",
-    STATE_JSON,
+    RUN_LOG,
     "captions.jsonl",
     "embeddings.parquet",
     "metrics.json",
@@ -56,7 +73,23 @@ FILES = [
 
 
 def _finished(run_dir: Path) -> dict[str, str]:
-    return {s: e.get("finished") for s, e in read_state(run_dir)["stages"].items()}
+    return {s: r.finished for s, r in read_stage_records(run_dir / C.RUN_GPKG).items()}
+
+
+def _copy(run_dir: Path, to: Path) -> Path:
+    shutil.copytree(run_dir, to)
+    return to
+
+
+def _keep_records(gpkg: Path, stages: set[str], *, old: bool = False) -> None:
+    """Keep only the records of ``stages``; ``old``: as urbangeo 0.x wrote them (run-folder
+    format 1: no fingerprint, finish times to the second)."""
+    table = read_layer(gpkg, STAGES_TABLE)
+    table = table[table["stage"].isin(stages)]
+    if old:
+        table = table.drop(columns="fingerprint")
+        table["finished"] = table["finished"].str.slice(0, 19) + "+00:00"
+    write_layers(gpkg, {STAGES_TABLE: pd.DataFrame(table)}, overwrite=True)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +105,7 @@ def test_every_layer_and_file_of_the_run_folder(tiny_run):
     assert set(list_layers(run_dir / "run.gpkg")) >= LAYERS
     for name in FILES:
         assert (run_dir / name).is_file(), name
-    assert any((run_dir / "images" / "satellite").glob("*.png"))
+    assert any((run_dir / "images" / "overhead").glob("*.png"))
     assert any((run_dir / "checkpoints").rglob("model.pt"))
     regions = read_layer(run_dir / "run.gpkg", C.LAYER_REGIONS)
     assert len(regions) == len(make_grid(city_boundary("helsinki"), cell_size=400))
@@ -110,7 +143,7 @@ def test_from_embed_redoes_only_what_follows(tiny_run):
         if stage in redone:
             assert after[stage] != before[stage], stage
         else:
-            assert after[stage] == before[stage], stage
+            assert after.get(stage) == before.get(stage), stage  # streetview: no record
     again = pd.read_parquet(run_dir / "embeddings.parquet")
     pd.testing.assert_frame_equal(again, embeddings)  # deterministic
 
@@ -118,13 +151,9 @@ def test_from_embed_redoes_only_what_follows(tiny_run):
 def test_a_stage_redone_by_hand_is_redone_by_the_next_run(tiny_run, tmp_path):
     """`urbangeo embed --encoder random --overwrite` in a run folder: status says so, and the
     next `urbangeo run` puts back what its settings ask for, from that stage on."""
-    import shutil
-
-    from urbangeo.io.runs import read_stage_records
     from urbangeo.model.stages import embed_stage
 
-    run_dir = tmp_path / "copy"
-    shutil.copytree(tiny_run[0], run_dir)
+    run_dir = _copy(tiny_run[0], tmp_path / "copy")
     gpkg = run_dir / C.RUN_GPKG
     assert {row["status"] for row in run_status(run_dir)} <= {"done", "not run"}
     embed_stage(gpkg, encoder="random", model="urbangeo-tiny-vit", overwrite=True)
@@ -150,6 +179,225 @@ def test_a_changed_setting_redoes_that_stage_and_later(tiny_run, tmp_path):
     run_pipeline(run_dir, config=TINY)  # back as it was
 
 
+def test_a_record_fingerprint_hashes_the_settings_and_the_records_it_reads(tiny_run):
+    """Issue #13: sha256 of (stage, settings without runtime ones, the fingerprints of the
+    records of its inputs, "" for one missing), computed here independently."""
+    run_dir, _ = tiny_run
+    records = read_stage_records(run_dir / C.RUN_GPKG)
+    _, settings = resolve_settings(run_dir / C.RUN_TOML)
+    assert "streetview" not in records  # not run: caption and embed chain ""
+    for stage in C.STAGES:
+        if stage == "streetview":
+            continue
+        inputs = [records[s].fingerprint if s in records else "" for s in C.STAGE_INPUTS[stage]]
+        values = settings[stage].to_dict(runtime=False)
+        blob = json.dumps([stage, values, inputs], sort_keys=True).encode()
+        assert records[stage].fingerprint == hashlib.sha256(blob).hexdigest()[:16], stage
+    assert len({r.fingerprint for r in records.values()}) == len(records)
+
+
+def test_a_stage_command_with_the_runs_settings_is_done_for_the_runner(tiny_run, tmp_path):
+    """`urbangeo cluster --k 2` in the run folder records the runner's own fingerprint: the next
+    run skips it (and redoes only map, whose record it dropped); with --k 3 the next run redoes
+    cluster and map, back to the run's settings."""
+    from click.testing import CliRunner
+
+    from urbangeo_cli.main import cli
+
+    run_dir = _copy(tiny_run[0], tmp_path / "copy")
+    gpkg = run_dir / C.RUN_GPKG
+    before = read_stage_records(gpkg)["cluster"]
+
+    def cluster(k: int) -> None:
+        args = ["cluster", "--gpkg", str(gpkg), "--k", str(k), "--overwrite", "-q"]
+        result = CliRunner().invoke(cli, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+
+    cluster(2)  # TINY's k
+    records = read_stage_records(gpkg)
+    assert records["cluster"].finished != before.finished  # done again, by hand
+    assert records["cluster"].fingerprint == before.fingerprint
+    assert "map" not in records  # map reads the clusters
+    status = {row["stage"]: row["status"] for row in run_status(run_dir)}
+    assert status["cluster"] == "done" and status["map"] == "pending"
+    results = run_pipeline(run_dir, config=TINY)
+    assert {r.stage for r in results if not r.skipped} == {"map"}
+    assert read_stage_records(gpkg)["cluster"].finished == records["cluster"].finished
+
+    cluster(3)
+    assert read_stage_records(gpkg)["cluster"].fingerprint != before.fingerprint
+    assert {row["stage"]: row["status"] for row in run_status(run_dir)}["cluster"] == "changed"
+    results = run_pipeline(run_dir, config=TINY)
+    assert {r.stage for r in results if not r.skipped} == {"cluster", "map"}
+    assert read_stage_records(gpkg)["cluster"].fingerprint == before.fingerprint
+    assert len(read_layer(gpkg, C.LAYER_CLUSTERS)["cluster"].dropna().unique()) == 2
+
+
+def _sample_stopped(monkeypatch, error: BaseException) -> None:
+    import urbangeo.geo.stages as geo_stages
+
+    @functools.wraps(geo_stages.sample_stage)  # the runner passes it the same arguments
+    def stopped(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(geo_stages, "sample_stage", stopped)
+
+
+def test_a_failed_stage_is_an_event_of_the_log_not_a_record(tmp_path, monkeypatch):
+    run_dir = tmp_path / "kotka"
+    _sample_stopped(monkeypatch, RuntimeError("roads.osm.pbf is truncated"))
+    with pytest.raises(RuntimeError, match="truncated"):
+        run_pipeline(run_dir, config={"grid": {"city": "kotka", "cell_size": 1000.0}})
+    events = [(e["stage"], e["event"]) for e in read_events(run_dir)]
+    assert events == [("grid", "started"), ("sample", "started"), ("sample", "failed")]
+    failed = read_events(run_dir)[-1]
+    assert failed["error"] == "roads.osm.pbf is truncated" and failed["fingerprint"]
+    assert set(read_stage_records(run_dir / C.RUN_GPKG)) == {"grid"}
+    rows = {row["stage"]: row for row in run_status(run_dir)}
+    assert rows["grid"]["status"] == "done" and rows["grid"]["counts"]["regions"] > 0
+    assert rows["sample"]["status"] == "failed"
+    assert rows["sample"]["reason"] == "roads.osm.pbf is truncated"
+    assert {rows[s]["status"] for s in C.STAGES[2:]} == {"pending"}
+    # Ctrl-C in the next run: the grid is done (skipped), sampling interrupted
+    _sample_stopped(monkeypatch, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(run_dir, config=run_dir / C.RUN_TOML)
+    assert [e["event"] for e in read_events(run_dir)][3:] == ["started", INTERRUPTED]
+    rows = {row["stage"]: row for row in run_status(run_dir)}
+    assert rows["sample"]["status"] == "interrupted" and rows["grid"]["status"] == "done"
+
+
+def test_the_event_log_is_appended_and_survives_a_line_cut_short(tmp_path):
+    from urbangeo.io.runs import log_event
+
+    log_event(tmp_path, "grid", "started", fingerprint="a")
+    log_event(tmp_path, "grid", "failed", fingerprint="a", error="no roads")
+    with open(tmp_path / RUN_LOG, "a") as f:
+        f.write('{"time": "2030-01-01T00:00:00+00:00", "stage": "sam')  # killed mid-write
+    events = read_events(tmp_path)
+    assert [(e["stage"], e["event"], e.get("error")) for e in events] == [
+        ("grid", "started", None),
+        ("grid", "failed", "no roads"),
+    ]
+    assert events[0]["time"] < events[1]["time"]
+    rows = {row["stage"]: row for row in run_status(tmp_path)}  # the log marks a run folder
+    assert rows["grid"]["status"] == "failed" and rows["grid"]["reason"] == "no roads"
+    assert rows["sample"]["status"] == "pending"
+
+
+def test_training_resumes_when_the_log_says_it_stopped_with_these_settings(
+    tiny_run, tmp_path, monkeypatch
+):
+    """The resume decision comes from the log's last train event (newer than its record)."""
+    import urbangeo.model.stages as model_stages
+    from urbangeo.io.runs import log_event
+
+    run_dir = _copy(tiny_run[0], tmp_path / "copy")
+    gpkg = run_dir / C.RUN_GPKG
+    fingerprint = read_stage_records(gpkg)["train"].fingerprint
+    _keep_records(gpkg, {"grid", "sample", "tiles", "caption", "indicators"})
+    calls: list[dict] = []
+
+    @functools.wraps(model_stages.train_stage)
+    def train(*args, **kwargs):
+        calls.append(kwargs)
+        raise KeyboardInterrupt  # stop there: only the decision is tested
+
+    monkeypatch.setattr(model_stages, "train_stage", train)
+    for event, print_, resume in [
+        ("interrupted", fingerprint, True),
+        ("failed", fingerprint, True),
+        ("interrupted", "other settings", False),
+    ]:
+        log_event(run_dir, "train", event, fingerprint=print_)
+        with pytest.raises(KeyboardInterrupt):
+            run_pipeline(run_dir, config=TINY)
+        assert calls[-1]["resume"] is resume and calls[-1]["overwrite"] is not resume
+    # the runner's own events: started then interrupted, with the run's fingerprint
+    last = read_events(run_dir)[-1]
+    assert (last["stage"], last["event"]) == ("train", INTERRUPTED)
+    assert last["fingerprint"] == fingerprint
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(run_dir, config=TINY, from_stage="train")  # forced: starts afresh
+    assert calls[-1]["resume"] is False
+
+
+def test_an_old_run_folder_is_redone_from_its_first_stage_without_a_fingerprint(
+    tiny_run, tmp_path, monkeypatch
+):
+    """Run-folder format 1 (stages.json, records without fingerprint): status reads it, and the
+    next run says why and redoes it; the log replaces stages.json."""
+    import urbangeo.pipeline as pipeline
+
+    run_dir = _copy(tiny_run[0], tmp_path / "old")
+    gpkg = run_dir / C.RUN_GPKG
+    _keep_records(gpkg, set(C.STAGES), old=True)
+    (run_dir / RUN_LOG).unlink()
+    (run_dir / OLD_STATE_JSON).write_text(json.dumps({"format": 1, "stages": {}}))
+    toml = run_dir / C.RUN_TOML
+    toml.write_text(toml.read_text().replace("format = 2", "format = 1"))
+    assert read_stage_records(gpkg)["grid"].fingerprint == ""
+    rows = {row["stage"]: row for row in run_status(run_dir)}
+    assert rows["grid"]["status"] == "changed" and "no fingerprint" in rows["grid"]["reason"]
+    assert rows["grid"]["counts"]["regions"] == 20
+
+    said: list[str] = []
+    monkeypatch.setattr(pipeline, "message", lambda text, **kw: said.append(text))
+    _sample_stopped(monkeypatch, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(run_dir, config=toml)
+    redoing = [line for line in said if "redoing" in line]
+    assert len(redoing) == 1 and "grid" in redoing[0] and "no fingerprint" in redoing[0]
+    assert not (run_dir / OLD_STATE_JSON).exists()
+    assert "format = 2" in toml.read_text()
+    records = read_stage_records(gpkg)
+    assert set(records) == {"grid"} and records["grid"].fingerprint  # the rest were dropped
+    rows = {row["stage"]: row["status"] for row in run_status(run_dir)}
+    assert rows["grid"] == "done" and rows["sample"] == "interrupted"
+
+
+def test_an_old_run_folders_finished_stages_are_kept_when_its_settings_are_the_same(
+    tiny_run, tmp_path, monkeypatch
+):
+    """Format 1 with stages.json saying which stages finished: their records get the
+    fingerprint of the settings they were made with; an unchanged rerun redoes nothing but
+    the stage stages.json did not call done (and what reads it)."""
+    import urbangeo.pipeline as pipeline
+
+    run_dir = _copy(tiny_run[0], tmp_path / "old")
+    gpkg = run_dir / C.RUN_GPKG
+    new_prints = {name: r.fingerprint for name, r in read_stage_records(gpkg).items()}
+    _keep_records(gpkg, set(C.STAGES), old=True)
+    (run_dir / RUN_LOG).unlink()
+    toml = run_dir / C.RUN_TOML
+    toml.write_text(toml.read_text().replace("format = 2", "format = 1"))
+    # stages.json as urbangeo 0.1 wrote it: sha256 of [stage, settings, the input stages'
+    # fingerprints joined], its first 16 hex digits
+    _, settings = resolve_settings(toml)
+    prints: dict[str, str] = {}
+    for stage in C.STAGES:
+        inputs = "".join(prints[name] for name in C.STAGE_INPUTS[stage])
+        blob = json.dumps([stage, settings[stage].to_dict(runtime=False), inputs], sort_keys=True)
+        prints[stage] = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    done = [s for s in C.STAGES if s not in ("streetview", "map")]
+    state = {"format": 1, "stages": {s: {"status": "done", "fingerprint": prints[s]} for s in done}}
+    state["stages"]["map"] = {"status": "running", "fingerprint": prints["map"]}
+    state["stages"]["cluster"]["fingerprint"] = "0" * 16  # done with other settings: redone
+    (run_dir / OLD_STATE_JSON).write_text(json.dumps(state))
+
+    said: list[str] = []
+    monkeypatch.setattr(pipeline, "message", lambda text, **kw: said.append(text))
+    results = run_pipeline(run_dir, config=toml)
+    ran = [r.stage for r in results if not r.skipped]
+    assert ran == ["cluster", "map"]
+    assert any("older urbangeo" in line and "predict" in line for line in said)
+    records = read_stage_records(gpkg)
+    assert {s: records[s].fingerprint for s in C.STAGES if s in records} == {
+        s: new_prints[s] for s in C.STAGES if s in new_prints
+    }
+    assert not (run_dir / OLD_STATE_JSON).exists()
+
+
 def test_killed_during_training_resumes_to_the_same_outputs(tiny_run, tmp_path):
     reference_dir, _ = tiny_run
     run_dir = tmp_path / "killed"
@@ -158,19 +406,18 @@ def test_killed_during_training_resumes_to_the_same_outputs(tiny_run, tmp_path):
     exe = Path(sys.executable).with_name("urbangeo")
     cmd = [str(exe), "run", "--config", str(config), "-o", str(run_dir), "-q"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    state_file = run_dir / STATE_JSON
     checkpoints = run_dir / "checkpoints"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        state = json.loads(state_file.read_text()) if state_file.exists() else {}
-        train = state.get("stages", {}).get("train", {})
-        if train.get("status") == "running" and any(checkpoints.rglob("last.pt")):
+        training = [e for e in read_events(run_dir) if e["stage"] == "train"]
+        if training and training[-1]["event"] == "started" and any(checkpoints.rglob("last.pt")):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed during training"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert read_state(run_dir)["stages"]["train"]["status"] == "running"
+    train = {row["stage"]: row for row in run_status(run_dir)}["train"]
+    assert train["status"] == "interrupted"  # started, and no process holds the run
     rerun = subprocess.run(cmd, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert all(row["status"] in ("done", "not run") for row in run_status(run_dir))
@@ -234,10 +481,11 @@ def test_a_new_run_that_fails_at_once_leaves_no_folder(tmp_path):
 def test_run_folder_from_an_incompatible_version(tmp_path):
     run_dir = tmp_path / "old"
     run_dir.mkdir()
-    (run_dir / STATE_JSON).write_text(json.dumps({"format": 99, "urbangeo": "9.0", "stages": {}}))
+    (run_dir / C.RUN_TOML).write_text('format = 99\nurbangeo = "9.0"\n')
     with pytest.raises(InputError, match="incompatible urbangeo") as info:
         run_pipeline(run_dir, config=TINY)
     assert "new run folder" in info.value.hint
+    assert "format = 99" in (run_dir / C.RUN_TOML).read_text()  # left as it was
 
 
 def test_two_runs_in_one_folder(tmp_path):
@@ -254,8 +502,8 @@ def test_two_runs_in_one_folder(tmp_path):
     finally:
         other.kill()
         other.wait()
-    # a lock left by a run that no longer exists is taken over
-    assert not (run_dir / STATE_JSON).exists()
+    # the refused run wrote nothing
+    assert not (run_dir / RUN_LOG).exists() and not (run_dir / C.RUN_TOML).exists()
 
 
 def test_examples_are_valid_configurations():

@@ -1,42 +1,69 @@
 """The pipeline runner: every stage for a city into one run folder, cached and resumable.
 
-A run folder holds ``run.gpkg`` (every layer), the files beside it (``images/``,
-``captions.jsonl``, ``checkpoints/``, ``embeddings.parquet``, ``metrics.json``, ``maps/``...),
-``run.toml`` (the fully resolved configuration: ``urbangeo run --config RUN_DIR/run.toml``
-reproduces the run) and ``stages.json`` (what each stage did: its fingerprint, counts and
-timing).
+A run folder holds ``run.gpkg`` (every layer, and in its ``urbangeo_stages`` table the record
+of each finished stage), the files beside it (``images/``, ``captions.jsonl``,
+``checkpoints/``, ``embeddings.parquet``, ``metrics.json``, ``maps/``...), ``run.toml`` (the
+fully resolved configuration: ``urbangeo run --config RUN_DIR/run.toml`` reproduces the run;
+it also marks the folder as a run folder) and ``run.log.jsonl`` (the event log: stages
+started, failed, interrupted or not run; see :mod:`urbangeo.io.runs`).
 
-A stage's fingerprint hashes its settings and the fingerprint of the stage before it, so that
-changing a setting redoes that stage and every later one, while a rerun with the same settings
-skips what is done. A stage that was interrupted is started again and resumes by itself
-(images already saved, captions already paid for, training from its last checkpoint).
+A stage is done when its record's fingerprint (:func:`~urbangeo.io.runs.stage_fingerprint`:
+its settings chained through the fingerprints of the stages it reads) is the one the run's
+settings give: the record is the one store of what is done, whether ``urbangeo run`` or a
+stage command wrote it. Changing a setting redoes that stage and every later one, while a
+rerun with the same settings skips what is done. A stage that was interrupted is started again
+and resumes by itself (images already saved, captions already paid for, training from its
+last checkpoint when the log says it was stopped with the same fingerprint).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
-import time
 import tomllib
-from datetime import UTC, datetime
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from urbangeo import __version__
 from urbangeo import constants as C
 from urbangeo.errors import InputError
+from urbangeo.executors import Executor, make_executor
 from urbangeo.io.files import make_folder, new_folders_removed_on_error, write_text_atomic
+from urbangeo.io.gpkg import write_layers
 from urbangeo.io.lock import holder_alive, read_lock, run_lock
-from urbangeo.io.runs import StageResult, downstream_of, read_stage_records
+from urbangeo.io.runs import (
+    FAILED,
+    INTERRUPTED,
+    NOT_RUN,
+    RUN_LOG,
+    STAGES_TABLE,
+    STARTED,
+    StageRecord,
+    StageResult,
+    downstream_of,
+    log_event,
+    open_events,
+    read_events,
+    read_stage_records,
+    records_table,
+    stage_fingerprint,
+)
 from urbangeo.progress import message
 from urbangeo.settings import DEFAULT_PROFILE, STAGE_SETTINGS, StageSettings, profile
 from urbangeo.settings.model import MODES
-from urbangeo.stage import stage_function
 
-#: Version of the run folder's layout; a folder written with another one is refused.
-RUN_FORMAT = 1
-STATE_JSON = "stages.json"
+#: Version of the run folder's layout (written in run.toml); a folder of a format this urbangeo
+#: does not read is refused. 2: what each stage did is its GeoPackage record (with its
+#: fingerprint) and the event log; format 1 also kept a ``stages.json``.
+RUN_FORMAT = 2
+#: Formats read. A format-1 folder's records have no fingerprint: its stages are redone, and
+#: its ``stages.json`` is removed once the new run writes its log.
+_READS_FORMATS = (1, RUN_FORMAT)
+OLD_STATE_JSON = "stages.json"
 
 #: A default source that gives way when the user names another: the profile's city when an
 #: area is given.
@@ -91,10 +118,10 @@ def resolve_settings(
     data.pop("urbangeo", None)
     chosen_profile = profile_name or data.pop("profile", None) or DEFAULT_PROFILE
     data.pop("profile", None)
-    if fmt != RUN_FORMAT:
+    if fmt not in _READS_FORMATS:
         raise InputError(
             f"The configuration is run-folder format {fmt}; this urbangeo ({__version__}) "
-            f"reads format {RUN_FORMAT}.",
+            f"reads formats {', '.join(map(str, _READS_FORMATS))}.",
             hint="Start a new run folder, or use the urbangeo version that wrote it.",
         )
     unknown = sorted(set(data) - set(C.STAGES))
@@ -138,6 +165,10 @@ def resolve_settings(
         stage: {k: v for k, v in chosen.items() if v is not None}
         for stage, chosen in resolved.items()
     }
+    for stage, chosen in values.items():  # old spellings of values (kind "satellite") as new
+        for f in STAGE_SETTINGS[stage].fields():
+            if f.spec.value_aliases and f.name in chosen:
+                chosen[f.name] = settings[stage].to_dict()[f.name]
     return values, settings
 
 
@@ -175,38 +206,59 @@ def dump_config(config: dict[str, dict[str, Any]]) -> str:
 # ---- state --------------------------------------------------------------------------------
 
 
-def stage_fingerprint(stage: str, settings: StageSettings, inputs: str) -> str:
-    """Hash of a stage's settings (all of them, defaults included, but not how it runs:
-    threads, device, checkpoint spacing) and the fingerprint of the stage before it."""
-    blob = json.dumps([stage, settings.to_dict(runtime=False), inputs], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def read_state(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """The run folder's ``stages.json`` ({} for a new folder)."""
-    path = Path(run_dir) / STATE_JSON
-    if not path.exists():
-        return {"format": RUN_FORMAT, "stages": {}}
-    state = json.loads(path.read_text(encoding="utf-8"))
-    if state.get("format") != RUN_FORMAT:
+def _check_folder(run_dir: Path) -> None:
+    """Refuse a run folder written by an urbangeo whose run-folder format this one does not
+    read (the ``format`` of its run.toml)."""
+    try:
+        fmt = tomllib.loads((run_dir / C.RUN_TOML).read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError):
+        return  # no run.toml (a new folder) or not ours: this run writes its own
+    if fmt is not None and fmt not in _READS_FORMATS:
         raise InputError(
-            f"{run_dir} was written by an incompatible urbangeo (run-folder format "
-            f"{state.get('format')}, version {state.get('urbangeo', '?')}); this is "
-            f"{__version__}, format {RUN_FORMAT}.",
+            f"{run_dir} was written by an incompatible urbangeo (run-folder format {fmt}); "
+            f"this is {__version__}, format {RUN_FORMAT}.",
             hint="Start a new run folder (-o), or rerun the old one with its own version.",
         )
-    return state
 
 
-def _write_state(run_dir: Path, state: dict[str, Any]) -> None:
-    state["format"] = RUN_FORMAT
-    state["urbangeo"] = __version__
-    write_text_atomic(
-        run_dir / STATE_JSON, json.dumps(state, indent=2, sort_keys=True, default=str)
-    )
-
-
-# ---- running --------------------------------------------------------------------------------
+def _adopt_format1(run_dir: Path, gpkg: Path, settings: dict[str, StageSettings]) -> None:
+    """Keep the finished work of a format-1 folder: a stage its ``stages.json`` calls done with
+    the fingerprint these settings had under format 1 gets, in its record, the fingerprint
+    they have now, so that an unchanged rerun keeps it (images, paid captions, training)
+    instead of redoing the whole run."""
+    state = run_dir / OLD_STATE_JSON
+    if not (state.exists() and gpkg.exists()):
+        return
+    try:
+        entries = json.loads(state.read_text(encoding="utf-8")).get("stages", {})
+    except (OSError, ValueError, AttributeError):
+        return  # unreadable: its records stay without a fingerprint and are redone
+    records = read_stage_records(gpkg)
+    old: dict[str, str] = {}
+    new: dict[str, str] = {}
+    adopted: dict[str, StageRecord] = {}
+    for stage in C.STAGES:
+        # format 1's fingerprint: the settings and the input stages' fingerprints, joined
+        inputs = "".join(old[name] for name in C.STAGE_INPUTS[stage])
+        blob = json.dumps([stage, settings[stage].to_dict(runtime=False), inputs], sort_keys=True)
+        old[stage] = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        record = records.get(stage)
+        entry = entries.get(stage) or {}
+        if record is not None and record.fingerprint:
+            new[stage] = record.fingerprint
+        elif (
+            record is not None
+            and entry.get("status") == "done"
+            and entry.get("fingerprint") == old[stage]
+        ):
+            new[stage] = stage_fingerprint(stage, settings[stage], new)
+            adopted[stage] = dataclasses.replace(record, fingerprint=new[stage])
+    if adopted:
+        table = records_table({**records, **adopted}.values())
+        write_layers(gpkg, {STAGES_TABLE: table}, overwrite=True)
+        message(
+            f"Run folder of an older urbangeo: kept {', '.join(adopted)}, done with these settings."
+        )
 
 
 def _skipped(stage: str, config: dict[str, Any]) -> str | None:
@@ -216,12 +268,41 @@ def _skipped(stage: str, config: dict[str, Any]) -> str | None:
     return None
 
 
+def _fingerprint(
+    stage: str,
+    config: dict[str, dict[str, Any]],
+    settings: dict[str, StageSettings],
+    records: Mapping[str, StageRecord],
+    prints: Mapping[str, str],
+) -> str:
+    """The fingerprint of ``stage``'s record once the runner did it with these settings, given
+    the ``prints`` of the stages before it. A stage that does not apply is left as it is: its
+    record's fingerprint ("" without one), which is what the stages reading it chain."""
+    if _skipped(stage, config[stage]):
+        record = records.get(stage)
+        return record.fingerprint if record is not None else ""
+    return stage_fingerprint(stage, settings[stage], prints)
+
+
+def _why_redone(record: StageRecord) -> str:
+    if not record.fingerprint:
+        return (
+            "its record has no fingerprint (written by an older urbangeo, or progress of a "
+            "stage that did not finish)"
+        )
+    return "done before with other settings"
+
+
+# ---- running --------------------------------------------------------------------------------
+
+
 def run_pipeline(
     run_dir: str | os.PathLike | None = None,
     *,
     config: str | os.PathLike | dict | None = None,
     from_stage: str | None = None,
     profile_name: str | None = None,
+    executor: Executor | str | None = None,
     **overrides: Any,
 ) -> list[StageResult]:
     """Run every stage into ``run_dir`` (default: a folder named after the city).
@@ -229,8 +310,13 @@ def run_pipeline(
     ``config`` is a run.toml (or a dict of sections) on top of a profile (``profile_name``, by
     default the offline demo); ``overrides`` are ``stage__key=value`` settings on top. Stages
     already done with the same settings are skipped; ``from_stage`` redoes that stage and
-    every later one.
+    every later one. ``executor`` runs each stage (:mod:`urbangeo.executors`: ``"local"``,
+    the default, or ``"ray"``; or an executor object, e.g. Ray with an address).
     """
+    if not isinstance(executor, str | None):
+        runner: Executor = executor
+    else:
+        runner = make_executor(executor)
     if from_stage is not None and from_stage not in C.STAGES:
         raise InputError(f"Unknown stage '{from_stage}'.", hint=f"Stages: {', '.join(C.STAGES)}.")
     config_values, settings = resolve_settings(config, profile_name=profile_name, **overrides)
@@ -243,15 +329,21 @@ def run_pipeline(
             name=f"the run folder {run_dir}",
             hint="Choose a folder you can write to (-o).",
         )
-        state: dict[str, Any] = {}
         try:
-            return _run_stages(run_dir, config_values, settings, from_stage, state)
+            return _run_stages(run_dir, config_values, settings, from_stage, runner)
         except BaseException:
-            if new and not any(e.get("status") == "done" for e in state.get("stages", {}).values()):
+            if new and _did_nothing(run_dir / C.RUN_GPKG):
                 # A new run that did nothing leaves no folder behind (as a failed grid).
-                for name in (C.RUN_TOML, STATE_JSON):
+                for name in (C.RUN_TOML, RUN_LOG):
                     (run_dir / name).unlink(missing_ok=True)
             raise
+
+
+def _did_nothing(gpkg: Path) -> bool:
+    try:
+        return not read_stage_records(gpkg)
+    except Exception:  # an unreadable file: keep it, and do not hide the first error
+        return False
 
 
 def _run_stages(
@@ -259,101 +351,68 @@ def _run_stages(
     config: dict[str, dict[str, Any]],
     settings: dict[str, StageSettings],
     from_stage: str | None,
-    state: dict,
+    executor: Executor | None = None,
 ) -> list[StageResult]:
-    """The stages of :func:`run_pipeline`; ``state`` is filled with the run's state as read."""
+    """The stages of :func:`run_pipeline`, in order, under the run folder's lock."""
+    executor = executor or make_executor()
     gpkg = run_dir / C.RUN_GPKG
     results: list[StageResult] = []
     with run_lock(run_dir, command="urbangeo run"):
-        state.update(read_state(run_dir))
+        _check_folder(run_dir)
+        _adopt_format1(run_dir, gpkg, settings)
         write_text_atomic(run_dir / C.RUN_TOML, dump_config(config))
-        stages = state.setdefault("stages", {})
+        events = read_events(run_dir)
+
+        def log(stage: str, event: str, **fields: Any) -> None:
+            events.append(log_event(run_dir, stage, event, **fields))
+            (run_dir / OLD_STATE_JSON).unlink(missing_ok=True)  # format 1: the log replaces it
+
         prints: dict[str, str] = {}
         forced: set[str] = set()
-        records = _record_marks(gpkg)
         for stage in C.STAGES:
-            inputs = "".join(prints[name] for name in C.STAGE_INPUTS[stage])
-            fp = prints[stage] = stage_fingerprint(stage, settings[stage], inputs)
+            records = read_stage_records(gpkg)  # read again: a stage drops later ones
+            record = records.get(stage)
+            fp = prints[stage] = _fingerprint(stage, config, settings, records, prints)
             if stage == from_stage:
                 forced |= {stage, *downstream_of(stage)}
-            entry = stages.get(stage, {})
-            if stage not in forced and _changed_by_hand(stage, entry, records):
-                message(
-                    f"Stage {stage}: changed outside `urbangeo run` since this run did it; "
-                    "redoing it and the stages that read it."
-                )
-                forced |= {stage, *downstream_of(stage)}
-            done = entry.get("status") == "done" and entry.get("fingerprint") == fp
-            if stage not in forced and done:
-                results.append(StageResult(stage, gpkg, entry.get("counts", {}), skipped=True))
-                message(f"Stage {stage}: already done with these settings, skipped.")
-                continue
+            last = open_events(records, events).get(stage)
             reason = _skipped(stage, config[stage])
             if reason:
-                stages[stage] = {"status": "not run", "fingerprint": fp, "reason": reason}
-                _write_state(run_dir, state)
+                if last is None or (last["event"], last.get("reason")) != (NOT_RUN, reason):
+                    log(stage, NOT_RUN, fingerprint=fp, reason=reason)
                 results.append(StageResult(stage, gpkg, {}, skipped=True))
                 continue
-            interrupted = entry.get("status") in ("running", "interrupted", "failed")
-            resume = interrupted and entry.get("fingerprint") == fp and stage not in forced
-            stages[stage] = {"status": "running", "fingerprint": fp, "started": _now()}
-            for later in downstream_of(stage):
-                stages.pop(later, None)
-            _write_state(run_dir, state)
-            started = time.perf_counter()
+            if record is not None and stage not in forced:
+                if record.fingerprint == fp:
+                    results.append(StageResult(stage, gpkg, record.counts, skipped=True))
+                    message(f"Stage {stage}: already done with these settings, skipped.")
+                    continue
+                message(f"Stage {stage}: {_why_redone(record)}; redoing it and what reads it.")
+            stopped = last is not None and last["event"] in (STARTED, INTERRUPTED, FAILED)
+            resume = stopped and last is not None and last.get("fingerprint") == fp
+            resume = resume and stage not in forced
             extra: dict[str, Any] = {"overwrite": True}
             if stage == "train":
                 # the runner owns the outputs: a stage that runs replaces what an older run of
-                # it wrote; training resumes instead when it was interrupted, same settings
+                # it wrote; training resumes instead when it was stopped with the same settings
                 extra = {"resume": resume, "overwrite": not resume, "run_dir": run_dir}
+            log(stage, STARTED, fingerprint=fp)
             try:
-                result = stage_function(stage)(gpkg, settings[stage], **extra)
+                result = executor.run_stage(stage, gpkg, settings[stage], **extra)
             except BaseException as exc:
-                stages[stage].update(_failure(exc))
-                _write_state(run_dir, state)
+                event, fields = _failure(exc)
+                with contextlib.suppress(OSError):  # a full disk must not hide the error
+                    log(stage, event, fingerprint=fp, **fields)
                 raise
-            stages[stage] = {
-                "status": "done",
-                "fingerprint": fp,
-                "started": stages[stage]["started"],
-                "finished": _now(),
-                "seconds": round(time.perf_counter() - started, 3),
-                "counts": _plain(result.counts),
-            }
-            mark = _record_marks(gpkg).get(stage)
-            if mark is not None:
-                stages[stage]["record"] = mark
-            _write_state(run_dir, state)
-            results.append(StageResult(stage, gpkg, stages[stage]["counts"]))
+            results.append(StageResult(stage, gpkg, _plain(result.counts)))
     return results
 
 
-def _failure(exc: BaseException) -> dict[str, Any]:
+def _failure(exc: BaseException) -> tuple[str, dict[str, Any]]:
     """How a stage ended when it raised: interrupted (Ctrl-C) or failed, with the error."""
     if isinstance(exc, KeyboardInterrupt):
-        return {"status": "interrupted", "finished": _now()}
-    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return {"status": "failed", "finished": _now(), "error": text}
-
-
-def _record_marks(gpkg: Path) -> dict[str, str]:
-    """What identifies each stage's latest record in the GeoPackage (finish time, settings)."""
-    if not gpkg.exists():
-        return {}
-    return {
-        stage: f"{r.finished} {json.dumps(r.params, sort_keys=True, default=str)}"
-        for stage, r in read_stage_records(gpkg).items()
-    }
-
-
-def _changed_by_hand(stage: str, entry: dict[str, Any], records: dict[str, str]) -> bool:
-    """Whether a stage this run did was redone or removed since, by a stage command."""
-    mark = entry.get("record")
-    return entry.get("status") == "done" and mark is not None and records.get(stage) != mark
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+        return INTERRUPTED, {}
+    return FAILED, {"error": getattr(exc, "message", None) or str(exc) or type(exc).__name__}
 
 
 def _plain(counts: Any) -> dict:
@@ -361,34 +420,65 @@ def _plain(counts: Any) -> dict:
 
 
 def run_status(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Each stage's state in a run folder: status, counts, seconds, finished time."""
+    """Each stage's state in a run folder: status, counts, seconds, finished time, reason.
+
+    A stage is ``done`` when it has a record (its counts and seconds come from it), or
+    ``changed`` when that record's settings are not run.toml's (a stage command, an older
+    urbangeo: the next run redoes it); an event newer than the record says what happened
+    since: ``running`` (``interrupted`` when no process holds the run), ``interrupted``,
+    ``failed`` with its error, ``not run`` with its reason; else the stage is ``pending``.
+    """
     run_dir = Path(run_dir)
-    if not (run_dir / STATE_JSON).exists():
+    if not ((run_dir / C.RUN_TOML).exists() or (run_dir / RUN_LOG).exists()):
         raise InputError(
-            f"{run_dir} is not an urbangeo run folder (no {STATE_JSON}).",
+            f"{run_dir} is not an urbangeo run folder (no {C.RUN_TOML}).",
             hint="Give the folder that `urbangeo run -o` wrote.",
         )
-    stages = read_state(run_dir).get("stages", {})
-    records = _record_marks(run_dir / C.RUN_GPKG)
+    records = read_stage_records(run_dir / C.RUN_GPKG)
+    events = open_events(records, read_events(run_dir))
+    expected = _expected_prints(run_dir, records)
     holder = read_lock(run_dir)
     live = holder is not None and holder_alive(holder)
     rows = []
     for stage in C.STAGES:
-        entry = stages.get(stage, {})
-        changed = _changed_by_hand(stage, entry, records)
-        status = entry.get("status", "pending")
-        if status == "running" and not live:
-            status = "interrupted"  # killed (kill -9, a crash): no process holds the run
-        rows.append(
-            {
-                "stage": stage,
-                "status": "changed" if changed else status,
-                "seconds": entry.get("seconds"),
-                "finished": entry.get("finished"),
-                "counts": entry.get("counts", {}),
-                "reason": "redone or removed by a stage command since; the next run redoes it"
-                if changed
-                else entry.get("error") or entry.get("reason"),
-            }
-        )
+        row: dict[str, Any] = {
+            "stage": stage,
+            "status": "pending",
+            "seconds": None,
+            "finished": None,
+            "counts": {},
+            "reason": None,
+        }
+        record, event = records.get(stage), events.get(stage)
+        if event is not None:
+            status = event["event"]
+            if status == STARTED:
+                # killed (kill -9, a crash) when no process holds the run
+                status = "running" if live else "interrupted"
+            else:
+                row["finished"] = event.get("time")
+            row.update(status=status, reason=event.get("error") or event.get("reason"))
+        elif record is not None:
+            row.update(
+                status="done",
+                seconds=record.seconds,
+                finished=record.finished,
+                counts=record.counts,
+            )
+            if stage in expected and record.fingerprint != expected[stage]:
+                why = f"{_why_redone(record)}; the next run redoes it"
+                row.update(status="changed", reason=why)
+        rows.append(row)
     return rows
+
+
+def _expected_prints(run_dir: Path, records: Mapping[str, StageRecord]) -> dict[str, str]:
+    """Each stage's fingerprint under the folder's run.toml ({} when it cannot be read)."""
+    try:
+        config, settings = resolve_settings(run_dir / C.RUN_TOML)
+    except InputError:
+        return {}
+    prints: dict[str, str] = {}
+    for stage in C.STAGES:
+        prints[stage] = _fingerprint(stage, config, settings, records, prints)
+    return prints

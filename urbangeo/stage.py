@@ -6,8 +6,11 @@ takes the run folder's lock (the same one ``urbangeo run`` holds, re-entrant), c
 outputs can be written, times the work, and gives the body a :class:`StageRun` whose
 :meth:`StageRun.commit` writes the stage's layers together with its record in the
 ``urbangeo_stages`` table in one all-or-nothing write, dropping the records of every later
-stage (their inputs changed). The body holds only the stage's own work and returns
-:meth:`StageRun.commit`'s :class:`~urbangeo.io.runs.StageResult`.
+stage (their inputs changed). The record holds the stage's fingerprint
+(:func:`~urbangeo.io.runs.stage_fingerprint`: its settings chained through its inputs'
+records), the same whether ``urbangeo run`` or a stage command ran it, so the runner skips a
+stage done by hand with the run's settings. The body holds only the stage's own work and
+returns :meth:`StageRun.commit`'s :class:`~urbangeo.io.runs.StageResult`.
 
 :func:`run_stage` runs any stage by name: ``run_stage("grid", "kotka/run.gpkg", city="kotka")``.
 """
@@ -29,7 +32,15 @@ from urbangeo import constants as C
 from urbangeo.errors import InputError
 from urbangeo.io.gpkg import check_can_write, write_layers
 from urbangeo.io.lock import run_lock
-from urbangeo.io.runs import STAGES_TABLE, StageRecord, StageResult, downstream_of, stage_table
+from urbangeo.io.runs import (
+    STAGES_TABLE,
+    StageRecord,
+    StageResult,
+    downstream_of,
+    read_stage_records,
+    stage_fingerprint,
+    stage_table,
+)
 from urbangeo.settings import StageSettings
 
 S = TypeVar("S", bound=StageSettings)
@@ -71,6 +82,15 @@ class StageRun:
             raise InputError(f"The {self.stage} stage needs the run's GeoPackage (--gpkg).")
         return self.path
 
+    def fingerprint(self) -> str:
+        """The fingerprint :meth:`commit` records now: these settings chained through the
+        records of the stage's inputs in the GeoPackage ("" without a GeoPackage)."""
+        if self.path is None:
+            return ""
+        records = read_stage_records(self.path)
+        inputs = {name: r.fingerprint for name, r in records.items()}
+        return stage_fingerprint(self.stage, self.settings, inputs)
+
     def commit(
         self,
         layers: Mapping[str, gpd.GeoDataFrame | pd.DataFrame] | None = None,
@@ -82,9 +102,10 @@ class StageRun:
     ) -> StageResult:
         """Write ``layers`` and this stage's record atomically; the stage's result.
 
-        ``params`` default to the stage's settings; the records of the stages that read this one
-        are dropped. Layers get their default styles for QGIS. Without a GeoPackage (a stage run
-        on files alone) nothing is recorded.
+        ``params`` default to the stage's settings; the record's fingerprint is
+        :meth:`fingerprint`'s; the records of the stages that read this one are dropped.
+        Layers get their default styles for QGIS. Without a GeoPackage (a stage run on files
+        alone) nothing is recorded.
         """
         counts = dict(counts)
         if self.path is not None:
@@ -94,7 +115,9 @@ class StageRun:
                 counts,
                 self.seconds,
             )
-            table = stage_table(self.path, record, invalidates=downstream_of(self.stage))
+            table = stage_table(
+                self.path, record, invalidates=downstream_of(self.stage), settings=self.settings
+            )
             write_layers(
                 self.path, {**(layers or {}), STAGES_TABLE: table}, overwrite=True, styles=True
             )
@@ -162,6 +185,11 @@ def stage(
                 if gpkg_required:
                     raise InputError(f"The {name} stage needs the run's GeoPackage (--gpkg).")
                 return body(StageRun(name, None, chosen), chosen, overwrite=overwrite, **extra)
+            if getattr(chosen, "shard", None) is not None:
+                # one shard of the regions, in its own folder (urbangeo.shard); `merge` commits
+                from urbangeo.shard import run_shard
+
+                return run_shard(run, gpkg, chosen, overwrite=overwrite, **extra)
             folder = Path(gpkg).parent
             with run_lock(folder, command=f"urbangeo {name}"):
                 path = check_can_write(gpkg, list(layers), overwrite=overwrite)

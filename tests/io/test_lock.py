@@ -20,6 +20,7 @@ from urbangeo.errors import OutputError
 from urbangeo.geo.stages import grid_stage
 from urbangeo.io.gpkg import read_layer
 from urbangeo.io.lock import LOCK_FILE, run_lock
+from urbangeo.io.runs import RUN_LOG, STARTED, log_event
 from urbangeo.pipeline import run_status
 
 HOLD = """
@@ -131,10 +132,12 @@ def test_a_lock_that_cannot_be_written_is_not_left_behind(tmp_path, monkeypatch)
     assert not (tmp_path / LOCK_FILE).exists()
 
 
-def _state(run_dir: Path, status: str, **extra: object) -> None:
-    stages = {"grid": {"status": "done", "fingerprint": "x", "counts": {"regions": 1}}}
-    stages["sample"] = {"status": status, "fingerprint": "y", **extra}
-    (run_dir / "stages.json").write_text(json.dumps({"format": 1, "stages": stages}))
+def _state(run_dir: Path, status: str, **extra: str) -> None:
+    """The run's event log: sampling started, then (unless still running) ``status``."""
+    (run_dir / RUN_LOG).unlink(missing_ok=True)
+    log_event(run_dir, "sample", STARTED, fingerprint="y")
+    if status != "running":
+        log_event(run_dir, "sample", status, fingerprint="y", **extra)
 
 
 def test_status_tells_a_live_run_from_a_dead_one(tmp_path):
