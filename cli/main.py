@@ -12,6 +12,7 @@ from urbangeo_cli.imagery import streetview, tiles
 from urbangeo_cli.model import embed, train
 from urbangeo_cli.qgis import qgis_plugin
 from urbangeo_cli.run import run, status
+from urbangeo_cli.shard import merge
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -34,6 +35,7 @@ def cli() -> None:
       map      an offline folium map of the products  -> maps/map.html
       similar  the regions most like given ones       -> layer similar
       run      every stage for a city, cached and resumable -> RUN_DIR/
+      merge    assemble the shards of a stage run with --shard I/N
       status   what each stage of a run folder did
       cities   the cities bundled for offline use
       captions caption tools: one-off set-up of CAPTURE's data, scoring
@@ -61,6 +63,7 @@ for command in (
     similar,
     captions,
     run,
+    merge,
     status,
     qgis_plugin,
 ):

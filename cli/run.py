@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from urbangeo import constants as C
+from urbangeo.executors import EXECUTORS, make_executor
 from urbangeo.pipeline import run_pipeline, run_status
 from urbangeo.settings import (
     DEFAULT_PROFILE,
@@ -48,6 +49,25 @@ from urbangeo_cli._options import EXISTING_FILE, FOLDER, override_options
     type=click.Choice(C.STAGES),
     help="Redo this stage and every stage that reads it, even if done.",
 )
+@click.option(
+    "--executor",
+    type=click.Choice(EXECUTORS),
+    default="local",
+    show_default=True,
+    help="How stages run: here, or the per-region stages (tiles, embed) as shards on Ray "
+    "(pip install 'urbangeo[ray]'), merged here; the outputs are the same.",
+)
+@click.option(
+    "--address",
+    metavar="ADDR",
+    help="[--executor ray] The Ray cluster (auto, ray://HOST:10001); default: this machine's "
+    "Ray, started if none runs. The run folder must be on storage every node sees.",
+)
+@click.option(
+    "--shards",
+    type=click.IntRange(min=1),
+    help="[--executor ray] Shards per stage [default: the cluster's CPUs].",
+)
 @override_options(GridSettings, ("city", "boundary_file", "bbox", "place", "cell_size"))
 @override_options(SampleSettings, ("roads", "interval", "network"))
 @override_options(TilesSettings, ("include_edges",))
@@ -58,6 +78,9 @@ def run(
     config: Path | None,
     run_dir: Path | None,
     from_stage: str | None,
+    executor: str,
+    address: str | None,
+    shards: int | None,
     **overrides: Any,
 ) -> None:
     """Run the whole pipeline for a city into one run folder, offline by default.
@@ -76,7 +99,8 @@ def run(
     Output (RUN_DIR): run.gpkg (layers boundary, regions, roads, sv_points, images,
     captions, region_embeddings, indicators, predictions, clusters), images/,
     captions.jsonl, checkpoints/, embeddings.parquet, metrics.json, maps/map.html, plots,
-    run.toml (the resolved settings) and stages.json (what each stage did).
+    run.toml (the resolved settings) and run.log.jsonl (stages started, failed, interrupted).
+    What each stage did is recorded in run.gpkg, with its layers (`urbangeo status`).
 
     \b
     A stage already done with the same settings is skipped; an interrupted run continues
@@ -88,10 +112,16 @@ def run(
       urbangeo run --city helsinki -o runs/helsinki
       urbangeo run --config my-city.toml -o runs/my-city
       urbangeo run -o kotka --from embed        # redo embeddings and what follows
+      urbangeo run -o kotka --executor ray      # tiles and embed as shards on local Ray
       urbangeo run --bbox 26.90,60.45,26.96,60.48 --roads kotka.osm.pbf -o kotka-centre
     """
     run_pipeline(
-        run_dir, config=config, from_stage=from_stage, profile_name=profile_name, **overrides
+        run_dir,
+        config=config,
+        from_stage=from_stage,
+        profile_name=profile_name,
+        executor=make_executor(executor, address=address, shards=shards),
+        **overrides,
     )
 
 

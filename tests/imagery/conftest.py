@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 
+import geopandas as gpd
 import pytest
 
-from tests.imagery.helpers import HeaderServer
+from tests.imagery.helpers import (
+    UTM35,
+    X0,
+    Y0,
+    HeaderServer,
+    coded_raster,
+    count_tile_calls,
+    grid,
+    make_run,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -24,18 +35,16 @@ def header_server(serve) -> Callable[..., HeaderServer]:
 
 @pytest.fixture
 def count_tiles(monkeypatch) -> dict:
-    """Count (and optionally interrupt) RasterSource.tile calls: ``calls`` so far, a
-    KeyboardInterrupt at call ``interrupt_at``."""
-    from urbangeo.imagery.sources.raster import RasterSource
+    """:func:`~tests.imagery.helpers.count_tile_calls` for the test."""
+    return count_tile_calls(monkeypatch)
 
-    state = {"calls": 0, "interrupt_at": None}
-    original = RasterSource.tile
 
-    def tile(self, b, size):
-        state["calls"] += 1
-        if state["calls"] == state["interrupt_at"]:
-            raise KeyboardInterrupt
-        return original(self, b, size)
-
-    monkeypatch.setattr(RasterSource, "tile", tile)
-    return state
+@pytest.fixture
+def raster_run(tmp_path) -> tuple[Path, Path, gpd.GeoDataFrame]:
+    """A run of 3 × 2 regions and a coded GeoTIFF over them: ``(gpkg, tif, regions)``."""
+    regions = grid(3, 2)
+    gpkg = make_run(tmp_path, regions)
+    tif = coded_raster(
+        tmp_path / "coded.tif", left=X0, top=Y0 + 2000, pixel=10, width=300, height=200, crs=UTM35
+    )
+    return gpkg, tif, regions

@@ -71,6 +71,24 @@ def make_run(folder: Path, regions=None, sv_points=None) -> Path:
     return path
 
 
+def count_tile_calls(monkeypatch) -> dict:
+    """Count (and optionally interrupt) RasterSource.tile calls: ``calls`` so far, a
+    KeyboardInterrupt at call ``interrupt_at``."""
+    from urbangeo.imagery.sources.raster import RasterSource
+
+    state = {"calls": 0, "interrupt_at": None}
+    original = RasterSource.tile
+
+    def tile(self, b, size):
+        state["calls"] += 1
+        if state["calls"] == state["interrupt_at"]:
+            raise KeyboardInterrupt
+        return original(self, b, size)
+
+    monkeypatch.setattr(RasterSource, "tile", tile)
+    return state
+
+
 def coded_raster(
     path: Path,
     *,

@@ -1,0 +1,81 @@
+"""``urbangeo run --executor ray``: the per-region stages as shards on a real local Ray
+(started by the test on this machine, loopback only, two CPUs), merged in the driver, give
+the plain run's layers, files and embeddings (exactly: see tests/test_shards.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import require
+from tests.test_shards import EMBED, TILE, _assert_same_run, _new_run, _plain, raster  # noqa: F401
+from urbangeo.executors import make_executor, one_thread_env
+from urbangeo.io.runs import read_stage_records
+from urbangeo.settings import EmbedSettings, TilesSettings
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[Any]:
+    """A Ray of two CPUs on this machine, on the loopback interface, for this module."""
+    require(
+        importlib.util.find_spec("ray") is not None,
+        "Ray",
+        "pip install 'urbangeo[ray]' (the dev extra includes it)",
+    )
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        runtime_env={"env_vars": one_thread_env()},
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _quiet(quiet_progress: None) -> None:
+    """No progress bars."""
+
+
+def test_ray_shards_equal_the_plain_run(tmp_path: Path, raster: Path, local_ray) -> None:  # noqa: F811
+    plain = _plain(tmp_path / "plain", raster)
+    gpkg = _new_run(tmp_path / "ray")
+    executor = make_executor("ray", shards=3)
+    tiles = TilesSettings.from_mapping({"raster": raster, **TILE})
+    executor.run_stage("tiles", gpkg, tiles, overwrite=True)
+    assert executor.count() == 3
+    executor.run_stage("embed", gpkg, EmbedSettings.from_mapping(EMBED), overwrite=True)
+    _assert_same_run(gpkg, plain)
+    # the cluster's CPUs by default; a rerun with the same settings redoes the shards and
+    # gives the same record
+    fingerprint = read_stage_records(gpkg)["embed"].fingerprint
+    default = make_executor("ray")
+    assert default.count() == 2
+    default.run_stage("embed", gpkg, EmbedSettings.from_mapping(EMBED), overwrite=True)
+    assert read_stage_records(gpkg)["embed"].fingerprint == fingerprint
+    _assert_same_run(gpkg, plain)
+
+
+def test_a_failed_shard_is_reported_as_the_stage_error(
+    tmp_path: Path,
+    raster: Path,  # noqa: F811
+    local_ray,
+) -> None:
+    from urbangeo.errors import InputError
+    from urbangeo.imagery.stages import tiles_stage
+
+    gpkg = _new_run(tmp_path / "run")
+    tiles_stage(gpkg, raster=raster, **TILE)
+    executor = make_executor("ray", shards=2)
+    embed = EmbedSettings.from_mapping({"encoder": "trained", "kind": "overhead"})
+    with pytest.raises(InputError, match="does not exist") as caught:  # raised in a worker
+        executor.run_stage("embed", gpkg, embed, overwrite=True)
+    assert "Ray" not in type(caught.value).__name__
+    assert "embed" not in read_stage_records(gpkg)
