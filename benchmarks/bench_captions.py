@@ -28,11 +28,11 @@ from pathlib import Path
 
 from urbangeo import constants as C
 from urbangeo.captions.cache import CaptionCache, call_key, sha256_bytes
+from urbangeo.captions.calls import Call, run_calls
 from urbangeo.captions.captioners import ImageItem
 from urbangeo.captions.captioners.openai import OpenAICaptioner
 from urbangeo.captions.capture import CaptureScorer
 from urbangeo.captions.scenegraph import CachedParser, RuleParser
-from urbangeo.captions.stages import Call, run_calls
 from urbangeo.captions.wordnet import wordnet_available
 from urbangeo.io.http import RetryPolicy
 from urbangeo.progress import set_mode
@@ -157,7 +157,7 @@ def bench_http(n_calls: int, concurrencies: tuple[int, ...]) -> dict:
                 cache = CaptionCache(Path(tmp) / C.CAPTIONS_JSONL)
                 calls = []
                 for i in range(n_calls):
-                    item = ImageItem(f"img{i}", C.KIND_SATELLITE)
+                    item = ImageItem(f"img{i}", C.KIND_OVERHEAD)
                     key = call_key(
                         sha256_bytes(image + bytes([i % 256, i // 256])), "openai", "m", "p", {}
                     )

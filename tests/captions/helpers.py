@@ -38,7 +38,7 @@ def make_run(
     missing: tuple[str, ...] = (),
 ) -> Path:
     """A run folder with Kotka's boundary and first regions, street-view points at region
-    centres, and an ``images`` layer (satellite per region, street view per point).
+    centres, and an ``images`` layer (overhead per region, street view per point).
 
     Image ids in ``broken`` get a file that is not an image; those in ``missing`` have
     status missing and no file.
@@ -59,7 +59,9 @@ def make_run(
     gpkg = folder / "run.gpkg"
     rows = []
     for i, rid in enumerate(regions[C.REGION_ID]):
-        rows.append((f"sat_{rid}", C.KIND_SATELLITE, rid, None, f"images/satellite/{rid}.png", i))
+        rows.append(
+            (f"overhead_{rid}", C.KIND_OVERHEAD, rid, None, f"images/overhead/{rid}.png", i)
+        )
     for i, (pid, rid) in enumerate(zip(points[C.POINT_ID], points[C.REGION_ID], strict=True)):
         rows.append(
             (f"sv_{pid}", C.KIND_STREETVIEW, rid, pid, f"images/streetview/{pid}.png", 9 + i)

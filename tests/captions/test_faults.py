@@ -48,12 +48,12 @@ def test_a_huge_caption_is_cut_and_flagged(tmp_path, loopback):
     assert len(long) == 1 and long[0]["truncated"] is True
     assert 0 < len(long[0]["caption"]) <= MAX_CAPTION_CHARS
     assert HUGE.startswith(long[0]["caption"])
-    assert not any(r.get("truncated") for r in records if r["kind"] == C.KIND_SATELLITE)
+    assert not any(r.get("truncated") for r in records if r["kind"] == C.KIND_OVERHEAD)
 
     table = gpd.read_file(gpkg, layer=C.LAYER_CAPTIONS)
     assert table[C.CAPTION].str.len().max() <= MAX_CAPTION_CHARS
     flags = dict(zip(table[C.KIND], table["truncated"], strict=False))
-    assert flags == {C.KIND_STREETVIEW: True, C.KIND_SATELLITE: False}
+    assert flags == {C.KIND_STREETVIEW: True, C.KIND_OVERHEAD: False}
     assert read_stage_records(gpkg)["caption"].counts["truncated"] == 1
 
     # From the cache on a rerun: still cut, still flagged, no request.

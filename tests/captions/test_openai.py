@@ -17,7 +17,7 @@ from tests.helpers import Loopback, QuietHandler
 from urbangeo import constants as C
 from urbangeo.captions.captioners import CaptionError, ImageItem
 from urbangeo.captions.captioners.openai import OpenAICaptioner
-from urbangeo.captions.prompts import SATELLITE_PROMPT, STREETVIEW_PROMPT
+from urbangeo.captions.prompts import OVERHEAD_PROMPT, STREETVIEW_PROMPT
 from urbangeo.captions.stages import caption_stage
 from urbangeo.errors import InputError, OutputError
 from urbangeo.io.http import RetryPolicy, retry_after_seconds
@@ -76,7 +76,7 @@ class ChatServer:
         assert decoded[:8] == b"\x89PNG\r\n\x1a\n"
         if self.reply is not None:
             return self.reply(req)
-        kind = "street" if "street-view" in text["text"] else "satellite"
+        kind = "street" if "street-view" in text["text"] else "top-down"
         return chat_reply(f"A {kind} image with buildings and trees, by {req['model']}.")
 
 
@@ -97,7 +97,7 @@ def test_request_format_retries_and_cache(tmp_path, loopback, monkeypatch):
     assert first["model"] in ("model-a", "model-b")
     assert first["messages"][0]["role"] == "user"
     prompts = {b["messages"][0]["content"][0]["text"] for b in handler.bodies}
-    assert prompts == {SATELLITE_PROMPT, STREETVIEW_PROMPT}
+    assert prompts == {OVERHEAD_PROMPT, STREETVIEW_PROMPT}  # images of no known source
     table = gpd.read_file(gpkg, layer=C.LAYER_CAPTIONS)
     assert sorted(table[C.MODEL]) == ["model-a"] * 3 + ["model-b"] * 3
     assert table.groupby(C.IMAGE_ID)[C.SELECTED].sum().eq(1).all()
@@ -120,8 +120,8 @@ def test_api_key_header_from_environment(loopback, monkeypatch):
     monkeypatch.setenv("MY_KEY", "k-123")
     captioner = OpenAICaptioner(["m"], base_url=server.url + "/v1", api_key_env="MY_KEY")
     assert captioner._headers["Authorization"] == "Bearer k-123"
-    text = captioner.caption(png_bytes(), "hi", "m", ImageItem("x", C.KIND_SATELLITE))
-    assert text == "A satellite image with buildings and trees, by m."
+    text = captioner.caption(png_bytes(), "hi", "m", ImageItem("x", C.KIND_OVERHEAD))
+    assert text == "A top-down image with buildings and trees, by m."
     assert "k-123" not in json.dumps(captioner.options())
     monkeypatch.delenv("MY_KEY")
     with pytest.raises(InputError, match="MY_KEY"):
@@ -148,7 +148,7 @@ def test_retry_after_is_honoured(loopback):
     server = loopback(handler)
     policy = RetryPolicy(max_retries=2, backoff=0.2, max_wait=1)
     captioner = OpenAICaptioner(["m"], base_url=server.url + "/v1", retry=policy)
-    assert captioner.caption(png_bytes(), "p", "m", ImageItem("x", "satellite")) == "ok caption"
+    assert captioner.caption(png_bytes(), "p", "m", ImageItem("x", C.KIND_OVERHEAD)) == "ok caption"
     assert len(calls) == 2 and calls[1] - calls[0] >= 0.1
 
 
@@ -171,7 +171,7 @@ def test_retry_after_header_from_server(monkeypatch, serve):
 
     server = serve(Loopback, Handler, "/v1")
     captioner = OpenAICaptioner(["m"], base_url=server.url, retry=FAST)
-    assert captioner.caption(png_bytes(), "p", "m", ImageItem("x", "satellite")) == "fine"
+    assert captioner.caption(png_bytes(), "p", "m", ImageItem("x", C.KIND_OVERHEAD)) == "fine"
     assert waits == [0.05]  # 0.7 s asked, capped by max_wait=0.05
 
 
@@ -238,7 +238,7 @@ def test_undecodable_image_and_empty_caption(tmp_path, loopback):
 
     handler = ChatServer(reply=reply)
     server = loopback(handler)
-    broken_id = f"sat_{first_region_id()}"
+    broken_id = f"overhead_{first_region_id()}"
     gpkg = make_run(tmp_path, n_regions=3, n_points=0, broken=(broken_id,))
     result = caption_openai(gpkg, server, ["talky", "silent"])
     # The broken image fails for both models without a request; "silent" fails everywhere.
@@ -271,5 +271,5 @@ def test_caption_error_on_client_error(loopback):
     server = loopback(lambda m, p, b: json_reply({"error": {"message": "image too big"}}, 400))
     captioner = OpenAICaptioner(["m"], base_url=server.url + "/v1", retry=FAST)
     with pytest.raises(CaptionError, match=r"HTTP 400.*image too big"):
-        captioner.caption(png_bytes(), "p", "m", ImageItem("x", "satellite"))
+        captioner.caption(png_bytes(), "p", "m", ImageItem("x", C.KIND_OVERHEAD))
     assert len(server.requests) == 1

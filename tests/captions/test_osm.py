@@ -77,7 +77,7 @@ def hand_layers() -> dict:
 
 def test_region_features_against_hand_computation():
     region = shapely.box(0, 0, 100, 100)
-    feats = place_features(hand_layers(), ImageItem("r", C.KIND_SATELLITE, place=region), radius=75)
+    feats = place_features(hand_layers(), ImageItem("r", C.KIND_OVERHEAD, place=region), radius=75)
     assert feats.area_m2 == pytest.approx(10_000)
     assert feats.landuse["residential housing"] == pytest.approx(0.5)
     assert feats.landuse["parks"] == pytest.approx(0.25)  # the duplicate park counts once
@@ -112,10 +112,10 @@ def test_point_features_use_the_radius_and_nearest_street():
 
 @pytest.mark.parametrize("style", STYLES)
 def test_paragraph_length_and_style(style):
-    sparse = PlaceFeatures(kind=C.KIND_SATELLITE, area_m2=1e6)
+    sparse = PlaceFeatures(kind=C.KIND_OVERHEAD, area_m2=1e6)
     rich = place_features(
         hand_layers(),
-        ImageItem("r", C.KIND_SATELLITE, place=shapely.box(0, 0, 100, 100)),
+        ImageItem("r", C.KIND_OVERHEAD, place=shapely.box(0, 0, 100, 100)),
         radius=75,
     )
     for feats in (sparse, rich):

@@ -199,7 +199,7 @@ def test_an_injected_captioner_and_settings_object(tmp_path):
 
     gpkg = make_run(tmp_path, n_regions=2, n_points=1)
     echo = Echo(["x", "y"])
-    settings = CaptionSettings(select="first", kinds=(C.KIND_SATELLITE,))
+    settings = CaptionSettings(select="first", kinds=(C.KIND_OVERHEAD,))
     result = caption_stage(gpkg, settings, captioner=echo)
     assert result.counts["captions"] == 4 and not echo.closed  # the caller owns it
     table = gpd.read_file(gpkg, layer=C.LAYER_CAPTIONS)

@@ -77,10 +77,10 @@ def tiny_blip(tmp_path_factory, transformers_ready):
 
 def test_tiny_blip_captions(tiny_blip):
     captioner = TransformersCaptioner([tiny_blip], max_new_tokens=6, device="cpu")
-    text = captioner.caption(png_bytes(), "describe", tiny_blip, ImageItem("x", C.KIND_SATELLITE))
+    text = captioner.caption(png_bytes(), "describe", tiny_blip, ImageItem("x", C.KIND_OVERHEAD))
     assert text and set(text.split()) <= set(WORDS[5:])
     with pytest.raises(CaptionError, match="decoded"):
-        captioner.caption(b"junk", "describe", tiny_blip, ImageItem("x", C.KIND_SATELLITE))
+        captioner.caption(b"junk", "describe", tiny_blip, ImageItem("x", C.KIND_OVERHEAD))
 
 
 def test_stage_with_transformers(tiny_blip, tmp_path):
@@ -103,4 +103,6 @@ def test_stage_with_transformers(tiny_blip, tmp_path):
 def test_unknown_model(tmp_path, transformers_ready):
     captioner = TransformersCaptioner([str(tmp_path / "nowhere")])
     with pytest.raises(InputError, match="Cannot load"):
-        captioner.caption(png_bytes(), "p", str(tmp_path / "nowhere"), ImageItem("x", "satellite"))
+        captioner.caption(
+            png_bytes(), "p", str(tmp_path / "nowhere"), ImageItem("x", C.KIND_OVERHEAD)
+        )

@@ -33,7 +33,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
     {
         "caption_stage": ".stages",
         "read_caption_items": ".stages",
-        "run_calls": ".stages",
+        "run_calls": ".calls",
         "CaptionsFailedError": ".stages",
         "BACKENDS": ".captioners",
         "CAPTIONERS": ".captioners",

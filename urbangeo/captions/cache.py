@@ -16,8 +16,10 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from urbangeo import constants as C
 from urbangeo.io.files import sha256_bytes
@@ -61,6 +63,8 @@ class CaptionCache:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._records: dict[str, dict] = {}
+        self._file: IO[str] | None = None
+        self._sessions = 0
         self.torn_lines = 0
         if self.path.exists():
             self._load()
@@ -91,6 +95,21 @@ class CaptionCache:
         """The record of a call, or None."""
         return self._records.get(key)
 
+    @contextmanager
+    def appending(self) -> Iterator[CaptionCache]:
+        """Keep the file open for the :meth:`put` calls inside (opened by the first, once
+        instead of once per call; each record is still flushed as it is put)."""
+        with self._lock:
+            self._sessions += 1
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._sessions -= 1
+                if not self._sessions and self._file is not None:
+                    self._file.close()
+                    self._file = None
+
     def put(self, key: str, caption: str, **fields: Any) -> dict:
         """Record a call's caption (and any JSON-serialisable fields) and flush it to disk.
 
@@ -103,9 +122,15 @@ class CaptionCache:
             record["truncated"] = True
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
+            if self._sessions:
+                if self._file is None:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+                self._file.write(line)
+                self._file.flush()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(line)
             self._records[key] = record
         return record

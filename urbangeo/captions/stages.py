@@ -13,13 +13,13 @@ Settings: :class:`~urbangeo.settings.CaptionSettings`; the run mechanism: :mod:`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
-import time
+import threading
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,12 +27,13 @@ import pandas as pd
 
 from urbangeo import constants as C
 from urbangeo.captions.cache import CaptionCache, cache_path_for, call_key
+from urbangeo.captions.calls import Call, run_calls, worker_context
 from urbangeo.captions.captioners import Captioner, CaptionError, ImageItem, make_captioner
 from urbangeo.captions.prompts import load_prompts
+from urbangeo.captions.workers import WorkerPool, choose_workers
 from urbangeo.errors import InputError, MissingLayerError, UrbangeoError
 from urbangeo.io.files import sha256_bytes
 from urbangeo.io.gpkg import list_layers, read_layer
-from urbangeo.io.pool import BoundedPool
 from urbangeo.io.runs import StageResult
 from urbangeo.progress import message, progress
 from urbangeo.settings import CaptionSettings
@@ -54,11 +55,9 @@ PARSES_JSONL = "caption_parses.jsonl"
 __all__ = [
     "CAPTION_COLUMNS",
     "SELECT_MODES",
-    "Call",
     "CaptionsFailedError",
     "caption_stage",
     "read_caption_items",
-    "run_calls",
     "selection_table",
     "stage_captioner",
 ]
@@ -66,20 +65,6 @@ __all__ = [
 
 class CaptionsFailedError(UrbangeoError):
     """Every call of the stage failed: nothing was written; the same command continues."""
-
-
-@dataclass
-class Call:
-    """One (image, model) call of the stage."""
-
-    item: ImageItem
-    model: str
-    key: str
-    caption: str | None = None
-    cached: bool = False
-    error: str | None = None
-    #: The caption was cut to MAX_CAPTION_CHARS characters.
-    truncated: bool = False
 
 
 def read_caption_items(gpkg: str | os.PathLike) -> tuple[list[ImageItem], pd.DataFrame]:
@@ -147,6 +132,7 @@ def read_caption_items(gpkg: str | os.PathLike) -> tuple[list[ImageItem], pd.Dat
                 place=place,
                 crs=crs,
                 heading=None if heading is None or pd.isna(heading) else float(heading),
+                source=_text(rec.get(C.SOURCE)),
             )
         )
     return items, images
@@ -200,66 +186,6 @@ def stage_captioner(path: Path, s: CaptionSettings, retry: RetryPolicy | None = 
     return make_captioner(s.backend, models)  # a captioner registered by a plugin
 
 
-def run_calls(
-    captioner: Captioner,
-    calls: Sequence[tuple[Call, bytes | None, str]],
-    cache: CaptionCache,
-    *,
-    concurrency: int = 4,
-    role: str = "caption",
-    task: str = "caption",
-) -> None:
-    """Make the calls that the cache does not answer, ``concurrency`` at a time.
-
-    Each answer is appended to the cache as it arrives (cut to ``MAX_CAPTION_CHARS``, then
-    ``call.truncated``). A :class:`CaptionError` marks its call failed; any other error (an
-    unreachable endpoint) stops the remaining calls and is raised.
-    """
-    todo = []
-    for call, image, prompt in calls:
-        record = cache.get(call.key)
-        if record is not None:
-            call.caption, call.cached = record["caption"], True
-            call.truncated = bool(record.get("truncated"))
-        else:
-            todo.append((call, image, prompt))
-
-    def one(call: Call, image: bytes | None, prompt: str) -> None:
-        started = time.perf_counter()
-        try:
-            text = captioner.caption(image, prompt, call.model, call.item)
-        except CaptionError as exc:
-            call.error = str(exc)
-            return
-        record = cache.put(
-            call.key,
-            text,
-            image_id=call.item.image_id,
-            kind=call.item.kind,
-            role=role,
-            backend=captioner.name,
-            model=call.model,
-            prompt_sha256=sha256_bytes(prompt.encode()),
-            seconds=round(time.perf_counter() - started, 3),
-        )
-        call.caption, call.truncated = record["caption"], bool(record.get("truncated"))
-
-    workers = max(1, int(concurrency)) if captioner.thread_safe else 1
-    with progress(len(calls), task=task, unit="call") as bar:
-        bar.update(len(calls) - len(todo), status="cached")
-        if not todo:
-            return
-
-        def settle(call: Call, _: None) -> None:
-            bar.update(1)
-
-        # Each call is cached in its worker as it finishes; on an error or Ctrl-C the queued
-        # calls are dropped and the running ones finish (and are cached).
-        with BoundedPool(workers, settle=settle, name="urbangeo-caption") as pool:
-            for call, image, prompt in todo:
-                pool.submit(call, one, call, image, prompt)
-
-
 @stage(CaptionSettings, outputs=(C.LAYER_CAPTIONS,))
 def caption_stage(
     run: StageRun,
@@ -287,6 +213,28 @@ def caption_stage(
     owned = captioner is None
     captioner = stage_captioner(path, s, retry) if captioner is None else captioner
     cache = CaptionCache(cache_path_for(path))
+    parses = s.select == "capture" and len(captioner.models) > 1
+    pool = WorkerPool(choose_workers(s.workers), worker_context(captioner), parses=parses)
+    try:
+        return _caption(run, s, items, captioner, owned, cache, pool, prompts, refine_options)
+    finally:
+        pool.close()
+
+
+def _caption(
+    run: StageRun,
+    s: CaptionSettings,
+    items: list[ImageItem],
+    captioner: Captioner,
+    owned: bool,
+    cache: CaptionCache,
+    pool: WorkerPool,
+    prompts: Any,
+    refine_options: dict | None,
+) -> StageResult:
+    """The body of :func:`caption_stage` once its captioner, cache and workers are made."""
+    path = run.gpkg
+    warm: threading.Thread | None = None
     try:
         if s.refine and not captioner.needs_image:
             raise InputError(
@@ -309,11 +257,16 @@ def caption_stage(
                 failed_inputs.append((item, str(exc)))
                 continue
             images[item.image_id] = image
-            prompt = prompts.for_kind(item.kind)
+            prompt = prompts.for_kind(item.kind, source=item.source)
             for model in captioner.models:
                 key = call_key(input_sha, captioner.name, model, prompt, captioner.options())
                 calls.append((Call(item, model, key), image, prompt))
-        run_calls(captioner, calls, cache, concurrency=s.concurrency)
+        if pool.parallel and s.select == "capture" and len(captioner.models) > 1:
+            # This process waits while the workers caption and parse: it loads what scoring
+            # needs (WordNet, MiniLM) meanwhile, in a daemon thread (Ctrl-C does not wait).
+            warm = threading.Thread(target=_warm_up, name="urbangeo-warm-up", daemon=True)
+            warm.start()
+        run_calls(captioner, calls, cache, concurrency=s.concurrency, pool=pool)
         if s.refine:
             from urbangeo.captions.refine import refine_calls
 
@@ -345,7 +298,15 @@ def caption_stage(
             f'{TRUNCATED} of table captions; "{TRUNCATED}": true in {C.CAPTIONS_JSONL}).',
             level="warning",
         )
-    table = selection_table(done, captioner.name, s.select, s.parser, path)
+    table = selection_table(
+        done,
+        captioner.name,
+        s.select,
+        s.parser,
+        path,
+        pool=pool,
+        warm=warm,
+    )
     counts = {
         "images": len(items),
         "captioned": int(table[C.IMAGE_ID].nunique()) if len(table) else 0,
@@ -395,9 +356,21 @@ def _all_failed(failures: Sequence[tuple[ImageItem, str | None]]) -> CaptionsFai
 
 
 def selection_table(
-    calls: Sequence[Call], backend: str, select: str, parser: str, gpkg: Path | None = None
+    calls: Sequence[Call],
+    backend: str,
+    select: str,
+    parser: str,
+    gpkg: Path | None = None,
+    *,
+    pool: WorkerPool | None = None,
+    warm: threading.Thread | None = None,
 ) -> pd.DataFrame:
-    """The ``captions`` table: every candidate, its consensus score, the selected one."""
+    """The ``captions`` table: every candidate, its consensus score, the selected one.
+
+    The candidates' captions are parsed first, in batches, in ``pool``'s worker processes
+    when it has several. ``warm``: a thread loading what scoring needs (:func:`_warm_up`);
+    once it is done, images are scored while the workers parse the next ones.
+    """
     rows = [
         {
             C.IMAGE_ID: c.item.image_id,
@@ -416,29 +389,84 @@ def selection_table(
     table = pd.DataFrame(rows, columns=CAPTION_COLUMNS)
     if not len(table):
         return table.astype({C.SCORE: float, C.SELECTED: bool, TRUNCATED: bool})
-    groups = table.groupby(C.IMAGE_ID, sort=False).indices
-    scorer = None
-    if select == "capture" and any(len(ix) > 1 for ix in groups.values()):
-        scorer = consensus_scorer(parser, gpkg)
+    groups = list(table.groupby(C.IMAGE_ID, sort=False).indices.values())
     from urbangeo.captions.consensus import select_caption
 
-    with progress(len(groups), task="consensus", unit="image") as bar:
-        for ix in groups.values():
-            if scorer is None:
-                table.loc[table.index[ix[0]], C.SELECTED] = True
-            else:
-                result = select_caption(list(table[C.CAPTION].iloc[ix]), scorer=scorer)
+    scorer = None
+    cached: Any = None
+    chosen = 0  # the images before this one have their caption chosen
+
+    def choose(only_parsed: bool, tick: Callable[[int], Any] | None = None) -> None:
+        """Choose the caption of the next images, in order (``only_parsed``: up to the first
+        whose captions are not all parsed yet); ``tick(1)`` after each."""
+        nonlocal chosen
+        while chosen < len(groups):
+            ix = groups[chosen]
+            if scorer is not None and len(ix) > 1:
+                texts = list(table[C.CAPTION].iloc[ix])
+                if only_parsed and not all(t in cached for t in texts):
+                    return
+                result = select_caption(texts, scorer=scorer)
                 table.loc[table.index[ix], C.SCORE] = result.scores
                 table.loc[table.index[ix[result.index]], C.SELECTED] = True
-            bar.update(1)
+            else:  # nothing to agree with, or --select first
+                table.loc[table.index[ix[0]], C.SELECTED] = True
+            chosen += 1
+            if tick is not None:
+                tick(1)
+
+    if select == "capture" and any(len(ix) > 1 for ix in groups):
+        cached = consensus_parser(parser, gpkg)
+        texts = [t for ix in groups if len(ix) > 1 for t in table[C.CAPTION].iloc[ix]]
+        todo = len({t for t in texts if t not in cached})
+        with progress(todo, task="parse", unit="caption") as bar:
+
+            def parsed(n: int) -> None:
+                nonlocal scorer
+                bar.update(n)
+                # While workers parse, this process scores the images parsed so far, as soon
+                # as the warm-up has loaded WordNet and MiniLM (same order, same scores).
+                if scorer is None and warm is not None and not warm.is_alive():
+                    scorer = consensus_scorer(parser, gpkg, cached=cached)
+                if scorer is not None:
+                    choose(only_parsed=True)
+
+            cached.parse_many(texts, pool=pool, progress=parsed)
+        if warm is not None:
+            warm.join()
+        if scorer is None:
+            scorer = consensus_scorer(parser, gpkg, cached=cached)
+    with progress(len(groups), task="consensus", unit="image") as bar:
+        bar.update(chosen)
+        choose(only_parsed=False, tick=bar.update)
     return table.astype({C.SCORE: float, C.SELECTED: bool, TRUNCATED: bool})
 
 
-def consensus_scorer(parser: str = "auto", gpkg: Path | None = None):
-    """A CAPTURE scorer for the stage: synonym matching when WordNet is set up (else a
-    warning), parses cached in ``caption_parses.jsonl`` beside the GeoPackage."""
-    from urbangeo.captions.capture import CaptureScorer
+def _warm_up() -> None:
+    """Load WordNet and MiniLM, which consensus scoring needs (their errors, if any, are
+    reported when scoring really needs them)."""
+    from urbangeo.captions.capture import load_minilm
+    from urbangeo.captions.wordnet import wordnet_available
+
+    wordnet_available()
+    with contextlib.suppress(Exception):  # reported where scoring loads it
+        load_minilm()
+
+
+def consensus_parser(parser: str = "auto", gpkg: Path | None = None) -> Any:
+    """The stage's scene-graph parser, its parses cached in ``caption_parses.jsonl`` beside
+    the GeoPackage."""
     from urbangeo.captions.scenegraph import CachedParser, get_parser
+
+    cache_file = gpkg.parent / PARSES_JSONL if gpkg is not None else None
+    return CachedParser(get_parser(parser), cache_file)
+
+
+def consensus_scorer(parser: str = "auto", gpkg: Path | None = None, *, cached: Any = None):
+    """A CAPTURE scorer for the stage: synonym matching when WordNet is set up (else a
+    warning), parses cached in ``caption_parses.jsonl`` beside the GeoPackage (or by
+    ``cached``, a :func:`consensus_parser`)."""
+    from urbangeo.captions.capture import CaptureScorer
     from urbangeo.captions.wordnet import wordnet_available
 
     synonyms = wordnet_available()
@@ -448,6 +476,5 @@ def consensus_scorer(parser: str = "auto", gpkg: Path | None = None):
             "(run `urbangeo captions setup` once to add it).",
             level="warning",
         )
-    cache_file = gpkg.parent / PARSES_JSONL if gpkg is not None else None
-    cached = CachedParser(get_parser(parser), cache_file)
+    cached = cached if cached is not None else consensus_parser(parser, gpkg)
     return CaptureScorer(parser=cached, synonyms=synonyms, soft=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -36,12 +36,15 @@ class BoundedPool(Generic[K, R]):
         *,
         window: int | None = None,
         name: str = "urbangeo",
+        executor: Executor | None = None,
     ) -> None:
         self.workers = max(1, int(workers))
         self.window = max(1, window if window is not None else 2 * self.workers)
         self._settle = settle
         self._queue: deque[tuple[K, Future[R] | None, R | None]] = deque()
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=name)
+        # An executor of the caller's (worker processes) outlives the pool: never shut down here.
+        self._owned = executor is None
+        self._pool = executor or ThreadPoolExecutor(self.workers, thread_name_prefix=name)
 
     def submit(self, key: K, func: Callable[..., R], *args: Any) -> None:
         """Run ``func(*args)`` in a worker; settles older items while the window is full."""
@@ -75,11 +78,21 @@ class BoundedPool(Generic[K, R]):
             try:
                 self._drain(0)
             finally:
-                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._stop()
                 self._salvage()
             return
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._stop()
         self._salvage()
+
+    def _stop(self) -> None:
+        """Cancel what is queued and wait for what is running."""
+        if self._owned:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            return
+        futures = [f for _, f, _ in self._queue if f is not None]
+        for future in futures:
+            future.cancel()
+        wait(futures)
 
     def _salvage(self) -> None:
         """Settle what finished cleanly before an error or an interruption; drop the rest."""

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError
-from urbangeo.settings._base import MAX_SEED, StageSettings, setting
+from urbangeo.settings._base import MAX_SEED, setting
+from urbangeo.settings.common import WorkersSettings
 
 #: How the caption of an image is chosen among its candidates (``--select``).
 SELECT_MODES = ("capture", "first")
@@ -33,7 +34,7 @@ def captioner_names() -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class CaptionSettings(StageSettings):
+class CaptionSettings(WorkersSettings):
     """``caption``: several captions per image and the consensus choice."""
 
     stage = "caption"
@@ -56,7 +57,7 @@ class CaptionSettings(StageSettings):
     )
     prompts: Path | None = setting(
         None,
-        "Prompts replacing the paper's: a .toml/.json with keys satellite, streetview, local, "
+        "Prompts replacing the paper's: a .toml/.json with keys overhead, streetview, local, "
         "merge, or a .txt used for every image.",
         exists=True,
     )
@@ -65,7 +66,8 @@ class CaptionSettings(StageSettings):
         "Caption only these image kinds (default both).",
         flag="--kind",
         multiple=True,
-        choices=(C.KIND_SATELLITE, C.KIND_STREETVIEW),
+        choices=(C.KIND_OVERHEAD, C.KIND_STREETVIEW),
+        value_aliases=C.LEGACY_KINDS,
     )
     limit: int | None = setting(None, "Caption only the first N images.", unit="N", min=0)
     concurrency: int = setting(4, "Requests in flight at once.", unit="N", min=1, max=256)

@@ -30,7 +30,8 @@ class ImageItem:
 
     ``path`` is absolute (or None when the file is missing). ``place`` is the region polygon
     or the street-view point, in ``crs`` (projected metres), for captioners that describe the
-    place rather than the pixels.
+    place rather than the pixels. ``source``: where the image came from (column ``source``,
+    e.g. ``osm:...`` for a rendered map), which chooses the overhead prompt's wording.
     """
 
     image_id: str
@@ -41,6 +42,7 @@ class ImageItem:
     place: Any = None
     crs: Any = None
     heading: float | None = None
+    source: str | None = None
 
 
 class Captioner(ABC):
@@ -53,6 +55,10 @@ class Captioner(ABC):
     needs_image: ClassVar[bool] = True
     #: Several threads may call :meth:`caption` at once.
     thread_safe: ClassVar[bool] = True
+    #: Calls are Python work on this machine's CPU (no network, no GPU), held back by the GIL in
+    #: threads: the caption stage spreads them over worker processes (``--workers``), each with
+    #: a pickled copy of the prepared captioner, instead of ``concurrency`` threads.
+    cpu_bound: ClassVar[bool] = False
 
     def __init__(self, models: Sequence[str]) -> None:
         if not models:
@@ -62,6 +68,20 @@ class Captioner(ABC):
     @abstractmethod
     def caption(self, image: bytes | None, prompt: str, model: str, item: ImageItem) -> str:
         """One caption of ``image`` by ``model`` for ``prompt``."""
+
+    def caption_many(
+        self, image: bytes | None, item: ImageItem, requests: Sequence[tuple[str, str]]
+    ) -> list[str | CaptionError]:
+        """The captions of one image for several ``(prompt, model)`` requests, in order; a
+        failed request gives its :class:`CaptionError`. Override to share work between the
+        models of one image."""
+        out: list[str | CaptionError] = []
+        for prompt, model in requests:
+            try:
+                out.append(self.caption(image, prompt, model, item))
+            except CaptionError as exc:
+                out.append(exc)
+        return out
 
     def options(self) -> dict:
         """Generation settings that change the output (part of the cache key)."""

@@ -17,7 +17,13 @@ from typing import Any
 from urbangeo import constants as C
 from urbangeo.captions.captioners.base import Captioner, CaptionError, ImageItem
 from urbangeo.captions.osm.describe import STYLES, describe
-from urbangeo.captions.osm.features import DEFAULT_CONTEXT_RADIUS_M, PlaceFeatures, place_features
+from urbangeo.captions.osm.features import (
+    DEFAULT_CONTEXT_RADIUS_M,
+    FeatureLayer,
+    PlaceFeatures,
+    feature_layers,
+    place_features,
+)
 from urbangeo.captions.osm.layers import load_osm_layers
 from urbangeo.errors import InputError
 from urbangeo.io.files import sha256_bytes
@@ -33,6 +39,7 @@ class OSMCaptioner(Captioner):
 
     name = "osm"
     needs_image = False
+    cpu_bound = True
 
     def __init__(
         self,
@@ -54,7 +61,12 @@ class OSMCaptioner(Captioner):
         self.seed = int(seed)
         self.radius = float(radius)
         self._layers: dict[str, Any] | None = None
+        self._arrays: dict[str, FeatureLayer] | None = None
         self._crs = None
+
+    def __getstate__(self) -> dict:
+        # Worker processes get the layers and rebuild the arrays (never pickled twice).
+        return {**self.__dict__, "_arrays": None}
 
     def options(self) -> dict:
         source = None
@@ -90,6 +102,7 @@ class OSMCaptioner(Captioner):
         bounds = gpd.GeoSeries([i.place for i in places], crs=crs).buffer(self.radius + 50)
         west, south, east, north = bounds.to_crs(C.WGS84).total_bounds
         self._layers = load_osm_layers(self.osm_path, (west, south, east, north), crs)
+        self._arrays = None
         self._crs = crs
 
     def features(self, item: ImageItem) -> PlaceFeatures:
@@ -98,9 +111,23 @@ class OSMCaptioner(Captioner):
             self.prepare([item])
         if item.place is None or self._layers is None:
             raise CaptionError(f"image {item.image_id} has no region or point to describe")
-        return place_features(self._layers, item, radius=self.radius)
+        if self._arrays is None:
+            self._arrays = feature_layers(self._layers)
+        return place_features(self._arrays, item, radius=self.radius)
 
     def caption(self, image: bytes | None, prompt: str, model: str, item: ImageItem) -> str:
-        feats = self.features(item)
+        return self._describe(self.features(item), model, item)
+
+    def caption_many(
+        self, image: bytes | None, item: ImageItem, requests: Sequence[tuple[str, str]]
+    ) -> list[str | CaptionError]:
+        """Every style's caption of one place from its features, computed once."""
+        try:
+            feats = self.features(item)
+        except CaptionError as exc:
+            return [exc] * len(requests)
+        return [self._describe(feats, model, item) for _, model in requests]
+
+    def _describe(self, feats: PlaceFeatures, model: str, item: ImageItem) -> str:
         rng = random.Random(f"{self.seed}|{model}|{item.image_id}")
         return describe(feats, style=model, rng=rng)

@@ -1,6 +1,6 @@
 """What OpenStreetMap says about one place: :class:`PlaceFeatures` and :func:`place_features`.
 
-For a region (satellite image) the features inside the region polygon; for a street-view
+For a region (overhead image) the features inside the region polygon; for a street-view
 point, those within a radius (:data:`DEFAULT_CONTEXT_RADIUS_M`) of the point: land-use
 shares, building counts and types, amenities and shops, road classes and lengths, water and
 green space.
@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from urbangeo.captions.osm.vocabulary import (
     AMENITY_WORDS,
@@ -29,7 +32,14 @@ from urbangeo.settings.captions import DEFAULT_CONTEXT_RADIUS_M
 if TYPE_CHECKING:
     from urbangeo.captions.captioners.base import ImageItem
 
-__all__ = ["DEFAULT_CONTEXT_RADIUS_M", "PlaceFeatures", "is_number", "place_features"]
+__all__ = [
+    "DEFAULT_CONTEXT_RADIUS_M",
+    "FeatureLayer",
+    "PlaceFeatures",
+    "feature_layers",
+    "is_number",
+    "place_features",
+]
 
 
 @dataclass
@@ -96,24 +106,79 @@ class PlaceFeatures:
         return "agricultural" if best == "farm" else best
 
 
-def _inside(frame: Any, area: Any) -> Any:
-    if len(frame) == 0:
-        return frame
-    return frame.iloc[frame.sindex.query(area, predicate="intersects")]
+#: The tag columns that :func:`place_features` reads from each layer.
+LAYER_COLUMNS = {
+    "landuse": ("landuse",),
+    "leisure": ("leisure",),
+    "natural": ("natural",),
+    "water": ("waterway",),
+    "buildings": ("building", "building:levels", "name"),
+    "pois": ("amenity", "shop", "tourism", "name"),
+    "roads": ("highway", "name"),
+    "trees": (),
+}
 
 
-def _col(frame: Any, name: str) -> Any:
-    import pandas as pd
+class FeatureLayer:
+    """One OSM layer as plain arrays (geometries and the tag columns read) with its spatial
+    index: a place's features are found without pandas' row selection, which took most of a
+    call's time. Built once per layer by :func:`feature_layers`."""
 
-    if name in frame:
-        return frame[name]
-    return pd.Series([None] * len(frame), index=frame.index, dtype=object)
+    def __init__(self, frame: Any, columns: tuple[str, ...]) -> None:
+        self.frame = frame
+        n = len(frame)
+        self.geoms = _objects(frame.geometry.values if n else (), n)
+        self.columns = {
+            name: _objects(frame[name] if name in frame else (None,) * n, n) for name in columns
+        }
+        self._empty = np.zeros(0, dtype=np.intp)
+
+    def __len__(self) -> int:
+        return len(self.geoms)
+
+    def inside(self, area: Any) -> np.ndarray:
+        """Positions of the features that intersect ``area``, in the spatial index's order."""
+        if not len(self.geoms):
+            return self._empty
+        return self.frame.sindex.query(area, predicate="intersects")
+
+    def col(self, name: str, index: np.ndarray) -> np.ndarray:
+        """Column ``name`` (None where a layer lacks it) at ``index``."""
+        values = self.columns.get(name)
+        if values is None:
+            return np.full(len(index), None, dtype=object)
+        return values[index]
 
 
-def place_features(layers: dict[str, Any], item: ImageItem, *, radius: float) -> PlaceFeatures:
-    """Summarise the features within a region, or within ``radius`` of a street-view point."""
+def _objects(values: Any, n: int) -> np.ndarray:
+    # The values as iterating the column gives them (str, None, pd.NA...): the checks below
+    # (isinstance, is_number) see exactly what they saw on the frames.
+    out = np.empty(n, dtype=object)
+    for i, value in enumerate(values):
+        out[i] = value
+    return out
+
+
+def feature_layers(layers: Mapping[str, Any]) -> dict[str, FeatureLayer]:
+    """``layers`` (GeoDataFrames by name, as :func:`~urbangeo.captions.osm.layers.
+    load_osm_layers` reads them) as :class:`FeatureLayer`; already converted ones are kept."""
+    return {
+        name: frame
+        if isinstance(frame, FeatureLayer)
+        else FeatureLayer(frame, LAYER_COLUMNS.get(name, ()))
+        for name, frame in layers.items()
+    }
+
+
+def place_features(layers: Mapping[str, Any], item: ImageItem, *, radius: float) -> PlaceFeatures:
+    """Summarise the features within a region, or within ``radius`` of a street-view point.
+
+    ``layers``: GeoDataFrames by name or, faster when called for many places, the
+    :func:`feature_layers` made from them once.
+    """
     import shapely
 
+    L = feature_layers(layers)
     place = item.place
     is_point = place.geom_type == "Point"
     area = place.buffer(radius) if is_point else place
@@ -124,8 +189,8 @@ def place_features(layers: dict[str, Any], item: ImageItem, *, radius: float) ->
     # per word so that a park drawn twice does not count twice.
     pieces: dict[str, list] = {}
     for layer, key in (("landuse", "landuse"), ("leisure", "leisure"), ("natural", "natural")):
-        frame = _inside(layers[layer], area)
-        for value, geom in zip(_col(frame, key), frame.geometry, strict=True):
+        index = L[layer].inside(area)
+        for value, geom in zip(L[layer].col(key, index), L[layer].geoms[index], strict=True):
             if not isinstance(value, str) or geom.geom_type not in ("Polygon", "MultiPolygon"):
                 continue
             word = LANDUSE_WORDS.get(value)
@@ -136,8 +201,9 @@ def place_features(layers: dict[str, Any], item: ImageItem, *, radius: float) ->
                 pieces.setdefault("_green", []).append(geom.intersection(area))
             if value in WATER:
                 pieces.setdefault("_water", []).append(geom.intersection(area))
-    water = _inside(layers["water"], area)
-    for geom in water.geometry:
+    water = L["water"]
+    index = water.inside(area)
+    for geom in water.geoms[index]:
         if geom.geom_type in ("Polygon", "MultiPolygon"):
             pieces.setdefault("_water", []).append(geom.intersection(area))
             pieces.setdefault("water", []).append(geom.intersection(area))
@@ -145,37 +211,37 @@ def place_features(layers: dict[str, Any], item: ImageItem, *, radius: float) ->
     feats.green_share = min(shares.pop("_green", 0.0), 1.0)
     feats.water_share = min(shares.pop("_water", 0.0), 1.0)
     feats.landuse = {w: min(s, 1.0) for w, s in shares.items() if s >= 0.01}
-    for value, geom in zip(_col(water, "waterway"), water.geometry, strict=True):
+    for value, geom in zip(water.col("waterway", index), water.geoms[index], strict=True):
         if isinstance(value, str) and geom.geom_type in ("LineString", "MultiLineString"):
             feats.waterways[{"drain": "ditch", "ditch": "ditch"}.get(value, value)] += 1
 
-    buildings = _inside(layers["buildings"], area)
-    if len(buildings):
+    buildings = L["buildings"]
+    index = buildings.inside(area)
+    if len(index):
         # A building belongs to the place its centroid is in (no double counts at borders).
-        centroids = buildings.geometry.centroid
-        buildings = buildings[centroids.within(area)]
-        feats.buildings = len(buildings)
-        feats.building_share = min(
-            float(buildings.geometry.intersection(area).area.sum()) / area_m2, 1.0
-        )
-        for value in _col(buildings, "building"):
+        index = index[shapely.within(shapely.centroid(buildings.geoms[index]), area)]
+        feats.buildings = len(index)
+        clipped = shapely.area(shapely.intersection(buildings.geoms[index], area))
+        feats.building_share = min(float(np.nansum(clipped)) / area_m2, 1.0)
+        for value in buildings.col("building", index):
             word = BUILDING_WORDS.get(value) if isinstance(value, str) else None
             if word:
                 feats.building_types[word] += 1
-        levels = _col(buildings, "building:levels")
+        levels = buildings.col("building:levels", index)
         numeric = [float(v) for v in levels if is_number(v)]
         if numeric:
             feats.levels = sum(numeric) / len(numeric)
-        for name in _col(buildings, "name"):
+        for name in buildings.col("name", index):
             if isinstance(name, str) and name and name not in feats.names:
                 feats.names.append(name)
 
-    pois = _inside(layers["pois"], area)
+    pois = L["pois"]
+    index = pois.inside(area)
     for amenity, shop, tourism, name in zip(
-        _col(pois, "amenity"),
-        _col(pois, "shop"),
-        _col(pois, "tourism"),
-        _col(pois, "name"),
+        pois.col("amenity", index),
+        pois.col("shop", index),
+        pois.col("tourism", index),
+        pois.col("name", index),
         strict=True,
     ):
         if isinstance(amenity, str) and amenity in MINOR_AMENITIES:
@@ -197,19 +263,21 @@ def place_features(layers: dict[str, Any], item: ImageItem, *, radius: float) ->
             if isinstance(name, str) and name and name not in feats.names:
                 feats.names.insert(0, name)
 
-    roads = _inside(layers["roads"], area)
-    for value, geom in zip(_col(roads, "highway"), roads.geometry, strict=True):
+    roads = L["roads"]
+    index = roads.inside(area)
+    highways = roads.col("highway", index)
+    for value, geom in zip(highways, roads.geoms[index], strict=True):
         word = ROAD_CLASSES.get(value) if isinstance(value, str) else None
         if word:
             # a Counter of metres: Counter allows float values, typeshed types them int
             feats.roads_m[word] += float(geom.intersection(area).length)  # type: ignore[assignment]
-    if is_point and len(roads):
-        distances = roads.geometry.distance(place)
-        nearest = roads.loc[distances.idxmin()]
-        feats.street_class = ROAD_CLASSES.get(nearest.get("highway"), "street")
-        name = nearest.get("name")
+    if is_point and len(index):
+        distances = shapely.distance(roads.geoms[index], place)
+        nearest = int(np.nanargmin(distances))  # the first nearest, as pandas' idxmin
+        feats.street_class = ROAD_CLASSES.get(highways[nearest], "street")
+        name = roads.col("name", index)[nearest]
         feats.street = name if isinstance(name, str) and name else None
-    feats.trees = len(_inside(layers["trees"], area))
+    feats.trees = len(L["trees"].inside(area))
     return feats
 
 

@@ -135,9 +135,9 @@ class Writer:
             )
         else:
             opening = self.pick(
-                f"This satellite image shows a {f.density} {f.function} area of about "
+                f"This overhead image shows a {f.density} {f.function} area of about "
                 f"{f.area_m2 / 1e6:.2f} square kilometres.",
-                f"The satellite image covers about {f.area_m2 / 1e6:.2f} square kilometres of a "
+                f"The overhead image covers about {f.area_m2 / 1e6:.2f} square kilometres of a "
                 f"{f.density}, largely {f.function} district.",
             )
         out = [opening]
