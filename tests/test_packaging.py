@@ -17,3 +17,20 @@ def test_every_package_directory_is_installed():
 
 def test_geo_and_cli_do_not_import_torch():
     assert modules_loaded_by("import urbangeo.pipeline, urbangeo_cli.main") == []
+
+
+def test_package_data_ships_every_asset():
+    """Every non-Python file of the package (the map's JavaScript, the OSM vocabulary...) is
+    matched by a ``package-data`` pattern, so that a wheel holds it."""
+    from fnmatch import fnmatch
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["urbangeo"]
+    assets = [
+        p.relative_to(ROOT / "urbangeo").as_posix()
+        for p in (ROOT / "urbangeo").rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
+    ]
+    assert "viz/assets/regions.js" in assets
+    assert [a for a in assets if not any(fnmatch(a, pat) for pat in patterns)] == []

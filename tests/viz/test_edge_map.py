@@ -3,15 +3,13 @@ entry, and no cluster colour."""
 
 from __future__ import annotations
 
-import json
-import re
-
 import numpy as np
 import pytest
 
 from tests.conftest import require
 from tests.downstream.helpers import make_run
-from tests.viz.test_maps import CHROMIUM, chromium
+from tests.viz.browser import Browser
+from tests.viz.test_maps import CHROMIUM
 from urbangeo import constants as C
 from urbangeo.downstream.stages import cluster_stage, map_stage
 from urbangeo.imagery.edges import EDGE, EXCLUDED
@@ -33,28 +31,37 @@ def edge_run(tmp_path_factory):
     return gpkg, map_stage(gpkg, tiles="none").files[0]
 
 
-def _data(page: str, marker: str) -> dict:
-    """The GeoJSON the page holds whose features carry ``marker``."""
-    for blob in re.findall(r"var urbangeo_data_\w+ = (\{.*?\});\n", page):
-        data = json.loads(blob)
-        if data["features"] and marker in data["features"][0]["properties"]:
-            return data
-    raise AssertionError(f"no data with {marker}")
-
-
 def test_edge_cells_have_their_layer_and_legend(edge_run):
     _, html_path = edge_run
     page = html_path.read_text()
     assert "Edge cells (mostly outside the study area or its image data)" in page
     assert "edge cell, left out of training, clusters and predictions (6 regions)" in page
-    edges = _data(page, "_c_edge")
-    assert len(edges["features"]) == 6
-    assert {f["properties"][EXCLUDED] for f in edges["features"]} == {REASON}
-    regions = _data(page, "_c_cluster")
-    colours = {
-        f["properties"]["region_id"]: f["properties"]["_c_cluster"] for f in regions["features"]
-    }
-    assert sum(c is None for c in colours.values()) == 6  # no cluster colour
+    assert '"dash": "4 3"' in page  # dashed outline
+
+
+def test_edge_cells_in_a_real_browser(edge_run):
+    """Six grey edge cells drawn (their own layer, their reason in the tooltip) and no cluster
+    colour under them: 24 cluster squares filled."""
+    require(CHROMIUM is not None, "Chromium", "apt-get install --no-install-recommends chromium")
+    _, html_path = edge_run
+    with Browser() as browser:
+        browser.open(html_path.as_uri())
+        browser.js("urbangeo.ready()")
+        assert browser.js("urbangeo.drawn()") == 24 + 6  # filled: cluster squares, edge cells
+        assert browser.js("urbangeo.colorOf('Edge cells', '0_0')") == EDGE_COLOR
+        assert browser.js("urbangeo.colorOf('Edge cells', '0_1')") is None
+        assert browser.js("urbangeo.colorOf('Clusters', '0_0')") is None  # no cluster colour
+        assert browser.js("urbangeo.colorOf('Clusters', '0_1')") is not None
+        browser.js("urbangeo.hover('2_0'); 0")
+        tip = browser.js(
+            "new Promise(r => setTimeout(() => "
+            "r((document.querySelector('.leaflet-tooltip') || {}).textContent || ''), 100))"
+        )
+        assert REASON in tip and "2_0" in tip
+        dom = browser.js("document.body.innerHTML")
+        assert (
+            '<div class="title">Edge cells (mostly outside the study area or its image data)' in dom
+        )
 
 
 def test_no_edge_layer_without_edge_cells(edge_run):
@@ -62,13 +69,3 @@ def test_no_edge_layer_without_edge_cells(edge_run):
     regions = read_layer(gpkg, C.LAYER_REGIONS).drop(columns=[EDGE, EXCLUDED])
     page = build_map(regions).get_root().render()
     assert "Edge cells" not in page and EDGE_COLOR not in page
-
-
-def test_edge_legend_in_a_real_browser(edge_run, tmp_path):
-    require(CHROMIUM is not None, "Chromium", "apt-get install --no-install-recommends chromium")
-    _, html_path = edge_run
-    dom = chromium("--dump-dom", html_path.as_uri(), tmp_path=tmp_path).stdout
-    assert '<div class="title">Edge cells (mostly outside the study area or its image data)' in dom
-    # 30 cluster squares and 6 edge cells are interactive.
-    assert dom.count('class="leaflet-interactive"') == 36
-    assert 'stroke-dasharray="4 3"' in dom

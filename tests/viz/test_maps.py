@@ -1,5 +1,4 @@
 import re
-import shutil
 import subprocess
 
 import geopandas as gpd
@@ -9,8 +8,8 @@ import shapely
 from click.testing import CliRunner
 from PIL import Image
 
-from tests.conftest import require
 from tests.downstream.helpers import make_run
+from tests.viz.browser import CHROMIUM, HEADLESS, Browser, opened_map, require_chromium
 from urbangeo import constants as C
 from urbangeo.downstream.heads import MLPConfig
 from urbangeo.downstream.stages import cluster_stage, map_stage, predict_stage
@@ -20,30 +19,29 @@ from urbangeo.viz.maps import leaflet_assets
 from urbangeo_cli.downstream import map_command
 
 EVIL = '<script>document.title="pwned"</script><img src=x onerror="document.title=\'pwned\'">'
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 LONG = "A long caption about the region. " * 20
 
 
-def satellite_images(folder, regions: gpd.GeoDataFrame) -> pd.DataFrame:
+def overhead_images(folder, regions: gpd.GeoDataFrame) -> pd.DataFrame:
     """A 32-px image per region (a colour and a diagonal stripe), as the tiles stage writes."""
-    out = folder / C.SATELLITE_DIR
+    out = folder / C.OVERHEAD_DIR
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, rid in enumerate(regions[C.REGION_ID]):
         image = Image.new("RGB", (32, 32), ((37 * i) % 256, (91 * i) % 256, 180))
         for k in range(32):
             image.putpixel((k, k), (255, 255, 255))
-        image_id = "s0" if rid == "0_0" else f"sat_{rid}"
+        image_id = "s0" if rid == "0_0" else f"overhead_{rid}"
         image.save(out / f"{image_id}.png")
         rows.append(
             {
                 C.IMAGE_ID: image_id,
-                C.KIND: C.KIND_SATELLITE,
+                C.KIND: C.KIND_OVERHEAD,
                 C.REGION_ID: rid,
                 C.POINT_ID: None,
-                C.PATH: f"{C.SATELLITE_DIR}/{image_id}.png",
+                C.PATH: f"{C.OVERHEAD_DIR}/{image_id}.png",
                 C.STATUS: C.STATUS_OK,
             }
         )
@@ -66,7 +64,7 @@ def run(tmp_path_factory):
     )
     images = pd.concat(
         [
-            satellite_images(folder, regions),
+            overhead_images(folder, regions),
             pd.DataFrame(
                 {
                     C.IMAGE_ID: ["p1"],
@@ -82,7 +80,7 @@ def run(tmp_path_factory):
     )
     captions = pd.DataFrame(
         {
-            C.IMAGE_ID: ["s0", "s0", "p1", "sat_1_0"],
+            C.IMAGE_ID: ["s0", "s0", "p1", "overhead_1_0"],
             C.CAPTION: [EVIL, "not selected", "a street " + EVIL, LONG],
             C.SELECTED: [1, 0, 1, 1],
         }
@@ -149,11 +147,7 @@ def chromium(*args, tmp_path):
     return subprocess.run(
         [
             CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
+            *HEADLESS,
             f"--user-data-dir={tmp_path / 'profile'}",
             "--virtual-time-budget=4000",
             *args,
@@ -164,29 +158,6 @@ def chromium(*args, tmp_path):
         check=True,
     )
 
-
-OPEN_TOOLTIPS = """
-<script>
-var regions = window.urbangeoLayers['Clusters'];
-regions.eachLayer(function (l) {
-  if (l.feature.properties.region_id === '0_0') { l.openTooltip(l.getCenter()); }
-});
-</script>
-"""
-
-MEASURE = """
-<script>
-var regions = window.urbangeoLayers['Clusters'];
-regions.eachLayer(function (l) {
-  if (l.feature.properties.region_id === '1_0') { l.openTooltip(l.getCenter()); }
-});
-var box = document.querySelector('.leaflet-tooltip').getBoundingClientRect();
-document.body.setAttribute('data-tip', Math.round(box.width) + 'x' + Math.round(box.height));
-regions.eachLayer(function (l) {
-  if (l.feature.properties.region_id === '1_0') { l.openPopup(l.getCenter()); }
-});
-</script>
-"""
 
 #: Leaves only the base layer (and, with ``drop_base``, not even that).
 ONLY_BASE = """
@@ -205,25 +176,33 @@ def _with_script(html_path, tmp_path, script: str):
     return page
 
 
+def _tooltip_after_hover(browser: Browser, rid: str) -> str:
+    browser.js(f"urbangeo.hover({rid!r}); 0")
+    return browser.js(
+        "new Promise(r => setTimeout(() => "
+        "r((document.querySelector('.leaflet-tooltip') || {}).outerHTML || ''), 100))"
+    )
+
+
 def test_map_in_a_real_browser(run, tmp_path):
-    require(CHROMIUM is not None, "Chromium", "apt-get install --no-install-recommends chromium")
+    require_chromium()
     _, html_path = run
-    page = _with_script(html_path, tmp_path, OPEN_TOOLTIPS)
-    dom = chromium("--dump-dom", page.as_uri(), tmp_path=tmp_path).stdout
-    # 120 region squares of the shown layer and 3 street-view circle markers; the imagery,
-    # roads and boundary are not interactive.
-    assert dom.count('class="leaflet-interactive"') == 123
-    assert dom.count('class="leaflet-image-layer') == 120  # one image per region
-    assert 'id="urbangeo-legend"' in dom and "cluster 0 (" in dom
-    for title in ("Base: run imagery", "Clusters", "Study area", "Street-view points"):
-        assert f'<div class="title">{title}</div>' in dom  # a legend for every layer shown
-    tooltip = re.search(r'<div class="leaflet-tooltip[^"]*".*?</table>', dom, re.S).group(0)
-    assert "0_0" in tooltip
-    assert re.search(r'<img class="thumb" alt="" src="data:image/(png|jpeg);base64,', tooltip)
-    tooltip = re.search(r'<div class="leaflet-tooltip.*?</div></div>', dom, re.S).group(0)
-    assert "&lt;script&gt;document.title" in tooltip  # the caption, shown as text
-    assert "<img src" not in tooltip and 'src="x"' not in tooltip
-    assert "pwned" not in re.search(r"<title>(.*?)</title>", dom).group(1)
+    with opened_map(html_path) as browser:
+        # 120 region squares drawn on the regions' canvas, one image per region, 3 points.
+        assert browser.js("urbangeo.drawn()") == 120
+        assert browser.js("document.querySelectorAll('.leaflet-image-layer').length") == 120
+        assert browser.js("window.urbangeoLayers['Street-view points'].getLayers().length") == 3
+        dom = browser.js("document.documentElement.outerHTML")
+        assert 'id="urbangeo-legend"' in dom and "cluster 0 (" in dom
+        for title in ("Base: run imagery", "Clusters", "Study area", "Street-view points"):
+            assert f'<div class="title">{title}</div>' in dom  # a legend for every layer shown
+        tooltip = _tooltip_after_hover(browser, "0_0")
+        assert "0_0" in tooltip
+        assert re.search(r'<img class="thumb" alt="" src="data:image/(png|jpeg);base64,', tooltip)
+        assert "&lt;script&gt;document.title" in tooltip  # the caption, shown as text
+        assert "<img src" not in tooltip and 'src="x"' not in tooltip
+        assert "pwned" not in browser.js("document.title")
+        assert browser.errors() == []
     shot = tmp_path / "shot.png"
     chromium(
         "--window-size=1000,800", f"--screenshot={shot}", html_path.as_uri(), tmp_path=tmp_path
@@ -234,14 +213,50 @@ def test_map_in_a_real_browser(run, tmp_path):
 
 
 def test_tooltips_are_bounded_and_popups_scroll(run, tmp_path):
-    require(CHROMIUM is not None, "Chromium", "apt-get install --no-install-recommends chromium")
+    require_chromium()
     _, html_path = run
-    page = _with_script(html_path, tmp_path, MEASURE)
-    dom = chromium("--dump-dom", page.as_uri(), tmp_path=tmp_path).stdout
-    width, height = map(int, re.search(r'data-tip="(\d+)x(\d+)"', dom).groups())
-    assert 100 < width <= 340 and 60 < height <= 260  # a 400-character caption, clamped
-    assert "click for the whole caption" in dom
-    assert "leaflet-popup-scrolled" in dom  # the popup holds it all, scrolling
+    with opened_map(html_path) as browser:
+        _tooltip_after_hover(browser, "1_0")
+        width, height = browser.js(
+            "(function () { var b = document.querySelector('.leaflet-tooltip')"
+            ".getBoundingClientRect(); return [b.width, b.height]; })()"
+        )
+        assert 100 < width <= 340 and 60 < height <= 260  # a 400-character caption, clamped
+        assert "click for the whole caption" in browser.js("document.body.innerHTML")
+        browser.js("urbangeo.click('1_0'); 0")
+        popup = browser.js(
+            "new Promise(r => setTimeout(() => "
+            "r((document.querySelector('.leaflet-popup') || {}).outerHTML || ''), 100))"
+        )
+        assert "leaflet-popup-scrolled" in popup  # the popup holds it all, scrolling
+        assert LONG.split()[0] in popup
+
+
+def test_colours_in_the_page_follow_the_python_ramp(run):
+    """The page computes the colours from the values and the ramps: compare with
+    :func:`urbangeo.viz.colors.ramp` on the same values and scale."""
+    require_chromium()
+    import numpy as np
+
+    from urbangeo.viz.colors import SEQUENTIAL, cluster_color
+
+    gpkg, html_path = run
+    predictions = read_layer(gpkg, C.LAYER_PREDICTIONS).set_index(C.REGION_ID)
+    clusters = read_layer(gpkg, C.LAYER_CLUSTERS).set_index(C.REGION_ID)
+    values = predictions["population_predicted"].astype(float)
+    both = np.log1p(np.concatenate([values, predictions["population_observed"].astype(float)]))
+    lo, hi = np.percentile(both, [2, 98])
+    ids = list(values.index[:8])
+    expected = ramp(np.log1p(values.loc[ids].to_numpy()), lo, hi, SEQUENTIAL)
+    with opened_map(html_path) as browser:
+        for rid, want in zip(ids, expected, strict=True):
+            got = browser.js(f"urbangeo.colorOf('Predicted population', {rid!r})")
+            rgb = [int(v) for v in re.findall(r"\d+", got)]
+            wanted = [int(want[i : i + 2], 16) for i in (1, 3, 5)]
+            assert max(abs(a - b) for a, b in zip(rgb, wanted, strict=True)) <= 3
+            assert browser.js(f"urbangeo.colorOf('Clusters', {rid!r})") == cluster_color(
+                int(clusters.loc[rid, "cluster"])
+            )
 
 
 def _map_area_colours(shot) -> int:
@@ -254,7 +269,7 @@ def _map_area_colours(shot) -> int:
 def test_base_layer_is_not_blank(run, tmp_path):
     """With every overlay off the map still shows the run's imagery, offline; without it the
     same area is a flat colour (what the check would see on a blank map)."""
-    require(CHROMIUM is not None, "Chromium", "apt-get install --no-install-recommends chromium")
+    require_chromium()
     _, html_path = run
     counts = {}
     for drop in (False, True):

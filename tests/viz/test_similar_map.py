@@ -11,12 +11,13 @@ import pytest
 
 from tests.conftest import require
 from tests.downstream.helpers import make_run
-from tests.viz.test_maps import CHROMIUM, chromium
+from tests.viz.browser import Browser
+from tests.viz.test_maps import CHROMIUM
 from urbangeo import constants as C
 from urbangeo.downstream.stages import cluster_stage, map_stage
 from urbangeo.downstream.tables import gpkg_embeddings
 from urbangeo.io.gpkg import read_layer
-from urbangeo.viz import maps
+from urbangeo.viz import similar_regions
 from urbangeo.viz.maps import SIMILAR_TOP, build_map, similar_data
 
 
@@ -48,33 +49,28 @@ def _clear_region(X: np.ndarray, ids: list[str]) -> str:
     raise AssertionError("no region with well separated neighbours")
 
 
-CLICK = """
-<script>
+OUTLINED = """
 (function () {
-  if (OFF) {  // the layer turned off in the layer list: a click outlines nothing
-    var group = window.urbangeoLayers['Similar regions'];
-    group._map.removeLayer(group);
-  }
-  var target = null;
-  window.urbangeoLayers['Clusters'].eachLayer(function (l) {
-    if (l.feature.properties.region_id === 'RID') { target = l; }
-  });
-  var box = target.getElement().getBoundingClientRect();
-  target.getElement().dispatchEvent(new MouseEvent('click', {
-    bubbles: true, cancelable: true, view: window,
-    clientX: box.left + box.width / 2, clientY: box.top + box.height / 2}));
   var found = [], query = [];
-  window.urbangeoLayers['Similar regions'].eachLayer(function (g) {
-    g.eachLayer(function (l) {
-      var id = l.feature.properties.region_id;
-      (l.options.className === 'urbangeo-similar' ? found : query).push(id);
-    });
+  window.urbangeoLayers['Similar regions'].eachLayer(function (l) {
+    (l.options.className === 'urbangeo-similar' ? found : query).push(l.urbangeoRegion);
   });
-  document.body.setAttribute('data-found', found.join(','));
-  document.body.setAttribute('data-query', query.join(','));
-})();
-</script>
+  return [found, query];
+})()
 """
+
+
+def _click(html_path, rid: str, *, off: bool) -> tuple[list, list, str]:
+    """Click region ``rid`` (with the similar layer turned off first when ``off``): the
+    outlined regions, the region outlined as the query, and the page's HTML."""
+    with Browser() as browser:
+        browser.open(html_path.as_uri())
+        browser.js("urbangeo.ready()")
+        if off:  # the layer turned off in the layer list: a click outlines nothing
+            browser.js("window.urbangeoLayers['Similar regions'].remove(); 0")
+        browser.js(f"urbangeo.click({rid!r}); 0")
+        found, query = browser.js(OUTLINED)
+        return found, query, browser.js("document.body.innerHTML")
 
 
 def test_map_holds_unit_embeddings_as_float16(similar_run):
@@ -94,26 +90,22 @@ def test_map_holds_unit_embeddings_as_float16(similar_run):
 def test_no_embeddings_in_the_page_above_the_limit(similar_run, monkeypatch):
     gpkg, _, _, _ = similar_run
     regions = read_layer(gpkg, C.LAYER_REGIONS)
-    monkeypatch.setattr(maps, "MAX_SIMILAR_REGIONS", 100)  # the run has 120
+    monkeypatch.setattr(similar_regions, "MAX_SIMILAR_REGIONS", 100)  # the run has 120
     page = build_map(regions, embeddings=gpkg_embeddings(gpkg)).get_root().render()
     assert "Similar regions" not in page and "urbangeoSimilar" not in page
-    monkeypatch.setattr(maps, "MAX_SIMILAR_REGIONS", 120)
+    monkeypatch.setattr(similar_regions, "MAX_SIMILAR_REGIONS", 120)
     page = build_map(regions, embeddings=gpkg_embeddings(gpkg)).get_root().render()
     assert "urbangeoSimilar" in page
     assert "urbangeoSimilar" not in build_map(regions).get_root().render()
 
 
-def test_clicking_a_region_outlines_its_nearest_regions(similar_run, tmp_path):
+def test_clicking_a_region_outlines_its_nearest_regions(similar_run):
     require(CHROMIUM is not None, "Chromium", "apt-get install --no-install-recommends chromium")
     _, html_path, ids, X = similar_run
     rid = _clear_region(X, ids)
-    page = tmp_path / "page.html"
-    script = CLICK.replace("RID", rid).replace("OFF", "false")
-    page.write_text(html_path.read_text().replace("</html>", script + "</html>"))
-    dom = chromium("--window-size=1000,800", "--dump-dom", page.as_uri(), tmp_path=tmp_path).stdout
-    found = re.search(r'data-found="([^"]*)"', dom).group(1).split(",")
+    found, query, dom = _click(html_path, rid, off=False)
     assert found == _numpy_top(X, ids, rid)  # the numpy top 10, in order
-    assert re.search(r'data-query="([^"]*)"', dom).group(1) == rid
+    assert query == [rid]
     assert dom.count('class="urbangeo-similar"') == SIMILAR_TOP  # outlined, not interactive
     assert dom.count('class="urbangeo-similar-query"') == 1
     assert f"Outlined: the 10 regions most similar to region {rid}" in dom
@@ -121,13 +113,10 @@ def test_clicking_a_region_outlines_its_nearest_regions(similar_run, tmp_path):
     assert "its 10 most similar regions (cosine similarity of embeddings)" in dom
 
 
-def test_no_outlines_while_the_layer_is_off(similar_run, tmp_path):
+def test_no_outlines_while_the_layer_is_off(similar_run):
     require(CHROMIUM is not None, "Chromium", "apt-get install --no-install-recommends chromium")
     _, html_path, ids, _ = similar_run
-    page = tmp_path / "page.html"
-    script = CLICK.replace("RID", ids[5]).replace("OFF", "true")
-    page.write_text(html_path.read_text().replace("</html>", script + "</html>"))
-    dom = chromium("--window-size=1000,800", "--dump-dom", page.as_uri(), tmp_path=tmp_path).stdout
-    assert 'data-found=""' in dom and 'class="urbangeo-similar' not in dom
+    found, query, dom = _click(html_path, ids[5], off=True)
+    assert found == [] and query == [] and 'class="urbangeo-similar' not in dom
     note = re.search(r'<div[^>]*id="urbangeo-similar-note"[^>]*>(.*?)</div>', dom)
     assert note is not None and note.group(1) == ""

@@ -22,6 +22,8 @@ from functools import cache
 from pathlib import Path
 
 from urbangeo.errors import MissingExtraError
+from urbangeo.viz.colors import DIVERGING, SEQUENTIAL
+from urbangeo.viz.regions_js import runtime_js
 
 #: Leaflet panes created by the map: (name, z-index). Leaflet's own: tiles 200, overlays 400.
 PANES = (
@@ -83,7 +85,10 @@ class LayerSpec:
     ``box``, ``line``, ``dot`` or ``image``. ``tooltip``: the fields a tooltip shows (short),
     ``details`` those of the popup a click opens (all); ``own``: the layer's own value fields.
     ``outline`` and ``dash``: the polygons' outline colour and dash pattern (default: thin
-    white, solid).
+    white, solid). ``scale``: how the page colours a polygon layer's ``color_key`` field:
+    ``scheme`` ``seq``/``div`` (the ramps of :mod:`urbangeo.viz.colors` from ``lo`` to ``hi``,
+    on ln(1 + y) when ``log``), ``cat`` (``colors`` per category), ``const`` (``colors[0]``;
+    with ``only``, the regions without a value are not drawn at all) or ``none``.
     """
 
     name: str
@@ -101,6 +106,7 @@ class LayerSpec:
     opacity: float = 0.7
     outline: str = ""
     dash: str = ""
+    scale: dict = field(default_factory=dict)
 
 
 STYLE = """
@@ -198,33 +204,21 @@ _LAYER_TEMPLATE = """
 var {{ this.get_name() }} = (function () {
   var spec = {{ this.spec_json|tojson }};
   var data = {{ this.data_name }};
-  if (spec.kind === 'imagery') {
-    var group = L.layerGroup();
-    data.features.forEach(function (f) {
-      var p = f.properties;
-      if (typeof p._img === 'string' && p._img.indexOf('data:image/') === 0 && p._b) {
-        L.imageOverlay(p._img, [[p._b[0], p._b[1]], [p._b[2], p._b[3]]],
-                       {pane: spec.pane, interactive: false}).addTo(group);
-      }
-    });
-    return group;
-  }
+  if (spec.kind === 'imagery') { return window.urbangeoImagery(data, spec); }
+  if (spec.kind === 'polygon') { return data.layer(spec); }
   if (spec.kind === 'line') {
-    return L.geoJSON(data, {pane: spec.pane, interactive: false, style: function () {
+    return L.geoJSON(data, {pane: spec.pane, interactive: false,
+                            renderer: L.canvas({pane: spec.pane}), style: function () {
       return {color: spec.color, weight: spec.weight, opacity: spec.opacity, fill: false};
     }});
   }
+  var renderer = L.canvas({pane: spec.pane || 'overlayPane'});
   return L.geoJSON(data, {
-    style: function (f) {
-      var c = f.properties[spec.color_key];
-      return {color: spec.outline || '#ffffff', weight: spec.outline ? 1.2 : 0.6,
-              dashArray: spec.dash || null, opacity: 0.8, fillColor: c || '#000000',
-              fillOpacity: c ? spec.opacity : 0.0};
-    },
     pointToLayer: function (f, latlng) {
-      var c = f.properties[spec.color_key] || spec.color;
       return L.circleMarker(latlng, {pane: spec.pane || 'overlayPane', radius: 3.5,
-                                     color: spec.ring, weight: 1.5, fillColor: c,
+                                     renderer: renderer,
+                                     bubblingMouseEvents: false,
+                                     color: spec.ring, weight: 1.5, fillColor: spec.color,
                                      fillOpacity: 1});
     },
     onEachFeature: function (f, layer) {
@@ -239,6 +233,13 @@ window.urbangeoLayers[{{ this.spec.name|tojson }}] = {{ this.get_name() }};
 {% endmacro %}
 """
 
+_REGIONS_TEMPLATE = """
+{% macro script(this, kwargs) %}
+var {{ this.get_name() }} = window.urbangeoRegions({{ this._parent.get_name() }},
+  {{ this.data|tojson }}, {{ this.ramps|tojson }});
+{% endmacro %}
+"""
+
 _LEGEND_TEMPLATE = """
 {% macro script(this, kwargs) %}
 (function () {
@@ -249,6 +250,7 @@ _LEGEND_TEMPLATE = """
     var div = L.DomUtil.create('div', 'urbangeo-legend');
     div.id = 'urbangeo-legend';
     L.DomEvent.disableScrollPropagation(div);
+    L.DomEvent.disableClickPropagation(div);
     return div;
   };
   control.addTo(map);
@@ -257,7 +259,7 @@ _LEGEND_TEMPLATE = """
     div.replaceChildren();
     entries.forEach(function (entry) {
       var layer = window.urbangeoLayers[entry.layer];
-      if (!layer || !map.hasLayer(layer)) { return; }
+      if (entry.layer && (!layer || !map.hasLayer(layer))) { return; }
       var title = document.createElement('div');
       title.className = 'title';
       title.textContent = entry.title;
@@ -290,14 +292,16 @@ _SIMILAR_TEMPLATE = """
 var {{ this.get_name() }} = (function () {
   var map = {{ this._parent.get_name() }};
   var info = {{ this.info|tojson }};
-  var data = {{ this.data_name }};
+  var app = {{ this.data_name }};
+  var cells = app.cellsSource;
   var group = L.layerGroup();
   if (!map.getPane(info.pane[0])) {
     var pane = map.createPane(info.pane[0]);
     pane.style.zIndex = info.pane[1];
     pane.style.pointerEvents = 'none';
   }
-  var vectors = null, index = {}, features = {};
+  var svg = L.svg({pane: info.pane[0]});  // a few outlines, with class names
+  var vectors = null, index = {};
   function half(h) {
     var sign = (h & 0x8000) ? -1 : 1, e = (h >> 10) & 0x1f, m = h & 0x3ff;
     if (e === 0) { return sign * Math.pow(2, -14) * (m / 1024); }
@@ -311,7 +315,6 @@ var {{ this.get_name() }} = (function () {
     vectors = new Float32Array(bytes.length / 2);
     for (var j = 0; j < vectors.length; j++) { vectors[j] = half(view.getUint16(2 * j, true)); }
     info.ids.forEach(function (id, k) { index[id] = k; });
-    data.features.forEach(function (f) { features[f.properties.region_id] = f; });
   }
   var note = L.control({position: 'bottomleft'});
   note.onAdd = function () {
@@ -326,10 +329,13 @@ var {{ this.get_name() }} = (function () {
     div.textContent = text;
     div.style.display = text ? 'block' : 'none';
   }
-  function outline(f, color, cls) {
-    L.geoJSON(f, {pane: info.pane[0], interactive: false, style: function () {
-      return {color: color, weight: 3.5, opacity: 1, fill: false, className: cls};
-    }}).addTo(group);
+  function outline(id, color, cls) {
+    var i = cells.index(id);
+    if (i < 0) { return; }
+    var shape = L.polygon(cells.latlngs(i), {pane: info.pane[0], renderer: svg,
+      interactive: false, color: color, weight: 3.5, opacity: 1, fill: false, className: cls});
+    shape.urbangeoRegion = id;
+    shape.addTo(group);
   }
   function show(id) {
     if (vectors === null) { decode(); }
@@ -348,22 +354,15 @@ var {{ this.get_name() }} = (function () {
     }
     sims.sort(function (a, b) { return (b[0] - a[0]) || (a[1] - b[1]); });
     var top = sims.slice(0, info.top).map(function (t) { return info.ids[t[1]]; });
-    top.forEach(function (rid) {
-      if (features[rid]) { outline(features[rid], info.color, 'urbangeo-similar'); }
-    });
-    if (features[id]) { outline(features[id], info.query_color, 'urbangeo-similar-query'); }
+    top.forEach(function (rid) { outline(rid, info.color, 'urbangeo-similar'); });
+    outline(id, info.query_color, 'urbangeo-similar-query');
     say('Outlined: the ' + top.length + ' regions most similar to region ' + id
         + ' (cosine similarity of embeddings).');
     return top;
   }
   window.urbangeoSimilar = show;
-  info.layers.forEach(function (name) {
-    var layer = window.urbangeoLayers[name];
-    if (!layer) { return; }
-    layer.on('click', function (e) {  // only while the layer is on (the layer list)
-      var f = e.layer && e.layer.feature;
-      if (f && f.properties && map.hasLayer(group)) { show(String(f.properties.region_id)); }
-    });
+  map.on('urbangeo:regionclick', function (e) {  // only while the layer is on (layer list)
+    if (info.layers.indexOf(e.layer) >= 0 && !e.blocks && map.hasLayer(group)) { show(e.id); }
   });
   map.on('overlayremove', function (e) { if (e.layer === group) { say(''); } });
   return group;
@@ -374,8 +373,9 @@ window.urbangeoLayers[{{ this.key|tojson }}] = {{ this.get_name() }};
 
 
 def similar_layer_class():
-    """The folium layer of the similar-region outlines: a click on a region of the layers
-    ``info["layers"]`` outlines the ``info["top"]`` regions whose embeddings (``info["ids"]``,
+    """The folium layer of the similar-region outlines (``data_name``: the page's regions,
+    :func:`elements`' ``Regions``): a click on a region of the layers ``info["layers"]``
+    outlines the ``info["top"]`` regions whose embeddings (``info["ids"]``,
     ``info["vectors"]``: unit rows as little-endian float16, base64, ``info["dim"]`` each) have
     the highest cosine similarity to its own, computed in the browser, and the region itself
     (``info["query_color"]``)."""
@@ -396,7 +396,8 @@ def similar_layer_class():
 
 
 def elements():
-    """The folium element classes of the page: (Assets, Panes, Data, GeoLayer, Legend)."""
+    """The folium element classes of the page: (Assets, Panes, Data, Regions, GeoLayer,
+    Legend)."""
     from branca.element import Element, MacroElement
     from folium.map import Layer
     from folium.template import Template
@@ -406,7 +407,9 @@ def elements():
 
         def render(self, **kwargs) -> str:
             js, css = leaflet_assets()
-            return f"<style>{css}</style>\n<script>{js}</script>\n{STYLE}"
+            runtime = runtime_js().replace("</script", "<\\/script")
+            head = f"<style>{css}</style>\n<script>{js}</script>\n{STYLE}"
+            return f"{head}\n<script>\n{runtime}</script>"
 
     class Panes(MacroElement):
         """The map's panes and the shared tooltip code (added before any layer)."""
@@ -424,6 +427,18 @@ def elements():
             super().__init__()
             self._name = "urbangeo_data"
             self.data = data
+
+    class Regions(MacroElement):
+        """The regions' data and their canvas (``urbangeoRegions``); ``data["folder"]`` is set
+        by :func:`urbangeo.viz.maps.write_map` (the chunk files' folder)."""
+
+        _template = Template(_REGIONS_TEMPLATE)
+
+        def __init__(self, data: dict) -> None:
+            super().__init__()
+            self._name = "urbangeo_regions"
+            self.data = data
+            self.ramps = {"seq": list(SEQUENTIAL), "div": list(DIVERGING)}
 
     class GeoLayer(Layer):
         _template = Template(_LAYER_TEMPLATE)
@@ -448,6 +463,8 @@ def elements():
                 "outline": spec.outline,
                 "dash": spec.dash,
                 "ring": POINT_RING,
+                "name": spec.name,
+                "scale": spec.scale,
             }
 
     class Legend(MacroElement):
@@ -457,4 +474,4 @@ def elements():
             super().__init__()
             self.entries = entries
 
-    return Assets, Panes, Data, GeoLayer, Legend
+    return Assets, Panes, Data, Regions, GeoLayer, Legend

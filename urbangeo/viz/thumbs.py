@@ -1,10 +1,10 @@
 """The run's images, small, as ``data:`` URIs for a self-contained page.
 
-The offline map draws each region's image (``images/satellite/``: the OSM rendering, raster or
-tiles the run was built from) as its base layer and shows it in the region's tooltip; one URI
-serves both. Images are shrunk to at most ``px`` pixels a side and kept as PNG or JPEG,
-whichever is smaller. Above ``budget`` bytes in all, the size is halved (down to 32 px); if
-that is still too much the map goes without images rather than becoming unwieldy.
+The offline map draws each region's overhead image (``images/overhead/``: the OSM rendering,
+raster or tiles the run was built from) as its base layer and shows it in the region's
+tooltip; one URI serves both. Images are shrunk to at most ``px`` pixels a side and kept as
+PNG or JPEG, whichever is smaller. Above ``budget`` bytes in all, the size is halved (down to
+32 px); if that is still too much the map goes without images rather than becoming unwieldy.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def image_uris(
 
 
 def run_image_uris(gpkg: str | os.PathLike) -> tuple[dict[str, str], dict[str, str]]:
-    """(region_id → URI of its satellite image, point_id → URI of its street-view image) of
+    """(region_id → URI of its overhead image, point_id → URI of its street-view image) of
     a run's ``images`` layer; empty without one."""
     from urbangeo.io.gpkg import list_layers, read_layer
 
@@ -98,6 +98,6 @@ def run_image_uris(gpkg: str | os.PathLike) -> tuple[dict[str, str], dict[str, s
     if C.LAYER_IMAGES not in list_layers(gpkg):
         return {}, {}
     images = pd.DataFrame(read_layer(gpkg, C.LAYER_IMAGES))
-    regions = image_paths(gpkg.parent, images, kind=C.KIND_SATELLITE, key=C.REGION_ID)
+    regions = image_paths(gpkg.parent, images, kind=C.KIND_OVERHEAD, key=C.REGION_ID)
     points = image_paths(gpkg.parent, images, kind=C.KIND_STREETVIEW, key=C.POINT_ID)
     return image_uris(regions), image_uris(points, px=64, budget=BUDGET // 2)
