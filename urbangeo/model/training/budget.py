@@ -57,13 +57,19 @@ class Budget:
     decided_by: str
 
 
-def training_budget(cfg: TrainSettings, n_batches: int, world_size: int = 1) -> Budget:
-    """The budget of ``cfg`` for ``n_batches`` micro-batches per pass and process."""
+def training_budget(
+    cfg: TrainSettings, n_batches: int, world_size: int = 1, *, batch_size: int | None = None
+) -> Budget:
+    """The budget of ``cfg`` for ``n_batches`` micro-batches per pass and process of
+    ``batch_size`` pairs (default: ``cfg``'s, which must then be a number, not auto)."""
     per_epoch = max(1, math.ceil(n_batches / cfg.accum_steps))
     if cfg.steps is not None:
         total, by = cfg.steps, "steps"
     elif cfg.samples is not None:
-        per_step = cfg.batch_size * cfg.accum_steps * world_size
+        size = cfg.batch_size if batch_size is None else batch_size
+        if not isinstance(size, int):
+            raise ValueError("training_budget needs the batch size auto chose (batch_size=).")
+        per_step = size * cfg.accum_steps * world_size
         total, by = math.ceil(cfg.samples / per_step), "samples"
     else:
         total, by = per_epoch * cfg.epochs, "epochs"

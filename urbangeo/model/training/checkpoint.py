@@ -18,13 +18,20 @@ from urbangeo.io.files import atomic_path, make_folder
 from urbangeo.model.tensor_files import load_tensors
 from urbangeo.model.training.config import CHECKPOINT_FORMAT, RESUME_FREE
 from urbangeo.progress import message
-from urbangeo.settings.model import TrainSettings
+from urbangeo.settings.model import AUTO_BATCH, TrainSettings
 
 if TYPE_CHECKING:
     from urbangeo.model.training.trainer import Trainer
 
 #: Errors of a write that failed for want of room.
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's random generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def rng_state() -> dict[str, Any]:
@@ -164,6 +171,8 @@ def check_resume_config(state: dict[str, Any], config: TrainSettings, path: Path
     saved = {**defaults, **state["config"]}
     now = config.to_dict()
     diff = [k for k in now if k not in RESUME_FREE and saved.get(k) != now[k]]
+    if "batch_size" in diff and now["batch_size"] in (AUTO_BATCH, recorded_batch_size(state)):
+        diff.remove("batch_size")  # auto, or the size auto chose: the size it trained with
     if diff:
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff[:6])
         raise InputError(
@@ -171,6 +180,17 @@ def check_resume_config(state: dict[str, Any], config: TrainSettings, path: Path
             hint="Resume with the same settings, or start over with --overwrite (or another "
             "--name).",
         )
+
+
+def recorded_batch_size(state: dict[str, Any]) -> int | None:
+    """The batch size a training checkpoint was trained with: the size ``auto`` chose (its
+    ``batch_size`` entry) or the one its settings give; None if neither."""
+    size = state.get("batch_size")
+    if size is None:
+        size = state.get("config", {}).get("batch_size")
+    if isinstance(size, int) and not isinstance(size, bool) and size >= 1:
+        return size
+    return None
 
 
 def resume_state(
@@ -238,6 +258,7 @@ def save_training_state(trainer: Trainer, final: bool) -> None:
             "validation": trainer.validation,
             "finished": final,
             "config": trainer.cfg.to_dict(),
+            "batch_size": trainer.batch_size,  # the size trained with (auto's choice)
             "data_fingerprint": trainer.pairs.fingerprint,
         },
         trainer.last_path,

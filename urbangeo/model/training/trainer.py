@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -30,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -58,6 +56,7 @@ from urbangeo.model.distill import (
 )
 from urbangeo.model.protocols import ClipModel
 from urbangeo.model.threads import use_threads
+from urbangeo.model.training.batch import batch_size_for
 from urbangeo.model.training.budget import (
     CheckpointClock,
     lr_schedule,
@@ -70,6 +69,7 @@ from urbangeo.model.training.checkpoint import (
     restore_training_state,
     resume_state,
     save_training_state,
+    seed_everything,
     weight_tensors,
 )
 from urbangeo.model.training.config import LAST_CHECKPOINT, METRICS_CSV, MODEL_FILE
@@ -114,12 +114,6 @@ class TrainResult:
     metrics_path: Path | None
     validation: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _new_epoch_acc() -> dict[str, Any]:
@@ -194,6 +188,8 @@ class Trainer:
         self.amp_dtype = resolve_precision(cfg.precision, self.device)
         self.pairs = load_training_pairs(source, cfg, main=info.is_main)
         self._build_model(state)
+        #: Pairs per micro-batch and process: the setting's, or the size auto chose.
+        self.batch_size = batch_size_for(self, state)
         self._build_optimizer()
         self.step = self.epoch = self.position = 0
         self.epoch_acc = _new_epoch_acc()
@@ -214,7 +210,7 @@ class Trainer:
     def _build_model(self, state: dict[str, Any] | None = None) -> None:
         cfg, info, device = self.cfg, self.info, self.device
         assert cfg.context_length is not None  # set by cfg.resolved()
-        _seed_everything(cfg.seed)
+        seed_everything(cfg.seed)
         bundle = create_model(
             cfg.model,
             pretrained=cfg.pretrained,
@@ -271,9 +267,11 @@ class Trainer:
             param_groups(self.model, cfg.weight_decay), lr=cfg.lr, fused=fused_ok(self.device)
         )
         self.n_batches = batches_per_epoch(
-            len(self.pairs.train), cfg.batch_size, self.info.world_size
+            len(self.pairs.train), self.batch_size, self.info.world_size
         )
-        self.budget = training_budget(cfg, self.n_batches, self.info.world_size)
+        self.budget = training_budget(
+            cfg, self.n_batches, self.info.world_size, batch_size=self.batch_size
+        )
         self.total_steps = self.budget.total_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_schedule(cfg, self.total_steps)
@@ -367,10 +365,10 @@ class Trainer:
         cfg = self.cfg
         self.train_set.set_epoch(self.epoch)
         self.sampler.set_epoch(self.epoch)
-        self.sampler.set_start(self.position * cfg.batch_size)
+        self.sampler.set_start(self.position * self.batch_size)
         loader = DataLoader(
             self.train_set,
-            batch_size=cfg.batch_size,
+            batch_size=self.batch_size,
             sampler=self.sampler,
             num_workers=cfg.num_workers,
             collate_fn=collate_images,
@@ -382,15 +380,25 @@ class Trainer:
         self.module.train()
         return iter(loader)
 
-    def _forward_loss(self, images: Tensor, tokens: Tensor) -> tuple[Tensor, dict, Any]:
-        """Student (and teacher) features and the loss; returns (loss, parts, teacher feats)."""
+    def _forward_loss(
+        self,
+        images: Tensor,
+        tokens: Tensor,
+        *,
+        module: nn.Module | None = None,
+        clip_loss: Any = None,
+    ) -> tuple[Tensor, dict, Any]:
+        """Student (and teacher) features and the loss; returns (loss, parts, teacher feats).
+
+        ``module`` and ``clip_loss`` replace the trainer's (the batch-size probe runs without
+        DDP's and the loss's collectives)."""
+        module = self.module if module is None else module
+        clip_loss = self.clip_loss if clip_loss is None else clip_loss
         with autocast(self.device, self.amp_dtype):
-            img_s, txt_s, scale = self.module(images, tokens)
+            img_s, txt_s, scale = module(images, tokens)
             if self.teacher is None:
-                assert self.clip_loss is not None
-                loss = self.clip_loss(
-                    img_s.float(), txt_s.float(), scale.clamp(max=MAX_LOGIT_SCALE)
-                )
+                assert clip_loss is not None
+                loss = clip_loss(img_s.float(), txt_s.float(), scale.clamp(max=MAX_LOGIT_SCALE))
                 return loss, {"loss_c": loss.detach()}, None
             with torch.no_grad():
                 img_t = self.teacher.encode_image(images, normalize=True)
@@ -511,7 +519,7 @@ class Trainer:
             self.model,
             self.val_set,
             self.pairs.val_tokens,
-            batch_size=self.cfg.batch_size,
+            batch_size=self.batch_size,
             device=self.device,
             dtype=self.amp_dtype,
             num_workers=self.cfg.num_workers,
@@ -566,6 +574,7 @@ class Trainer:
             "failed_images": len(self.failed),
             "truncated_captions": self.pairs.n_truncated,
             "steps": self.step,
+            "batch_size": self.batch_size,
             "trainable_params": self.n_trainable,
             "params": self.n_params,
         }
