@@ -113,3 +113,32 @@ def qgis_metadata_document(gpkg: Path, layer: str) -> str:
             (layer, QGIS_METADATA_URI),
         ).fetchone()
     return str(xml)
+
+
+#: The environment of a child process run under a memory limit: one thread per library, few
+#: malloc arenas, and a fixed mmap threshold, so that freed blocks of rows go back to the system
+#: at once (glibc otherwise raises it and keeps them in its heap: address space, not live memory).
+LIMITED_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MALLOC_ARENA_MAX": "2",
+    "MALLOC_MMAP_THRESHOLD_": "1048576",
+    "PATH": "/usr/bin:/bin",
+    "URBANGEO_PROGRESS": "none",
+}
+
+
+def run_limited(code: str, *args: object, timeout: float = 300) -> str:
+    """Run ``code`` (which sets its own memory limit) in a fresh Python from the repository
+    with ``args``; its standard output, once it exited 0 having printed a ``RESULT`` line."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *(str(a) for a in args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=LIMITED_ENV,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0 and "RESULT " in proc.stdout, proc.stderr[-3000:]
+    return proc.stdout

@@ -5,6 +5,11 @@ fewer when there are fewer regions or dimensions); KMeans (10 restarts, fixed se
 the projected regions. The silhouette score (on the same projection; on a seeded sample of
 5,000 regions when there are more) is reported for every k of a small range, and ``k="auto"``
 picks the best one. Clusters are numbered by size, 0 the largest.
+
+Above :data:`LARGE` regions the embeddings stay float32 (no float64 copy of the matrix; the
+PCA solves the D x D covariance, accumulated in float64, instead of an SVD of the centred
+matrix) and ``MiniBatchKMeans`` (batches of 4,096, 3 restarts) replaces KMeans, whose every
+iteration passes over all regions: memory grows with the float32 matrix alone.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ DEFAULT_K = 3
 DEFAULT_K_RANGE = (2, 8)
 DEFAULT_COMPONENTS = 10
 SILHOUETTE_SAMPLE = 5000
+#: Above this many regions: float32, covariance PCA and MiniBatchKMeans (module docstring).
+LARGE = 50_000
 
 
 @dataclass
@@ -64,11 +71,12 @@ def cluster_embeddings(
     seed: int = 0,
 ) -> ClusterResult:
     """PCA + KMeans of region embeddings (see the module docstring)."""
-    from sklearn.cluster import KMeans
+    from sklearn.cluster import KMeans, MiniBatchKMeans
     from sklearn.decomposition import PCA
     from sklearn.metrics import silhouette_score
 
-    X = features.to_numpy(dtype=np.float64)
+    large = len(features) > LARGE
+    X = features.to_numpy(dtype=np.float32 if large else np.float64)
     n, d = X.shape
     lo, hi = k_range
     if k != "auto" and (not isinstance(k, int) or k < 2):
@@ -80,17 +88,27 @@ def cluster_embeddings(
             hint="Cluster more regions, or ask for fewer clusters with --k.",
         )
     n_comp = max(1, min(components, n - 1, d))
-    pca = PCA(n_components=n_comp, random_state=seed)
-    Z = pca.fit_transform(X)
+    if large:
+        Z, explained = _covariance_pca(X, n_comp)
+    else:
+        pca = PCA(n_components=n_comp, random_state=seed)
+        Z = pca.fit_transform(X)
+        explained = [float(v) for v in pca.explained_variance_ratio_]
+    del X
     sample = min(n, SILHOUETTE_SAMPLE)
     ks = list(range(max(2, lo), min(hi, n - 1) + 1))
     if isinstance(k, int) and k not in ks:
         ks = sorted({*ks, k})
     fits, silhouettes = {}, {}
     for kk in ks:
-        model = KMeans(n_clusters=kk, n_init=10, random_state=seed).fit(Z)
+        if large:
+            model = MiniBatchKMeans(
+                n_clusters=kk, n_init=3, batch_size=4096, random_state=seed
+            ).fit(Z)
+        else:
+            model = KMeans(n_clusters=kk, n_init=10, random_state=seed).fit(Z)
         fits[kk] = model.labels_
-        if len(set(model.labels_)) < 2:
+        if len(np.unique(model.labels_)) < 2:
             silhouettes[kk] = float("nan")
             continue
         silhouettes[kk] = float(
@@ -105,7 +123,37 @@ def cluster_embeddings(
         region_ids=features.index,
         labels=relabel[raw],
         components=Z,
-        explained=[float(v) for v in pca.explained_variance_ratio_],
+        explained=explained,
         k=int(chosen),
         silhouettes=silhouettes,
     )
+
+
+#: Rows per block of :func:`_covariance_pca`.
+_BLOCK = 16_384
+
+
+def _covariance_pca(X: np.ndarray, n_comp: int) -> tuple[np.ndarray, list[float]]:
+    """PCA of the rows of ``X`` through its covariance (float64 sums over row blocks, so
+    that no copy of ``X`` is made): the coordinates ``[n, n_comp]`` (float64) and the
+    explained variance ratios. Component signs as sklearn's (largest loading positive)."""
+    n, d = X.shape
+    mean = np.zeros(d)
+    for start in range(0, n, _BLOCK):
+        mean += X[start : start + _BLOCK].sum(axis=0, dtype=np.float64)
+    mean /= n
+    cov = np.zeros((d, d))
+    for start in range(0, n, _BLOCK):
+        block = X[start : start + _BLOCK].astype(np.float64) - mean
+        cov += block.T @ block
+    cov /= max(n - 1, 1)
+    evals, evecs = np.linalg.eigh(cov)
+    order = np.argsort(evals)[::-1][:n_comp]
+    values, vectors = np.clip(evals[order], 0.0, None), evecs[:, order]
+    flip = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(n_comp)])
+    vectors *= np.where(flip == 0, 1.0, flip)
+    Z = np.empty((n, n_comp))
+    for start in range(0, n, _BLOCK):
+        Z[start : start + _BLOCK] = (X[start : start + _BLOCK].astype(np.float64) - mean) @ vectors
+    total = float(np.clip(evals, 0.0, None).sum()) or 1.0
+    return Z, [float(v / total) for v in values]

@@ -155,9 +155,62 @@ def _without_quality(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_embeddings(path: str | os.PathLike) -> pd.DataFrame:
-    """Read an embeddings table (Parquet or CSV): float features indexed by region_id."""
+    """Read an embeddings table (Parquet or CSV): float features indexed by region_id.
+
+    An ``embeddings.parquet`` as urbangeo writes it (``region_id`` and float32 columns) is
+    read row group by row group into one float32 matrix, the frame's only copy
+    (:func:`_float32_parquet`); other tables become float64 (:func:`embeddings_frame`).
+    """
     path = Path(path)
+    fast = _float32_parquet(path)
+    if fast is not None:
+        return fast
     return embeddings_frame(_read_table(path, what="Embeddings"), source=str(path))
+
+
+#: Columns read at a time by :func:`_float32_parquet`; rows checked at a time.
+_READ_COLUMNS = 32
+_READ_ROWS = 65_536
+
+
+def _float32_parquet(path: Path) -> pd.DataFrame | None:
+    """A parquet of ``region_id`` + float32 columns as a region_id-indexed float32 frame,
+    without intermediate copies of the whole (memory: the matrix plus a few columns); None for any
+    other table (read by :func:`embeddings_frame`) or a file with a problem it reports."""
+    if path.suffix.lower() not in (".parquet", ".pq") or not path.is_file():
+        return None
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        file = pq.ParquetFile(path)
+    except Exception:
+        return None  # _read_table says what is wrong with it
+    schema = file.schema_arrow
+    names = [n for n in schema.names if n != C.REGION_ID]
+    if (
+        C.REGION_ID not in schema.names
+        or not names
+        or any(schema.field(n).type != pa.float32() for n in names)
+    ):
+        return None
+    n = file.metadata.num_rows
+    matrix = np.empty((n, len(names)), dtype=np.float32)
+    # a few columns at a time (every row group): pyarrow's row batches hold far more
+    for first in range(0, len(names), _READ_COLUMNS):
+        part = names[first : first + _READ_COLUMNS]
+        table = pq.read_table(path, columns=part)
+        for i, name in enumerate(part):
+            matrix[:, first + i] = table.column(name).to_numpy()
+        del table
+    ids = [str(r) for r in pq.read_table(path, columns=[C.REGION_ID]).column(0).to_pylist()]
+    finite = np.ones(n, dtype=bool)
+    for first in range(0, n, _READ_ROWS):
+        finite[first : first + _READ_ROWS] = np.isfinite(matrix[first : first + _READ_ROWS]).all(1)
+    index = pd.Index(ids, name=C.REGION_ID)
+    if not finite.all() or index.has_duplicates or index.hasnans:
+        return None  # embeddings_frame reports it
+    return pd.DataFrame(matrix, index=index, columns=names, copy=False)
 
 
 def indicators_frame(frame: pd.DataFrame, *, source: str = "indicators") -> pd.DataFrame:

@@ -3,22 +3,28 @@
 Every image with status ``ok`` in the run's ``images`` layer is encoded in batches (DataLoader
 workers decode and preprocess, the encoder runs under ``torch.inference_mode``, with bf16
 autocast on CUDA). A region's vector is the mean of its images' vectors (the paper's rule for
-several street-view images per region); satellite and street-view images are pooled
+several street-view images per region); overhead and street-view images are pooled
 separately, and ``concat`` joins the two vectors of regions that have both. Images that fail
 to decode are skipped and counted; regions without a usable image are left out; vectors that
 are not finite (NaN, infinity: a diverged model) are refused. Results:
-``embeddings.parquet`` beside the GeoPackage (``region_id, e0 .. e{D-1}``, float32; the
-settings in the file's metadata under ``urbangeo``) and the ``region_embeddings`` layer
-(region polygons + ``n_images`` + the same vector columns, or one JSON text column
-``embedding`` above :data:`MAX_VECTOR_COLUMNS` values), which QGIS opens like any polygon
-layer.
+``embeddings.parquet`` beside the GeoPackage (``region_id, e0 .. e{D-1}``, float32, regions
+sorted by id; the settings in the file's metadata under ``urbangeo``) and the
+``region_embeddings`` layer (region polygons + ``n_images`` + the same vector columns, or one
+JSON text column ``embedding`` above :data:`MAX_VECTOR_COLUMNS` values), which QGIS opens like
+any polygon layer. Above ``layer_vectors`` regions (a setting) the layer holds the polygons and
+``n_images`` only: the vectors are in the parquet (its layer description says so).
+
+Memory is bounded by ``chunk_size`` images, not by the city: the images are taken in region
+order, encoded batch by batch, and every ``chunk_size`` images the regions whose images are all
+encoded are pooled (float64 sums of their images only) and written to the parquet as one row
+group (:func:`embed_regions_to_parquet`). No image vector outlives its chunk.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,7 @@ from torch.utils.data import DataLoader
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError
+from urbangeo.imagery.kinds import canonical_kind
 from urbangeo.io.files import atomic_path
 from urbangeo.model.data import (
     ImageDataset,
@@ -50,6 +57,10 @@ N_IMAGES = "n_images"
 #: Above this many vector columns the layer stores the vector as one JSON text column instead
 #: (SQLite allows 2000 columns per table).
 MAX_VECTOR_COLUMNS = 1900
+#: Images encoded between two writes of pooled regions (``embed --chunk-size``).
+DEFAULT_CHUNK_SIZE = 8192
+#: Above this many regions the layer holds no vectors (``embed --layer-vectors``).
+DEFAULT_LAYER_VECTORS = 100_000
 
 
 @dataclass
@@ -68,6 +79,11 @@ class RegionEmbeddings:
         return vector_columns(self.dim)
 
     @property
+    def has_vectors(self) -> bool:
+        """Whether ``frame`` holds the vectors (a large run's streamed result does not)."""
+        return self.dim > 0 and f"e{self.dim - 1}" in self.frame.columns
+
+    @property
     def vectors(self) -> np.ndarray:
         """``[regions, dim]`` float32."""
         return self.frame[self.vector_columns].to_numpy(np.float32)
@@ -76,6 +92,49 @@ class RegionEmbeddings:
 def vector_columns(dim: int) -> list[str]:
     """The names of ``dim`` vector columns."""
     return [f"e{i}" for i in range(dim)]
+
+
+def _encode_batches(
+    encoder: ImageEncoder,
+    paths: Sequence[str | os.PathLike],
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    task: str = "embed",
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """Per batch, in order: the dataset positions of the images decoded, their features
+    ``[k, dim]`` (float32) and the number of images of the batch that failed to decode."""
+    if batch_size < 1 or num_workers < 0:
+        raise InputError("batch_size must be >= 1 and num_workers >= 0.")
+    device = pick_device(str(device) if device is not None else None)
+    dtype = resolve_precision(precision, device)
+    encoder.to(device)
+    if encoder.module is not None:
+        encoder.module.eval()
+    n = len(paths)
+    loader = DataLoader(
+        ImageDataset([str(p) for p in paths], encoder.transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_images,
+        pin_memory=device.type == "cuda",
+    )
+    empty = np.zeros((0, encoder.dim), dtype=np.float32)
+    with torch.inference_mode(), progress(n, task=task, unit="img") as bar:
+        for batch in loader:
+            index = batch["index"].numpy()
+            features = empty
+            if len(index):
+                images = batch["images"].to(device, non_blocking=True)
+                with autocast(device, dtype):
+                    out = encoder.encode(images)
+                features = out.float().cpu().numpy()
+            failed = int(batch["failed"].numel())
+            yield index, features, failed
+            bar.update(len(index) + failed)
 
 
 def embed_images(
@@ -88,35 +147,26 @@ def embed_images(
     precision: str = "auto",
     task: str = "embed",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Features ``[n, dim]`` (float32; NaN rows for images that failed) and the ok mask."""
-    if batch_size < 1 or num_workers < 0:
-        raise InputError("batch_size must be >= 1 and num_workers >= 0.")
-    device = pick_device(str(device) if device is not None else None)
-    dtype = resolve_precision(precision, device)
-    encoder.to(device)
-    if encoder.module is not None:
-        encoder.module.eval()
+    """Features ``[n, dim]`` (float32; NaN rows for images that failed) and the ok mask.
+
+    Holds every image's vector: for a run's regions use :func:`embed_regions_to_parquet`,
+    which keeps ``chunk_size`` of them at a time.
+    """
     n = len(paths)
     features = np.full((n, encoder.dim), np.nan, dtype=np.float32)
     ok = np.zeros(n, dtype=bool)
-    loader = DataLoader(
-        ImageDataset([str(p) for p in paths], encoder.transform),
+    batches = _encode_batches(
+        encoder,
+        paths,
         batch_size=batch_size,
-        shuffle=False,
         num_workers=num_workers,
-        collate_fn=collate_images,
-        pin_memory=device.type == "cuda",
+        device=device,
+        precision=precision,
+        task=task,
     )
-    with torch.inference_mode(), progress(n, task=task, unit="img") as bar:
-        for batch in loader:
-            index = batch["index"].numpy()
-            if len(index):
-                images = batch["images"].to(device, non_blocking=True)
-                with autocast(device, dtype):
-                    out = encoder.encode(images)
-                features[index] = out.float().cpu().numpy()
-                ok[index] = True
-            bar.update(len(index) + batch["failed"].numel())
+    for index, out, _ in batches:
+        features[index] = out
+        ok[index] = True
     return features, ok
 
 
@@ -124,32 +174,211 @@ def pool_by_region(
     features: np.ndarray, region_ids: Sequence[Any], ok: np.ndarray | None = None
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Mean of the (ok) feature rows of each region: ids (sorted), ``[r, dim]``, counts."""
-    features = np.asarray(features, dtype=np.float64)
     keep = np.ones(len(features), bool) if ok is None else np.asarray(ok, bool)
     ids = np.asarray([str(r) for r in region_ids], dtype=object)[keep]
     names, inverse = np.unique(ids, return_inverse=True)
-    sums = np.zeros((len(names), features.shape[1]))
-    np.add.at(sums, inverse, features[keep])
-    counts = np.bincount(inverse, minlength=len(names))
-    means = sums / np.maximum(counts, 1)[:, None]
-    return [str(x) for x in names], means.astype(np.float32), counts
+    means, counts = _means(np.asarray(features)[keep], inverse, len(names))
+    return [str(x) for x in names], means, counts
+
+
+def _means(features: np.ndarray, inverse: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per group ``0..n-1`` of ``inverse``: the mean of its rows (float64 sums, in row order,
+    as float32) and its number of rows."""
+    sums = np.zeros((n, features.shape[1]))
+    np.add.at(sums, inverse, features.astype(np.float64, copy=False))
+    counts = np.bincount(inverse, minlength=n)
+    return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32), counts
 
 
 def _select_images(images: pd.DataFrame, kind: str) -> tuple[pd.DataFrame, str]:
     ok = images[(images[C.STATUS] == C.STATUS_OK) & images[C.REGION_ID].notna()]
     kinds = set(ok[C.KIND])
     if kind == "auto":
-        kind = C.KIND_STREETVIEW if C.KIND_STREETVIEW in kinds else C.KIND_SATELLITE
-    wanted = (C.KIND_SATELLITE, C.KIND_STREETVIEW) if kind == "concat" else (kind,)
+        kind = C.KIND_STREETVIEW if C.KIND_STREETVIEW in kinds else C.KIND_OVERHEAD
+    wanted = (C.KIND_OVERHEAD, C.KIND_STREETVIEW) if kind == "concat" else (kind,)
     missing = [k for k in wanted if k not in kinds]
     if missing:
         raise InputError(
             f"No {' or '.join(missing)} images with status 'ok' and a region_id in the images "
             f"layer (kinds present: {', '.join(sorted(kinds)) or 'none'}).",
-            hint="Fetch those images first (`urbangeo tiles` for satellite, `urbangeo streetview` "
+            hint="Fetch those images first (`urbangeo tiles` for overhead, `urbangeo streetview` "
             "for street view), or choose another --kind.",
         )
     return ok[ok[C.KIND].isin(wanted)].reset_index(drop=True), kind
+
+
+@dataclass
+class _Plan:
+    """The images to embed, in region order: ``paths`` (sorted by region id, stable),
+    ``region`` (the position of each image's region in ``names``, non-decreasing), ``is_sv``
+    (street view, else overhead), and ``fit_paths`` (the paths in the layer's order, for an
+    encoder fitted to them)."""
+
+    kind: str
+    names: np.ndarray
+    paths: list[str]
+    region: np.ndarray
+    is_sv: np.ndarray
+    fit_paths: list[str]
+
+
+#: The columns of the images layer embed reads.
+_IMAGE_COLUMNS = (C.IMAGE_ID, C.KIND, C.REGION_ID, C.PATH, C.STATUS)
+
+
+def _image_rows(gpkg: Path) -> pd.DataFrame:
+    """The columns of the ``images`` layer that embed needs (not the whole layer)."""
+    import pyogrio
+
+    from urbangeo.imagery.kinds import normalize_kinds
+    from urbangeo.io.gpkg import list_layers
+
+    if C.LAYER_IMAGES not in list_layers(gpkg):
+        return read_image_rows(gpkg)  # its error names the command that writes the layer
+    fields = set(pyogrio.read_info(gpkg, layer=C.LAYER_IMAGES)["fields"])
+    columns = [c for c in _IMAGE_COLUMNS if c in fields]
+    if len(columns) < len(_IMAGE_COLUMNS) - (C.REGION_ID not in fields):
+        return read_image_rows(gpkg)  # a required column is missing: its error says which
+    frame = pd.DataFrame(
+        pyogrio.read_dataframe(gpkg, layer=C.LAYER_IMAGES, columns=columns, read_geometry=False)
+    )
+    if C.REGION_ID not in frame:
+        frame[C.REGION_ID] = None
+    return normalize_kinds(frame)
+
+
+def _plan(gpkg: str | os.PathLike, kind: str) -> _Plan:
+    kind = canonical_kind(kind)
+    if kind not in EMBED_KINDS:
+        raise InputError(f"kind must be one of {EMBED_KINDS}; got {kind!r}")
+    gpkg = Path(gpkg)
+    images, kind = _select_images(_image_rows(gpkg), kind)
+    paths = [str(p) if Path(p).is_absolute() else str(gpkg.parent / p) for p in images[C.PATH]]
+    names, region = np.unique(images[C.REGION_ID].astype(str).to_numpy(), return_inverse=True)
+    is_sv = (images[C.KIND] == C.KIND_STREETVIEW).to_numpy()
+    order = np.argsort(region, kind="stable")  # a region's images keep the layer's order
+    return _Plan(
+        kind,
+        names,
+        [paths[i] for i in order],
+        region[order],
+        is_sv[order],
+        paths,
+    )
+
+
+@dataclass
+class _Tally:
+    """What the streamed embedding counted."""
+
+    embedded: int = 0
+    failed: int = 0
+    regions: int = 0
+    not_finite: int = 0
+
+
+def _pooled_chunks(
+    plan: _Plan,
+    encoder: ImageEncoder,
+    tally: _Tally,
+    *,
+    chunk_size: int,
+    batch_size: int,
+    num_workers: int,
+    device: str | torch.device | None,
+    precision: str,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Region ids, ``n_images`` and vectors ``[r, dim]`` (float32), a chunk of regions at a
+    time, in region order: every ``chunk_size`` encoded images, the regions whose images are
+    all encoded are pooled and handed over; the others wait for their remaining images."""
+    if chunk_size < 1:
+        raise InputError(f"chunk_size must be >= 1; got {chunk_size}")
+    n = len(plan.paths)
+    positions: list[np.ndarray] = []
+    features: list[np.ndarray] = []
+    pending = done = 0
+    batches = _encode_batches(
+        encoder,
+        plan.paths,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        precision=precision,
+    )
+    for index, out, failed in batches:
+        done += len(index) + failed
+        tally.embedded += len(index)
+        tally.failed += failed
+        if len(index):
+            positions.append(index)
+            features.append(out)
+            pending += len(index)
+        if pending < chunk_size and done < n:
+            continue
+        # regions before the next image's region have all their images encoded
+        boundary = int(plan.region[done]) if done < n else len(plan.names)
+        pos = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+        feats = np.concatenate(features) if features else np.zeros((0, encoder.dim), np.float32)
+        cut = int(np.searchsorted(plan.region[pos], boundary))
+        positions, features = [pos[cut:]], [feats[cut:]]
+        pending = len(pos) - cut
+        if cut:
+            chunk = _pool_chunk(plan, pos[:cut], feats[:cut])
+            tally.regions += len(chunk[0])
+            tally.not_finite += int((~np.isfinite(chunk[2]).all(axis=1)).sum())
+            yield chunk
+
+
+def _pool_chunk(
+    plan: _Plan, pos: np.ndarray, feats: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The regions of one chunk of encoded images (``pos``, in region order)."""
+    pooled = {}
+    for sv in (False, True):
+        rows = plan.is_sv[pos] == sv
+        if not rows.any():
+            continue
+        codes, inverse = np.unique(plan.region[pos[rows]], return_inverse=True)
+        means, counts = _means(feats[rows], inverse, len(codes))
+        pooled[sv] = (codes, counts.astype(np.int64), means)
+    if plan.kind != "concat":
+        codes, counts, means = next(iter(pooled.values()))
+        return plan.names[codes], counts, means
+    if len(pooled) < 2:  # no region of this chunk has both kinds
+        return plan.names[:0], np.zeros(0, np.int64), np.zeros((0, 2 * feats.shape[1]), np.float32)
+    (ov, n_ov, v_ov), (sv_, n_sv, v_sv) = pooled[False], pooled[True]
+    both, i_ov, i_sv = np.intersect1d(ov, sv_, assume_unique=True, return_indices=True)
+    vectors = np.hstack([v_ov[i_ov], v_sv[i_sv]])
+    return plan.names[both], n_ov[i_ov] + n_sv[i_sv], vectors
+
+
+def _prepare(
+    gpkg: str | os.PathLike, encoder: ImageEncoder, kind: str
+) -> tuple[_Plan, ImageEncoder, int]:
+    """The images in region order, the encoder (fitted to them if it fits) and the output
+    width."""
+    plan = _plan(gpkg, kind)
+    if encoder.fit is not None:
+        encoder = encoder.fit(plan.fit_paths)
+    return plan, encoder, 2 * encoder.dim if plan.kind == "concat" else encoder.dim
+
+
+def _counts(plan: _Plan, tally: _Tally, dim: int, encoder: ImageEncoder) -> dict[str, int]:
+    """The stage's counts; refuses a run where no image decoded or a vector is not finite."""
+    if not tally.embedded:
+        raise InputError(
+            f"None of the {len(plan.paths)} images could be read.",
+            hint="Check the files under images/ beside the GeoPackage.",
+        )
+    if tally.not_finite:
+        _refuse_not_finite(tally.not_finite, tally.regions, encoder.name)
+    return {
+        "images": len(plan.paths),
+        "images_embedded": tally.embedded,
+        "failed_images": tally.failed,
+        "regions": tally.regions,
+        "dim": dim,
+    }
 
 
 def embed_regions(
@@ -161,90 +390,143 @@ def embed_regions(
     num_workers: int = 0,
     device: str | torch.device | None = None,
     precision: str = "auto",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> RegionEmbeddings:
-    """Region vectors of a run: images of ``kind`` → ``encoder`` → mean per region.
+    """Region vectors of a run, in memory: images of ``kind`` → ``encoder`` → mean per region.
 
-    ``kind``: ``streetview``, ``satellite``, ``concat`` ([satellite, street-view] of regions
-    that have both) or ``auto`` (street-view if the run has any, else satellite).
+    ``kind``: ``streetview``, ``overhead``, ``concat`` ([overhead, street-view] of regions
+    that have both) or ``auto`` (street-view if the run has any, else overhead). Images are
+    encoded ``chunk_size`` at a time; the region vectors (float32) are all kept: for a large
+    run, :func:`embed_regions_to_parquet` writes them as they come instead.
     """
-    if kind not in EMBED_KINDS:
-        raise InputError(f"kind must be one of {EMBED_KINDS}; got {kind!r}")
-    images, kind = _select_images(read_image_rows(gpkg), kind)
-    if encoder.fit is not None:
-        encoder = encoder.fit(images[C.PATH].tolist())
-    features, ok = embed_images(
+    plan, encoder, dim = _prepare(gpkg, encoder, kind)
+    tally = _Tally()
+    ids: list[np.ndarray] = []
+    n_images: list[np.ndarray] = []
+    vectors: list[np.ndarray] = []
+    for chunk_ids, chunk_n, chunk_vectors in _pooled_chunks(
+        plan,
         encoder,
-        images[C.PATH].tolist(),
+        tally,
+        chunk_size=chunk_size,
         batch_size=batch_size,
         num_workers=num_workers,
         device=device,
         precision=precision,
+    ):
+        ids.append(chunk_ids)
+        n_images.append(chunk_n)
+        vectors.append(chunk_vectors)
+    counts = _counts(plan, tally, dim, encoder)
+    frame = pd.DataFrame(
+        np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32),
+        columns=vector_columns(dim),
     )
-    failed = int((~ok).sum())
-    if not ok.any():
-        raise InputError(
-            f"None of the {len(images)} images could be read.",
-            hint="Check the files under images/ beside the GeoPackage.",
-        )
-    pooled: dict[str, pd.DataFrame] = {}
-    for k in (C.KIND_SATELLITE, C.KIND_STREETVIEW):
-        rows = (images[C.KIND] == k).to_numpy()
-        if not rows.any():
-            continue
-        ids, means, n_rows = pool_by_region(features[rows], images.loc[rows, C.REGION_ID], ok[rows])
-        frame = pd.DataFrame(means, columns=vector_columns(encoder.dim))
-        frame.insert(0, N_IMAGES, n_rows.astype(np.int64))
-        frame.insert(0, C.REGION_ID, ids)
-        pooled[k] = frame
-    if kind == "concat":
-        sat, sv = pooled[C.KIND_SATELLITE], pooled[C.KIND_STREETVIEW]
-        both = sat.merge(sv, on=C.REGION_ID, suffixes=("_sat", "_sv"))
-        dim = 2 * encoder.dim
-        vectors = np.hstack(
-            [
-                both[[f"{c}_sat" for c in vector_columns(encoder.dim)]].to_numpy(np.float32),
-                both[[f"{c}_sv" for c in vector_columns(encoder.dim)]].to_numpy(np.float32),
-            ]
-        )
-        frame = pd.DataFrame(vectors, columns=vector_columns(dim))
-        frame.insert(0, N_IMAGES, (both["n_images_sat"] + both["n_images_sv"]).to_numpy())
-        frame.insert(0, C.REGION_ID, both[C.REGION_ID].to_numpy())
-    else:
-        dim, frame = encoder.dim, pooled[kind]
-    _check_finite(frame, dim, encoder.name)
-    counts = {
-        "images": len(images),
-        "images_embedded": int(ok.sum()),
-        "failed_images": failed,
-        "regions": len(frame),
-        "dim": dim,
-    }
-    return RegionEmbeddings(frame, dim, kind, dict(encoder.info), counts)
+    frame.insert(0, N_IMAGES, np.concatenate(n_images) if n_images else np.zeros(0, np.int64))
+    frame.insert(0, C.REGION_ID, [str(r) for r in np.concatenate(ids)] if ids else [])
+    return RegionEmbeddings(frame, dim, plan.kind, dict(encoder.info), counts)
 
 
-def _check_finite(frame: pd.DataFrame, dim: int, encoder: str) -> None:
-    """Refuse region vectors holding NaN or infinity (a broken model): none is written."""
-    finite = np.isfinite(frame[vector_columns(dim)].to_numpy(np.float64)).all(axis=1)
-    if not finite.all():
-        raise InputError(
-            f"{int((~finite).sum()):,} of {len(finite):,} regions got embedding values that are "
-            f"not finite numbers (NaN or infinity) from encoder {encoder}; nothing was written.",
-            hint="The model's weights are broken, e.g. by a training run that diverged: train "
-            "again with a lower --lr (and --overwrite), or embed with another --checkpoint.",
-        )
+def embed_regions_to_parquet(
+    gpkg: str | os.PathLike,
+    encoder: ImageEncoder,
+    path: str | os.PathLike,
+    *,
+    kind: str = "auto",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    keep_vectors: int = DEFAULT_LAYER_VECTORS,
+) -> RegionEmbeddings:
+    """:func:`embed_regions` streamed to ``path`` (``embeddings.parquet``, atomically: one
+    row group per chunk of regions, the same columns, values and metadata as
+    :func:`write_parquet`); memory holds ``chunk_size`` images, not the run.
+
+    The result's frame holds ``region_id`` and ``n_images`` of every region, and the vectors
+    too when the run has at most ``keep_vectors`` regions (:attr:`RegionEmbeddings.has_vectors`;
+    the layer of a larger run holds no vectors). Nothing replaces ``path`` when a vector is
+    not finite or no image decodes.
+    """
+    plan, encoder, dim = _prepare(gpkg, encoder, kind)
+    keep = len(plan.names) <= keep_vectors
+    tally = _Tally()
+    ids: list[np.ndarray] = []
+    n_images: list[np.ndarray] = []
+    vectors: list[np.ndarray] = []
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        writer = pq.ParquetWriter(tmp, _schema(dim), store_schema=False)
+        try:
+            for chunk_ids, chunk_n, chunk_vectors in _pooled_chunks(
+                plan,
+                encoder,
+                tally,
+                chunk_size=chunk_size,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                device=device,
+                precision=precision,
+            ):
+                if len(chunk_ids):
+                    writer.write_table(_table(chunk_ids, chunk_vectors, dim))
+                ids.append(chunk_ids)
+                n_images.append(chunk_n)
+                if keep:
+                    vectors.append(chunk_vectors)
+            counts = _counts(plan, tally, dim, encoder)
+            meta = {"kind": plan.kind, "dim": dim, **encoder.info, **counts}
+            writer.add_key_value_metadata({"urbangeo": json.dumps(meta)})
+        finally:
+            writer.close()
+    frame = pd.DataFrame({C.REGION_ID: [str(r) for r in np.concatenate(ids)]})
+    frame[N_IMAGES] = np.concatenate(n_images)
+    if keep:
+        values = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
+        frame = pd.concat([frame, pd.DataFrame(values, columns=vector_columns(dim))], axis=1)
+    return RegionEmbeddings(frame, dim, plan.kind, dict(encoder.info), counts)
+
+
+def _refuse_not_finite(bad: int, total: int, encoder: str) -> None:
+    raise InputError(
+        f"{bad:,} of {total:,} regions got embedding values that are not finite numbers "
+        f"(NaN or infinity) from encoder {encoder}; nothing was written.",
+        hint="The model's weights are broken, e.g. by a training run that diverged: train "
+        "again with a lower --lr (and --overwrite), or embed with another --checkpoint.",
+    )
+
+
+def _schema(dim: int) -> pa.Schema:
+    """``region_id`` (string) and ``e0..`` (float32): the columns of ``embeddings.parquet``."""
+    return pa.schema(
+        [(C.REGION_ID, pa.string())] + [(name, pa.float32()) for name in vector_columns(dim)]
+    )
+
+
+def _table(ids: Sequence[Any] | np.ndarray, vectors: np.ndarray, dim: int) -> pa.Table:
+    """One row group of ``embeddings.parquet``."""
+    columns = [pa.array([str(r) for r in ids], type=pa.string())]
+    columns += [pa.array(vectors[:, i], type=pa.float32()) for i in range(dim)]
+    return pa.Table.from_arrays(columns, schema=_schema(dim))
 
 
 def write_parquet(emb: RegionEmbeddings, path: str | os.PathLike) -> Path:
-    """``region_id, e0..`` as float32 to ``path`` (atomically), settings in the metadata."""
+    """``region_id, e0..`` as float32 to ``path`` (atomically), settings in the metadata;
+    written in row groups of :data:`DEFAULT_CHUNK_SIZE` regions (no copy of the whole)."""
     path = Path(path)
-    columns: dict[str, Any] = {C.REGION_ID: pa.array(emb.frame[C.REGION_ID].astype(str))}
-    vectors = emb.vectors
-    for i, name in enumerate(emb.vector_columns):
-        columns[name] = pa.array(vectors[:, i], type=pa.float32())
     meta = {"kind": emb.kind, "dim": emb.dim, **emb.info, **emb.counts}
-    table = pa.table(columns).replace_schema_metadata({"urbangeo": json.dumps(meta)})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    ids = emb.frame[C.REGION_ID].astype(str).to_numpy()
+    columns = emb.vector_columns
+    with (
+        atomic_path(path) as tmp,
+        pq.ParquetWriter(tmp, _schema(emb.dim), store_schema=False) as writer,
+    ):
+        for start in range(0, max(len(ids), 1), DEFAULT_CHUNK_SIZE):
+            rows = slice(start, start + DEFAULT_CHUNK_SIZE)
+            vectors = emb.frame.iloc[rows].loc[:, columns].to_numpy(np.float32)
+            writer.write_table(_table(ids[rows], vectors, emb.dim))
+        writer.add_key_value_metadata({"urbangeo": json.dumps(meta)})
     return path
 
 
@@ -256,14 +538,37 @@ def read_parquet(path: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, Any]]
 
 
 def region_layer(emb: RegionEmbeddings, regions: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
-    """Region polygons with ``n_images`` and the vector (columns, or JSON text if very wide)."""
+    """Region polygons with ``n_images`` and the vector (columns, or JSON text if very wide;
+    none when ``emb`` holds no vectors: a large run's are in ``embeddings.parquet``)."""
     geo = regions[[C.REGION_ID, regions.geometry.name]].copy()
     geo[C.REGION_ID] = geo[C.REGION_ID].astype(str)
     frame = emb.frame
-    if emb.dim > MAX_VECTOR_COLUMNS:
+    if not emb.has_vectors:
+        frame = frame[[C.REGION_ID, N_IMAGES]]
+    elif emb.dim > MAX_VECTOR_COLUMNS:
         vectors = emb.vectors
         frame = frame[[C.REGION_ID, N_IMAGES]].copy()
         # 9 significant digits: float32 values survive the text round trip exactly
         frame["embedding"] = ["[" + ",".join(f"{x:.9g}" for x in row) + "]" for row in vectors]
     merged = geo.merge(frame, on=C.REGION_ID, how="inner")
     return gpd.GeoDataFrame(merged, geometry=regions.geometry.name, crs=regions.crs)
+
+
+def vectors_elsewhere_note(emb: RegionEmbeddings, limit: int) -> str:
+    """The layer description of a run whose layer holds no vectors."""
+    return (
+        f"Region polygons and n_images of {len(emb.frame):,} regions. The {emb.dim}-value "
+        f"region embeddings are in {C.EMBEDDINGS_PARQUET} beside the GeoPackage (region_id, "
+        f"e0..e{emb.dim - 1}): above {limit:,} regions the layer holds no vectors "
+        "(embed --layer-vectors)."
+    )
+
+
+def region_polygons(gpkg: str | os.PathLike) -> gpd.GeoDataFrame:
+    """``region_id`` and the polygons of the run's ``regions`` layer (its other columns are
+    not read)."""
+    from urbangeo.io.gpkg import list_layers, read_layer
+
+    if C.LAYER_REGIONS not in list_layers(gpkg):
+        return read_layer(gpkg, C.LAYER_REGIONS)  # its error names the command to run
+    return gpd.read_file(gpkg, layer=C.LAYER_REGIONS, engine="pyogrio", columns=[C.REGION_ID])

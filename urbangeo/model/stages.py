@@ -126,7 +126,10 @@ def embed_stage(run: StageRun, s: EmbedSettings, *, overwrite: bool) -> StageRes
     ``encoder`` is one of :data:`urbangeo.model.encoders.ENCODERS`; the trained one reads
     ``checkpoint`` (default: ``checkpoints/<name>/model.pt`` beside the GeoPackage; any other
     run's model works too: transfer). Vectors that are not finite (a diverged model) are
-    refused before anything is written. See :func:`urbangeo.model.embed.embed_regions`.
+    refused before anything is written. See :func:`urbangeo.model.embed.embed_regions`
+    (streamed: :func:`~urbangeo.model.embed.embed_regions_to_parquet`, ``chunk_size`` images
+    in memory; above ``layer_vectors`` regions the layer holds polygons and ``n_images``
+    only, the vectors being in the parquet).
     The region encoders (``raster``, ``patches``) read no images: see
     :func:`urbangeo.model.encoders.region_encoder.run_region_encoder`.
     """
@@ -134,13 +137,17 @@ def embed_stage(run: StageRun, s: EmbedSettings, *, overwrite: bool) -> StageRes
 
     path = run.path
     assert path is not None  # the decorator requires the GeoPackage
-    regions = read_layer(path, C.LAYER_REGIONS)
     implementation = ENCODERS.get(s.encoder)
     if getattr(implementation, "encodes_regions", False):  # raster, patches: no images, no torch
         from urbangeo.model.encoders.region_encoder import run_region_encoder
 
-        return run_region_encoder(run, s, regions, implementation)
-    from urbangeo.model.embed import embed_regions, region_layer, write_parquet
+        return run_region_encoder(run, s, read_layer(path, C.LAYER_REGIONS), implementation)
+    from urbangeo.model.embed import (
+        embed_regions_to_parquet,
+        region_layer,
+        region_polygons,
+        vectors_elsewhere_note,
+    )
     from urbangeo.model.threads import use_threads
 
     checkpoint = s.checkpoint
@@ -155,26 +162,50 @@ def embed_stage(run: StageRun, s: EmbedSettings, *, overwrite: bool) -> StageRes
         seed=s.seed,
     )
     use_threads(enc.module)  # one thread for small encoders: faster, and fair to a busy machine
-    emb = embed_regions(
+    regions = region_polygons(path)
+    # streamed: chunk_size images in memory; the vectors kept for the layer of a small run only
+    parquet = path.parent / C.EMBEDDINGS_PARQUET
+    emb = embed_regions_to_parquet(
         path,
         enc,
+        parquet,
         kind=s.kind,
         batch_size=s.batch_size,
         num_workers=s.num_workers,
         device=s.device,
         precision=s.precision,
+        chunk_size=s.chunk_size,
+        keep_vectors=s.layer_vectors,
     )
     layer = region_layer(emb, regions)
-    parquet = write_parquet(emb, path.parent / C.EMBEDDINGS_PARQUET)
+    del regions
     params = {"kind": emb.kind, **{k: v for k, v in emb.info.items() if v is not None}}
     counts = dict(emb.counts)
     result = run.commit(
         {C.LAYER_REGION_EMBEDDINGS: layer}, counts=counts, params=params, files=[parquet]
     )
+    if not emb.has_vectors:  # say where the vectors are, in QGIS's layer properties
+        from urbangeo.model.encoders.region_encoder import qgis_metadata_xml, write_layer_metadata
+
+        note = vectors_elsewhere_note(emb, s.layer_vectors)
+        write_layer_metadata(
+            path,
+            C.LAYER_REGION_EMBEDDINGS,
+            description=note,
+            qgis_xml=qgis_metadata_xml(
+                C.LAYER_REGION_EMBEDDINGS,
+                title="Region embeddings (vectors in embeddings.parquet)",
+                abstract=note,
+                licence=None,
+                rights=None,
+                history=f"urbangeo embed --encoder {enc.name}",
+                crs=layer.crs,
+            ),
+        )
     failed = (
         f"; {counts['failed_images']} image(s) could not be read" if counts["failed_images"] else ""
     )
-    what = "satellite and street-view" if emb.kind == "concat" else emb.kind
+    what = "overhead and street-view" if emb.kind == "concat" else emb.kind
     message(
         f"Embedded {counts['images_embedded']:,} {what} images into {len(layer):,} regions "
         f"({emb.dim} values, encoder {enc.name}){failed}. Wrote {parquet} and layer "
