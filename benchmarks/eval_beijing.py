@@ -32,23 +32,31 @@ import os
 import time
 from pathlib import Path
 
+import _evaluation as ev
 import numpy as np
 import pandas as pd
 
 from urbangeo import constants as C
-from urbangeo.downstream.predict import evaluate
-from urbangeo.downstream.tables import align, embeddings_frame, indicators_frame
+from urbangeo.downstream.tables import align, indicators_frame
 from urbangeo.progress import set_mode
 
-TARGETS = ("population", "carbon_t", "gdp_myuan")
-GDP_FILL = 10000.0
+COLUMNS = {
+    "features": "features",
+    "split": "split",
+    "target": "target",
+    "n": "n",
+    "MLP R²": "mlp_r2",
+    "ridge R²": "ridge_r2",
+    "coords k-NN R²": "coords_r2",
+    "MLP RMSE": "mlp_rmse",
+    "MLP MAE": "mlp_mae",
+}
 
 
 def load_regions(data: Path) -> pd.DataFrame:
-    regions = pd.read_csv(data / "regions.csv")
-    regions[C.REGION_ID] = regions["tile"]
-    regions.loc[regions["gdp_myuan"] == GDP_FILL, "gdp_myuan"] = np.nan
-    return regions[[C.REGION_ID, "lon", "lat", *TARGETS]]
+    return ev.beijing_regions(data / "regions.csv")[
+        [C.REGION_ID, "lon", "lat", *ev.BEIJING_TARGETS]
+    ]
 
 
 def caption_texts(data: Path, sv_per_region: int = 0) -> tuple[dict, dict, dict[str, list[str]]]:
@@ -58,12 +66,9 @@ def caption_texts(data: Path, sv_per_region: int = 0) -> tuple[dict, dict, dict[
     listed in ``tile_streetview.json``), to bound the embedding time on a CPU.
     """
     long_sat, short_sat = {}, {}
-    with open(data / "satellite_captions.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            sentences = [s.strip() for s in row["sentences"] if s.strip()]
-            long_sat[row["tile"]] = ". ".join(s.rstrip(".") for s in sentences) + "."
-            short_sat[row["tile"]] = sentences[0].rstrip(".") + "." if sentences else ""
+    for tile, sentences in ev.satellite_sentences(data).items():
+        long_sat[tile] = ev.joined(sentences)
+        short_sat[tile] = ev.joined(sentences[:1]) if sentences else ""
     with gzip.open(data / "streetview_captions.jsonl.gz", "rt", encoding="utf-8") as fh:
         sv = {row["image"]: row["caption"] for row in map(json.loads, fh)}
     tiles = json.loads((data / "tile_streetview.json").read_text())
@@ -124,28 +129,25 @@ def feature_sets(
         "sv regions": len(sv_tiles),
     }
 
-    def frame(ids: list[str], values: np.ndarray) -> pd.DataFrame:
-        table = pd.DataFrame(values, columns=[f"e{i}" for i in range(values.shape[1])])
-        table.insert(0, C.REGION_ID, ids)
-        return embeddings_frame(table)
-
     def pooled(values: np.ndarray) -> np.ndarray:
         sums = np.zeros((len(sv_tiles), values.shape[1]))
         np.add.at(sums, sv_owner, values)
         return sums / np.bincount(sv_owner)[:, None]
 
     sets = {
-        "sat short": frame(
+        "sat short": ev.vectors_frame(
             tiles, embed(model, [short_sat[t] for t in tiles], 77, out / "sat_short_77.npy")
         ),
-        "sat long @77": frame(
+        "sat long @77": ev.vectors_frame(
             tiles, embed(model, [long_sat[t] for t in tiles], 77, out / "sat_long_77.npy")
         ),
-        "sat long @248": frame(
+        "sat long @248": ev.vectors_frame(
             tiles, embed(model, [long_sat[t] for t in tiles], 248, out / "sat_long_248.npy")
         ),
-        "sv long @77": frame(sv_tiles, pooled(embed(model, sv_texts, 77, sv_cache(77)))),
-        "sv long @248": frame(sv_tiles, pooled(embed(model, sv_texts, 248, sv_cache(248)))),
+        "sv long @77": ev.vectors_frame(sv_tiles, pooled(embed(model, sv_texts, 77, sv_cache(77)))),
+        "sv long @248": ev.vectors_frame(
+            sv_tiles, pooled(embed(model, sv_texts, 248, sv_cache(248)))
+        ),
     }
     sat, svf = sets["sat long @248"], sets["sv long @248"]
     common = sat.index.intersection(svf.index)
@@ -154,20 +156,6 @@ def feature_sets(
     )
     sets["sat+sv @248"] = both
     return sets, stats
-
-
-def markdown(rows: list[dict]) -> str:
-    lines = [
-        "| features | split | target | n | MLP R² | ridge R² | coords k-NN R² "
-        "| MLP RMSE | MLP MAE |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['features']} | {r['split']} | {r['target']} | {r['n']} | {r['mlp_r2']} | "
-            f"{r['ridge_r2']} | {r['coords_r2']} | {r['mlp_rmse']} | {r['mlp_mae']} |"
-        )
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -197,40 +185,28 @@ def main() -> None:
             continue
         common = features.index.intersection(indicators.index)
         dataset = align(features.loc[common], indicators.loc[common], name=name)
-        for split in ("random", "block"):
-            started = time.perf_counter()
-            report = evaluate(
-                dataset,
-                list(TARGETS),
-                seeds=args.seeds,
-                split=split,
-                block_size=args.block_size if split == "block" else None,
-            )
-            timings[f"{name} / {split}"] = round(time.perf_counter() - started, 1)
+        splits = ev.each_split(
+            dataset, ev.BEIJING_TARGETS, seeds=args.seeds, block_size=args.block_size
+        )
+        for split, report, seconds in splits:
+            timings[f"{name} / {split}"] = round(seconds, 1)
             for target, result in report.targets.items():
                 m = result.metrics
-
-                def cell(model: str, metric: str, m=m) -> str:
-                    if model not in m:
-                        return "–"
-                    v = m[model][metric]
-                    return f"{v['mean']:.3f} ± {v['std']:.3f}"
-
                 rows.append(
                     {
                         "features": name,
                         "split": split if split == "random" else f"block {args.block_size:g} m",
                         "target": target,
                         "n": result.n_regions,
-                        "mlp_r2": cell("mlp", "r2"),
-                        "ridge_r2": cell("ridge", "r2"),
-                        "coords_r2": cell("coords_knn", "r2"),
-                        "mlp_rmse": cell("mlp", "rmse"),
-                        "mlp_mae": cell("mlp", "mae"),
+                        "mlp_r2": ev.score_cell(m, "mlp"),
+                        "ridge_r2": ev.score_cell(m, "ridge"),
+                        "coords_r2": ev.score_cell(m, "coords_knn"),
+                        "mlp_rmse": ev.score_cell(m, "mlp", "rmse"),
+                        "mlp_mae": ev.score_cell(m, "mlp", "mae"),
                     }
                 )
-            print(markdown(rows[-len(report.targets) :]), flush=True)
-    table = markdown(rows)
+            print(ev.markdown(rows[-len(report.targets) :], COLUMNS), flush=True)
+    table = ev.markdown(rows, COLUMNS)
     (args.out / "results.md").write_text(table + "\n")
     (args.out / "results.json").write_text(
         json.dumps({"rows": rows, "token_stats": stats, "seconds": timings}, indent=2)

@@ -20,25 +20,28 @@ import json
 import time
 from pathlib import Path
 
+import _evaluation as ev
 import numpy as np
 import pandas as pd
 
 from urbangeo import constants as C
-from urbangeo.downstream.predict import evaluate
-from urbangeo.downstream.tables import align, embeddings_frame, indicators_frame
+from urbangeo.downstream.tables import align, indicators_frame
 from urbangeo.model.encoders.geoclip import encode_latlon, geoclip_version
 from urbangeo.progress import set_mode
 
-TARGETS = ("population", "carbon_t", "gdp_myuan")
-GDP_FILL = 10000.0
+COLUMNS = {
+    "split": "split",
+    "target": "target",
+    "n": "n",
+    "GeoCLIP ridge R²": "ridge_r2",
+    "GeoCLIP MLP R²": "mlp_r2",
+    "coords k-NN R²": "coords_r2",
+}
 
 
 def load_regions(csv: Path) -> pd.DataFrame:
     """Region id (the tile), lon, lat and the targets (GDP fill values as missing)."""
-    regions = pd.read_csv(csv)
-    regions[C.REGION_ID] = regions["tile"]
-    regions.loc[regions["gdp_myuan"] == GDP_FILL, "gdp_myuan"] = np.nan
-    return regions[[C.REGION_ID, "lon", "lat", *TARGETS]]
+    return ev.beijing_regions(csv)[[C.REGION_ID, "lon", "lat", *ev.BEIJING_TARGETS]]
 
 
 def location_features(regions: pd.DataFrame, device: str) -> tuple[pd.DataFrame, float]:
@@ -46,22 +49,7 @@ def location_features(regions: pd.DataFrame, device: str) -> tuple[pd.DataFrame,
     started = time.perf_counter()
     vectors = encode_latlon(regions[["lat", "lon"]].to_numpy(np.float64), device=device)
     seconds = time.perf_counter() - started
-    table = pd.DataFrame(vectors, columns=[f"e{i}" for i in range(vectors.shape[1])])
-    table.insert(0, C.REGION_ID, regions[C.REGION_ID].to_numpy())
-    return embeddings_frame(table), seconds
-
-
-def markdown(rows: list[dict]) -> str:
-    lines = [
-        "| split | target | n | GeoCLIP ridge R² | GeoCLIP MLP R² | coords k-NN R² |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['split']} | {r['target']} | {r['n']} | {r['ridge_r2']} | {r['mlp_r2']} | "
-            f"{r['coords_r2']} |"
-        )
-    return "\n".join(lines)
+    return ev.vectors_frame(regions[C.REGION_ID].to_numpy(), vectors), seconds
 
 
 def main() -> None:
@@ -79,35 +67,25 @@ def main() -> None:
     features, encode_seconds = location_features(regions, args.device)
     dataset = align(features, indicators, name="beijing geoclip-location")
     rows, timings = [], {"encode": round(encode_seconds, 1)}
-    for split in ("random", "block"):
-        started = time.perf_counter()
-        report = evaluate(
-            dataset,
-            list(TARGETS),
-            seeds=args.seeds,
-            split=split,
-            block_size=args.block_size if split == "block" else None,
-        )
-        timings[split] = round(time.perf_counter() - started, 1)
+    splits = ev.each_split(
+        dataset, ev.BEIJING_TARGETS, seeds=args.seeds, block_size=args.block_size
+    )
+    for split, report, seconds in splits:
+        timings[split] = round(seconds, 1)
         for target, result in report.targets.items():
             m = result.metrics
-
-            def cell(model: str, m=m) -> str:
-                v = m[model]["r2"]
-                return f"{v['mean']:.3f} ± {v['std']:.3f}"
-
             rows.append(
                 {
                     "split": split if split == "random" else f"block {args.block_size:g} m",
                     "target": target,
                     "n": result.n_regions,
-                    "ridge_r2": cell("ridge"),
-                    "mlp_r2": cell("mlp"),
-                    "coords_r2": cell("coords_knn"),
+                    "ridge_r2": ev.score_cell(m, "ridge"),
+                    "mlp_r2": ev.score_cell(m, "mlp"),
+                    "coords_r2": ev.score_cell(m, "coords_knn"),
                 }
             )
-        print(markdown(rows[-len(report.targets) :]), flush=True)
-    table = markdown(rows)
+        print(ev.markdown(rows[-len(report.targets) :], COLUMNS), flush=True)
+    table = ev.markdown(rows, COLUMNS)
     print(f"\ngeoclip {geoclip_version()}, {len(features):,} regions, {args.seeds} seeds\n")
     print(table)
     print(json.dumps(timings))

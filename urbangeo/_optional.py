@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
+from pathlib import Path
 from types import ModuleType
 
 from urbangeo.errors import MissingExtraError
@@ -18,3 +20,15 @@ def import_optional(module: str, *, extra: str, purpose: str) -> ModuleType:
             f"which is not installed ({exc}).",
             hint=f"Install it with: pip install 'urbangeo[{extra}]'",
         ) from exc
+
+
+def package_folders(package: str) -> list[Path]:
+    """The folders of an installed package, found without importing it (none: not
+    installed), e.g. to find the data files it ships."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return []
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return [Path(folder) for folder in spec.submodule_search_locations]

@@ -30,13 +30,15 @@ from urbangeo_cli.downstream import predict
 FAST = MLPConfig(hidden=16, max_epochs=30, patience=5)
 
 
-def _block_numpy(values: np.ndarray) -> np.ndarray:
+def _block_numpy(values: np.ndarray, total: int | None = None, blocks: int = 1) -> np.ndarray:
     """The block standardisation, computed independently: z-score per column (population
-    std), then the block divided by the square root of its width."""
+    std), then the block times sqrt(total / (blocks * its width)) (a set of ``total`` columns
+    in ``blocks`` blocks; by default this block alone)."""
     centred = values - values.mean(axis=0, keepdims=True)
     std = np.sqrt((centred**2).sum(axis=0) / len(values))
     std[std == 0] = 1.0
-    return centred / std / np.sqrt(values.shape[1])
+    width = values.shape[1]
+    return centred / std * np.sqrt((total or width) / (blocks * width))
 
 
 @pytest.fixture
@@ -59,16 +61,21 @@ def test_block_standardisation_matches_numpy(run):
     gpkg, ids, X, text, _, _ = run
     s = PredictSettings(features=("run,text",))
     dataset, n_all, sets = predict_dataset(gpkg, s, None)
-    expected = np.hstack([_block_numpy(X), _block_numpy(text)])
+    expected = np.hstack([_block_numpy(X, 19, 2), _block_numpy(text, 19, 2)])
     assert sets.main == "run+text" and n_all == len(ids)
     assert list(dataset.features.index) == ids
     np.testing.assert_allclose(dataset.features.to_numpy(), expected, atol=1e-12)
     assert list(dataset.features.columns[:2]) == ["run:e0", "run:e1"]
     assert dataset.features.columns[-1] == "text:e2"
-    # every block carries the same total variance, whatever its width
+    # every block carries the same total variance, whatever its width, and the set that of
+    # its 19 columns standardised
     values = dataset.features.to_numpy()
-    assert values[:, :16].var(axis=0).sum() == pytest.approx(1.0)
-    assert values[:, 16:].var(axis=0).sum() == pytest.approx(1.0)
+    assert values[:, :16].var(axis=0).sum() == pytest.approx(9.5)
+    assert values[:, 16:].var(axis=0).sum() == pytest.approx(9.5)
+    # the heads get the same weights, to apply after their own standardisation
+    weights = sets.column_weights()[""]
+    np.testing.assert_allclose(weights, [np.sqrt(19 / 32)] * 16 + [np.sqrt(19 / 6)] * 3)
+    # a block alone is a plain z-score
     direct = standardise_blocks({"a": pd.DataFrame(text, index=ids)})
     np.testing.assert_allclose(direct.to_numpy(), _block_numpy(text), atol=1e-12)
 
@@ -82,7 +89,7 @@ def test_regions_missing_from_a_block_are_dropped_with_a_warning(run):
     assert n_all == len(ids) - 7
     assert list(dataset.features.index) == ids[7:]
     # standardised over the regions kept, the constant column at 0
-    expected = np.hstack([_block_numpy(text[7:]), _block_numpy(wide)])
+    expected = np.hstack([_block_numpy(text[7:], 43, 2), _block_numpy(wide, 43, 2)])
     np.testing.assert_allclose(dataset.features.to_numpy(), expected, atol=1e-12)
     assert (dataset.features["wide:e0"] == 0).all()
     # the other set is scored on the same regions

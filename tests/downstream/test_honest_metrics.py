@@ -251,7 +251,7 @@ def test_settings_of_the_protocol():
 
 def _add_images(gpkg, regions):
     """One small PNG per region (its colour varies by region) and the images layer."""
-    folder = gpkg.parent / C.SATELLITE_DIR
+    folder = gpkg.parent / C.OVERHEAD_DIR
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     rows = []
@@ -263,9 +263,9 @@ def _add_images(gpkg, regions):
         rows.append(
             {
                 C.IMAGE_ID: f"s{i}",
-                C.KIND: C.KIND_SATELLITE,
+                C.KIND: C.KIND_OVERHEAD,
                 C.REGION_ID: region,
-                C.PATH: f"{C.SATELLITE_DIR}/s{i}.png",
+                C.PATH: f"{C.OVERHEAD_DIR}/s{i}.png",
                 C.STATUS: C.STATUS_OK,
                 C.SHA256: hashlib.sha256(path.read_bytes()).hexdigest(),
             }

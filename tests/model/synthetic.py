@@ -39,7 +39,7 @@ FILLER = (
 )
 CRS = "EPSG:32635"
 #: Both kinds of images, for :func:`make_run`.
-BOTH = (C.KIND_STREETVIEW, C.KIND_SATELLITE)
+BOTH = (C.KIND_STREETVIEW, C.KIND_OVERHEAD)
 
 
 def combos() -> list[tuple[str, str, str]]:

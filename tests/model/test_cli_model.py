@@ -25,7 +25,7 @@ def _reset_progress():
 #: Every flag `urbangeo train` took before its options came from the declaration, with a
 #: value, and the setting (and value) it must still give.
 OLD_TRAIN_FLAGS = [
-    ("--kind", "satellite", "kind", "satellite"),
+    ("--kind", "satellite", "kind", C.KIND_OVERHEAD),  # the kind's old name
     ("--mode", "no-ipsi", "mode", "no-ipsi"),
     ("--model", "urbangeo-tiny-vit-96", "model", "urbangeo-tiny-vit-96"),
     ("--pretrained", "openai", "pretrained", "openai"),
@@ -57,7 +57,7 @@ OLD_EMBED_FLAGS = [
     ("--name", "mine", "name", "mine"),
     ("--model", "urbangeo-tiny-vit", "model", "urbangeo-tiny-vit"),
     ("--pretrained", "openai", "pretrained", "openai"),
-    ("--kind", "satellite", "kind", "satellite"),
+    ("--kind", "satellite", "kind", C.KIND_OVERHEAD),  # the kind's old name
     ("--batch-size", "8", "batch_size", 8),
     ("--workers", "1", "num_workers", 1),
     ("--precision", "fp32", "precision", "fp32"),

@@ -42,7 +42,7 @@ def test_pairs_are_ok_images_with_their_selected_caption(run: Path) -> None:
     assert not pairs[C.IMAGE_ID].str.startswith("x-").any()
     assert list(pairs[C.IMAGE_ID]) == sorted(pairs[C.IMAGE_ID])
     assert all(Path(p).is_absolute() and Path(p).is_file() for p in pairs[C.PATH])
-    expected = {f"{k[:2]}{i:04d}": caption(*combos()[i]) for i in range(8) for k in ("st", "sa")}
+    expected = {f"{k[:2]}{i:04d}": caption(*combos()[i]) for i in range(8) for k in ("st", "ov")}
     assert dict(zip(pairs[C.IMAGE_ID], pairs[C.CAPTION], strict=True)) == expected
     assert set(pairs[C.REGION_ID]) == {"r0", "r1", "r2", "r3"}
 
@@ -80,8 +80,8 @@ def test_pairs_file_csv_and_parquet(run: Path, tmp_path: Path) -> None:
 
 def test_empty_or_missing_inputs_fail_clearly(run: Path, tmp_path: Path) -> None:
     gpkg = make_run(tmp_path / "sv", n=2)
-    with pytest.raises(InputError, match="No image–caption pairs of kind 'satellite'") as err:
-        load_pairs(gpkg, kind=C.KIND_SATELLITE)
+    with pytest.raises(InputError, match="No image–caption pairs of kind 'overhead'") as err:
+        load_pairs(gpkg, kind=C.KIND_OVERHEAD)
     assert "captions stages" in err.value.hint
 
     empty = tmp_path / "nosel" / "run.gpkg"
@@ -89,7 +89,7 @@ def test_empty_or_missing_inputs_fail_clearly(run: Path, tmp_path: Path) -> None
         {C.IMAGE_ID: ["a"], C.CAPTION: ["x"], C.SELECTED: [False], C.SCORE: [0.5]}
     )
     images = pd.DataFrame(
-        {C.IMAGE_ID: ["a"], C.KIND: ["satellite"], C.PATH: ["a.png"], C.STATUS: ["ok"]}
+        {C.IMAGE_ID: ["a"], C.KIND: [C.KIND_OVERHEAD], C.PATH: ["a.png"], C.STATUS: ["ok"]}
     )
     write_layers(empty, {C.LAYER_IMAGES: images, C.LAYER_CAPTIONS: captions})
     with pytest.raises(InputError, match="No image–caption pairs"):

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import require
+from tests.model.helpers import tiny_checkpoint
 from tests.model.synthetic import BOTH, make_run
 from urbangeo import constants as C
 from urbangeo.errors import InputError, OutputError, UrbangeoWarning
@@ -33,19 +34,14 @@ pytestmark = pytest.mark.usefixtures("one_thread", "quiet_progress")
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    """12 regions, 3 street-view and 3 satellite images each."""
+    """12 regions, 3 street-view and 3 overhead images each."""
     return make_run(tmp_path_factory.mktemp("embed") / "run", n=36, per_region=3, kinds=BOTH)
 
 
 @pytest.fixture(scope="module")
 def trained_checkpoint(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
     """A model.pt as `urbangeo train` writes it, for a 248-token tiny model."""
-    torch.manual_seed(42)
-    model = create_model(TINY).model.eval()
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    meta = {"model": TINY, "context_length": 248, "mode": "urbanln", "name": "urbanln"}
-    torch.save({"state_dict": model.state_dict(), "urbangeo": meta}, path)
-    return path, model
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", seed=42)
 
 
 def _direct_features(model: torch.nn.Module, preprocess, paths: list[str]) -> np.ndarray:
@@ -87,7 +83,7 @@ def test_region_vectors_are_means_of_their_images(run: Path, trained_checkpoint)
 
     both = embed_regions(run, encoder, kind="concat")
     assert both.dim == 128 and (both.frame["n_images"] == 6).all()
-    sat = embed_regions(run, encoder, kind=C.KIND_SATELLITE).frame.set_index(C.REGION_ID)
+    sat = embed_regions(run, encoder, kind=C.KIND_OVERHEAD).frame.set_index(C.REGION_ID)
     joined = both.frame.set_index(C.REGION_ID)
     np.testing.assert_allclose(
         joined[[f"e{i}" for i in range(64)]].to_numpy(),
@@ -249,12 +245,12 @@ def test_a_random_encoder_normalises_by_the_images_it_embeds(run: Path) -> None:
         # the same weights: only the inputs changed
         assert fitted.module.model is encoder.module.model
 
-    emb = embed_regions(run, build_encoder("random", model=TINY), kind="satellite")
-    sat = load_pairs(run, kind=C.KIND_SATELLITE)[C.PATH].tolist()
-    sat_pixels = np.concatenate(
+    emb = embed_regions(run, build_encoder("random", model=TINY), kind="overhead")
+    sat = load_pairs(run, kind=C.KIND_OVERHEAD)[C.PATH].tolist()
+    ov_pixels = np.concatenate(
         [np.asarray(Image.open(p).convert("RGB"), dtype=np.float64).reshape(-1, 3) for p in sat]
     )
-    np.testing.assert_allclose(emb.info["image_mean"], sat_pixels.mean(0) / 255, atol=2e-6)
+    np.testing.assert_allclose(emb.info["image_mean"], ov_pixels.mean(0) / 255, atol=2e-6)
     # pretrained-style encoders keep their own normalisation
     assert build_encoder("image-stats").fit is None
 
@@ -275,8 +271,8 @@ def test_bad_encoder_inputs(run: Path, trained_checkpoint, tmp_path: Path) -> No
     with pytest.raises(InputError, match="No trained model") as err:
         embed_stage(run, overwrite=True, name="never-trained")
     assert "urbangeo train" in err.value.hint
-    with pytest.raises(InputError, match="No satellite"):
-        embed_stage(make_run(tmp_path / "sv", n=2), encoder="image-stats", kind="satellite")
+    with pytest.raises(InputError, match="No overhead"):
+        embed_stage(make_run(tmp_path / "sv", n=2), encoder="image-stats", kind="overhead")
 
 
 def test_very_wide_vectors_go_into_one_json_column(tmp_path: Path) -> None:

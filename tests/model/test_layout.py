@@ -39,7 +39,8 @@ def test_settings_and_encoder_names_import_without_torch() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == [
-        "trained,frozen-clip,random,resnet18,image-stats,raster,patches,geoclip-location"
+        "trained,frozen-clip,random,resnet18,image-stats,raster,patches,geoclip-location,"
+        "caption-text"
     ]
 
 

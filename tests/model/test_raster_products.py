@@ -176,6 +176,16 @@ def expected_vectors(regions, data, nodata, transform, crs, *, quantised, normal
     return np.array(vectors), np.array(shares)
 
 
+def assert_float_means(result, regions, data, transform, *, normalise: bool, atol: float) -> None:
+    """The vectors and valid shares of ``result`` (``data``, floats in UTM with NaN as nodata,
+    aggregated to ``regions``) are those of the independent computation."""
+    want, share = expected_vectors(
+        regions, data, np.nan, transform, UTM, quantised=False, normalise=normalise
+    )
+    np.testing.assert_allclose(result.vectors, want, atol=atol)
+    np.testing.assert_allclose(result.frame["valid_share"], share)
+
+
 def aef_data(rng, bands: int, height: int, width: int) -> np.ndarray:
     data = rng.integers(-127, 128, (bands, height, width)).astype(np.int8)
     holes = rng.random((height, width)) < 0.05
@@ -280,11 +290,7 @@ def test_tessera_float_nan_and_int8_refused(tmp_path: Path) -> None:
     path = write_raster(tmp_path / "t.tif", data, crs=UTM, transform=transform, cog=True)
     regions = grid(2, 2)
     result = aggregate_raster(regions, path, product="tessera")
-    want, share = expected_vectors(
-        regions, data, np.nan, transform, UTM, quantised=False, normalise=False
-    )
-    np.testing.assert_allclose(result.vectors, want, atol=1e-5)
-    np.testing.assert_allclose(result.frame["valid_share"], share)
+    assert_float_means(result, regions, data, transform, normalise=False, atol=1e-5)
     assert result.attribution and "TESSERA" in result.attribution
     quantised = write_raster(
         tmp_path / "q.tif", np.zeros((128, 8, 8), np.int8), crs=UTM, transform=transform
@@ -302,11 +308,7 @@ def test_aef_exported_as_floats_is_not_dequantised_but_normalised(tmp_path: Path
     path = write_raster(tmp_path / "ee.tif", data, crs=UTM, transform=transform)
     regions = grid(2, 2)
     result = aggregate_raster(regions, path, product="aef")
-    want, share = expected_vectors(
-        regions, data, np.nan, transform, UTM, quantised=False, normalise=True
-    )
-    np.testing.assert_allclose(result.vectors, want, atol=1e-6)
-    np.testing.assert_allclose(result.frame["valid_share"], share)
+    assert_float_means(result, regions, data, transform, normalise=True, atol=1e-6)
 
 
 def test_rgb_is_refused_unless_generic(tmp_path: Path) -> None:

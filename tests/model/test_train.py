@@ -238,7 +238,7 @@ def test_bad_settings_fail_before_any_work(small_run: Path, tmp_path: Path) -> N
     with pytest.raises(InputError, match="batch_size"):
         train(small_run, model=TINY, batch_size=0)
     with pytest.raises(InputError, match="No image–caption pairs"):
-        train(small_run, model=TINY, kind="satellite", run_dir=tmp_path)
+        train(small_run, model=TINY, kind="overhead", run_dir=tmp_path)
 
     other = create_model("urbangeo-tiny-vit-96", context_length=77).model
     torch.save(other.state_dict(), tmp_path / "other.pt")

@@ -177,9 +177,23 @@ def image_baselines(
     ``explicit`` (asked for by name). Returns the features by name and, per baseline, what was
     done.
     """
-    features, info = _image_baselines(
-        gpkg, names, regions=regions, explicit=explicit, device=device
-    )
+    wanted = [n for n in names if n in IMAGE_BASELINES]
+    images = image_rows(gpkg) if gpkg is not None and wanted else None
+    features: dict[str, pd.DataFrame] = {}
+    info: dict[str, dict[str, Any]] = {}
+    if gpkg is not None and images is not None:
+        features, info = _embedded_baselines(
+            gpkg, wanted, images, regions=regions, explicit=explicit, device=device
+        )
+    elif wanted:
+        reason = "no run GeoPackage" if gpkg is None else f"{gpkg} has no images"
+        if explicit:
+            raise InputError(
+                f"The {' and '.join(wanted)} baseline(s) embed the run's images: {reason}.",
+                hint="Give the run's GeoPackage (--gpkg) after fetching its images, or leave "
+                "them out (--baselines coords).",
+            )
+        info = {n: {"skipped": reason} for n in wanted}
     if LOCATION in names:
         frame, done = location_baseline(gpkg, regions=regions, explicit=explicit, device=device)
         if frame is not None:
@@ -267,30 +281,18 @@ def location_baseline(
     return frame.loc[regions], info
 
 
-def _image_baselines(
-    gpkg: str | os.PathLike | None,
-    names: tuple[str, ...] | list[str],
+def _embedded_baselines(
+    gpkg: str | os.PathLike,
+    wanted: list[str],
+    images: pd.DataFrame,
     *,
     regions: pd.Index,
-    explicit: bool = True,
-    device: str | None = None,
+    explicit: bool,
+    device: str | None,
 ) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, Any]]]:
-    """The image baselines among ``names`` (see :func:`image_baselines`)."""
-    wanted = [n for n in names if n in IMAGE_BASELINES]
+    """The image baselines ``wanted`` of a run with ``images`` (see :func:`image_baselines`)."""
     features: dict[str, pd.DataFrame] = {}
     info: dict[str, dict[str, Any]] = {}
-    if not wanted:
-        return features, info
-    images = image_rows(gpkg) if gpkg is not None else None
-    if gpkg is None or images is None:
-        reason = "no run GeoPackage" if gpkg is None else f"{gpkg} has no images"
-        if explicit:
-            raise InputError(
-                f"The {' and '.join(wanted)} baseline(s) embed the run's images: {reason}.",
-                hint="Give the run's GeoPackage (--gpkg) after fetching its images, or leave "
-                "them out (--baselines coords).",
-            )
-        return features, {n: {"skipped": reason} for n in wanted}
     record = embed_record(gpkg)
     kind = str(record.get("kind") or "auto")
     model = record.get("model") if record.get("encoder") != "image-stats" else None

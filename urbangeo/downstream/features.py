@@ -11,13 +11,19 @@ resolved in the run's folder (the folder of ``--gpkg``):
   else the same file in its ``baselines/`` folder, where ``predict`` caches the image baselines
   (``random``, ``image-stats``) and other encoders cache theirs.
 
-The sources of a set are joined by region_id into blocks, each block standardised: every
-column to zero mean and unit variance over the regions scored (population standard deviation;
-a constant column becomes 0), then the block divided by the square root of its column count,
-so that every block has the same total variance and none dominates by its width. All sets are
-scored on the same regions (those every source covers, less the edge cells the run excludes),
-so their splits, seeds and heads are the same; regions missing from a source are dropped with a
-warning naming how many. ``compare`` adds each source alone and all of them together.
+The sources of a set are joined by region_id into blocks, each column standardised to zero
+mean and unit variance over the regions scored (population standard deviation; a constant
+column becomes 0) and weighted by sqrt(D / (B·d)) for a block of d of the set's D columns in B
+blocks: every block gets the same total variance (D / B), so that none dominates by its width,
+and the set as a whole the variance of its D columns standardised (a set of one block is scaled
+as a plain embedding). The heads standardise every column again on their own training rows,
+which would undo the weighting, so each set also carries its column weights
+(:attr:`FeatureSets.weights`) and the heads apply them after their own scaling
+(:mod:`urbangeo.downstream.heads`): the weighting reaches the ridge penalty and the MLP's
+inputs. All sets are scored on the same regions (those every source covers, less the edge
+cells the run excludes), so their splits, seeds and heads are the same; regions missing from a
+source are dropped with a warning naming how many. ``compare`` adds each source alone and
+all of them together.
 
 The first set fills the ``predictions`` layer (its models are ``mlp`` and ``ridge`` in the
 report); every other set is scored as ``NAME:mlp`` and ``NAME:ridge`` beside it, and
@@ -62,8 +68,9 @@ RUN_NAMES = ("run", "embeddings")
 FILE_SUFFIXES = (".parquet", ".pq", ".csv", ".txt", ".tsv", ".tab")
 #: How the blocks are scaled, as metrics.json records it.
 STANDARDISATION = (
-    "per block: each column z-scored over the regions scored (population std, constant "
-    "columns 0), then the block divided by sqrt(its column count)"
+    "per block: each column z-scored (population std, constant columns 0) on each head's "
+    "training rows, then weighted by sqrt(D / (B d)) for a block of d of the set's D columns "
+    "in B blocks (every block the same total variance)"
 )
 
 
@@ -148,16 +155,29 @@ def plan(specs: Sequence[str], *, compare: bool = False) -> list[list[str]]:
 
 def standardise_blocks(blocks: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """``blocks`` (same index) side by side, columns ``LABEL:column``: each column z-scored
-    (population std; constant columns 0), each block divided by sqrt(its column count)."""
+    (population std; constant columns 0) and weighted as :func:`block_weights` says."""
     parts = []
+    weights = block_weights(blocks)
+    start = 0
     for label, frame in blocks.items():
         values = frame.to_numpy(dtype=np.float64)
         sd = values.std(axis=0)
         sd[sd == 0] = 1.0
-        scaled = (values - values.mean(axis=0)) / sd / np.sqrt(values.shape[1])
+        w = weights[start : start + values.shape[1]]
+        start += values.shape[1]
+        scaled = (values - values.mean(axis=0)) / sd * w
         columns = [f"{label}:{c}" for c in frame.columns]
         parts.append(pd.DataFrame(scaled, index=frame.index, columns=columns))
     return pd.concat(parts, axis=1)
+
+
+def block_weights(blocks: Mapping[str, pd.DataFrame]) -> np.ndarray:
+    """One weight per column of :func:`standardise_blocks` (same order): sqrt(D / (B·d)) for
+    a block of d of the D columns in B blocks, what the heads apply after standardising
+    (1 for every column of a single block)."""
+    widths = [frame.shape[1] for frame in blocks.values()]
+    total = sum(widths)
+    return np.concatenate([np.full(d, np.sqrt(total / (len(widths) * d))) for d in widths])
 
 
 def common_regions(blocks: Mapping[str, pd.DataFrame]) -> tuple[pd.Index, int]:
@@ -199,6 +219,13 @@ class FeatureSets:
     info: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Regions dropped because some source lacked them.
     dropped: int = 0
+    #: Per set: the weight of each column (see :func:`block_weights`).
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def column_weights(self) -> dict[str, np.ndarray]:
+        """The weights as :func:`~urbangeo.downstream.predict.evaluate` takes them (the main
+        set under ``""``, the others by name)."""
+        return {"" if name == self.main else name: w for name, w in self.weights.items()}
 
     def merge(
         self, baselines: dict[str, pd.DataFrame], done: dict[str, dict[str, Any]]
@@ -311,6 +338,7 @@ def feature_sets(
         name = "+".join(src.label for src in chosen)
         part = {src.label: blocks[src.label].loc[regions] for src in chosen}
         frames[name] = standardise_blocks(part)
+        described.weights[name] = block_weights(part)
         described.info[name] = {
             "sources": [src.text for src in chosen],
             "files": [str(src.path) if src.path else "run" for src in chosen],

@@ -2,7 +2,11 @@
 
 Every head standardises its inputs with its own training rows' mean and standard deviation and
 predicts a standardised target (undone on output), so that one set of hyper-parameters fits
-any embedding and any indicator.
+any embedding and any indicator. ``weights`` (one per column) then scale the standardised
+columns: a feature set of several blocks (``predict --features``) weights each block's columns
+in proportion to 1/sqrt(its width), so that a 512-value block does not drown a 2-value one
+(:func:`urbangeo.downstream.features.block_weights`); standardising first and weighting after
+keeps that weighting (weighting first would be undone).
 
 The MLP heads of many (indicator, seed) pairs are trained together as one batched model
 (``torch.baddbmm`` over a head axis) because a Python loop per head is dominated by overhead on
@@ -15,6 +19,7 @@ the same numbers (up to float rounding).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,11 +71,30 @@ class HeadFit:
     epochs: int = 0
 
 
-def _standardiser(X: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mu = X[rows].mean(axis=0)
-    sd = X[rows].std(axis=0)
+def _standardiser(
+    X: np.ndarray, rows: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centre and scale of the columns: ``(X - mu) / sd`` is each column z-scored over
+    ``rows`` (constant columns: 0), times its weight."""
+    if len(rows) <= ROW_BLOCK:
+        mu = X[rows].mean(axis=0, dtype=np.float64)
+        sd = X[rows].std(axis=0, dtype=np.float64)
+    else:  # two passes over blocks of rows: no copy of the matrix (float32 stays float32)
+        mu = sum(X[b].sum(axis=0, dtype=np.float64) for b in _blocks(rows)) / len(rows)
+        sq = sum((((X[b] - mu) ** 2).sum(axis=0)) for b in _blocks(rows))
+        sd = np.sqrt(sq / len(rows))
     sd[sd == 0] = 1.0
+    if weights is not None:
+        sd = sd / check_weights(weights, X.shape[1])
     return mu, sd
+
+
+def check_weights(weights: np.ndarray, columns: int) -> np.ndarray:
+    """``weights`` as float64, one positive finite value per column."""
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if len(w) != columns or not (np.isfinite(w).all() and (w > 0).all()):
+        raise ValueError(f"column weights must be {columns} positive numbers; got {len(w)}")
+    return w
 
 
 def _y_scale(y: np.ndarray) -> tuple[float, float]:
@@ -85,35 +109,87 @@ def fit_ridge(
     X_predict: np.ndarray | None = None,
     alphas: tuple[float, ...] = RIDGE_ALPHAS,
     cache: dict | None = None,
+    weights: np.ndarray | None = None,
 ) -> HeadFit:
     """Ridge regression with its penalty chosen on the validation rows.
 
-    Solved through the eigendecomposition of the standardised training Gram matrix (d × d), so
-    every penalty costs one small product; ``cache`` (a dict) shares it between tasks with the
-    same training rows of the same ``X`` (use one cache per feature matrix).
+    Solved through the eigendecomposition of the standardised (and ``weights``-scaled, see the
+    module docstring) training Gram matrix (d × d), so every penalty costs one small product;
+    ``cache`` (a dict) shares it between tasks with the same training rows of the same ``X``
+    and weights (use one cache per feature matrix).
     """
-    key = (id(X), task.train.tobytes(), X.shape)
+    wkey = b"" if weights is None else np.asarray(weights, dtype=np.float64).tobytes()
+    key = (id(X), task.train.tobytes(), X.shape, wkey)
     if cache is not None and key in cache:
         mu, sd, evals, evecs, Xs = cache[key]
     else:
-        mu, sd = _standardiser(X, task.train)
-        Xs = (X[task.train] - mu) / sd
-        evals, evecs = np.linalg.eigh(Xs.T @ Xs)
+        mu, sd = _standardiser(X, task.train, weights)
+        # one block (small runs): the standardised rows are kept for the next tasks; else
+        # the Gram matrix is summed over blocks of rows, and nothing of size n x d is kept
+        Xs = _scaled(X, task.train, mu, sd) if len(task.train) <= ROW_BLOCK else None
+        if Xs is not None:
+            gram = Xs.T @ Xs
+        else:
+            gram = sum((lambda B: B.T @ B)(_scaled(X, b, mu, sd)) for b in _blocks(task.train))
+        evals, evecs = np.linalg.eigh(gram)
         evals = np.clip(evals, 0.0, None)
         if cache is not None:
             cache[key] = (mu, sd, evals, evecs, Xs)
     ymu, ysd = _y_scale(task.y[task.train])
-    Vty = evecs.T @ (Xs.T @ ((task.y[task.train] - ymu) / ysd))
-    Xv = (X[task.val] - mu) / sd @ evecs
+    yc = (task.y[task.train] - ymu) / ysd
+    if Xs is not None:
+        Vty = evecs.T @ (Xs.T @ yc)
+    else:
+        parts = _blocks(np.arange(len(task.train)))
+        Vty = evecs.T @ sum(_scaled(X, task.train[b], mu, sd).T @ yc[b] for b in parts)
     yv = (task.y[task.val] - ymu) / ysd
+    coefs = [Vty / (evals + alpha) for alpha in alphas]  # in the eigenbasis
+    if len(task.val) <= ROW_BLOCK:
+        Xv = _scaled(X, task.val, mu, sd) @ evecs
+        errors = [float(np.mean((Xv @ c - yv) ** 2)) for c in coefs]
+    else:
+        W = evecs @ np.stack(coefs, axis=1)
+        sq = np.zeros(len(alphas))
+        for b in _blocks(np.arange(len(task.val))):
+            sq += (((_scaled(X, task.val[b], mu, sd) @ W) - yv[b][:, None]) ** 2).sum(axis=0)
+        errors = [float(e) for e in sq / len(task.val)]
     best, best_err = alphas[0], math.inf
-    for alpha in alphas:
-        err = float(np.mean((Xv @ (Vty / (evals + alpha)) - yv) ** 2))
+    for alpha, err in zip(alphas, errors, strict=True):
         if err < best_err:
             best, best_err = alpha, err
     coef = evecs @ (Vty / (evals + best))
     Xp = X if X_predict is None else X_predict
-    return HeadFit(((Xp - mu) / sd @ coef) * ysd + ymu, best)
+    if len(Xp) <= ROW_BLOCK:
+        return HeadFit(((Xp - mu) / sd @ coef) * ysd + ymu, best)
+    out = np.empty(len(Xp))
+    for start in range(0, len(Xp), ROW_BLOCK):
+        rows = slice(start, start + ROW_BLOCK)
+        out[rows] = ((Xp[rows] - mu) / sd @ coef) * ysd + ymu
+    return HeadFit(out, best)
+
+
+#: Rows the ridge head and the standardiser take at a time above it (memory: a block of
+#: rows in float64, not a copy of the matrix).
+ROW_BLOCK = 16_384
+
+
+def _tensor(torch, X: np.ndarray):
+    """``X`` as a float32 tensor, sharing its memory when it is float32 already (pandas hands
+    out read-only views: the heads never write to it)."""
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(X)
+
+
+def _blocks(rows: np.ndarray) -> list[np.ndarray]:
+    """``rows`` in consecutive pieces of :data:`ROW_BLOCK`."""
+    return [rows[i : i + ROW_BLOCK] for i in range(0, len(rows), ROW_BLOCK)]
+
+
+def _scaled(X: np.ndarray, rows: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """``(X[rows] - mu) / sd`` in float64 (float32 inputs are upcast block by block)."""
+    return (X[rows] - mu) / sd
 
 
 def fit_knn(
@@ -163,8 +239,12 @@ def fit_mlp_heads(
     config: MLPConfig = DEFAULT_MLP,
     *,
     X_predict: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
 ) -> list[HeadFit]:
     """Fit one MLP head per task on the rows of ``X``; predict every row of ``X_predict``.
+
+    Inputs are standardised on each head's training rows, then scaled by ``weights`` (see the
+    module docstring).
 
     Each epoch is ``ceil(n_train / batch_size)`` steps (at least ``min_steps_per_epoch``) of
     one head; after each epoch the head's validation MSE is measured and the best weights
@@ -178,18 +258,23 @@ def fit_mlp_heads(
     previous = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        return _fit_mlp_heads(torch, X, tasks, config, X_predict)
+        return _fit_mlp_heads(torch, X, tasks, config, X_predict, weights)
     finally:
         torch.set_num_threads(previous)
 
 
 def _fit_mlp_heads(
-    torch, X: np.ndarray, tasks: list[HeadTask], config: MLPConfig, X_predict: np.ndarray | None
+    torch,
+    X: np.ndarray,
+    tasks: list[HeadTask],
+    config: MLPConfig,
+    X_predict: np.ndarray | None,
+    weights: np.ndarray | None = None,
 ) -> list[HeadFit]:
     n_heads, (n_rows, dim) = len(tasks), X.shape
     hidden = config.hidden
-    Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
-    stats = [_standardiser(X, t.train) for t in tasks]
+    Xt = _tensor(torch, X)
+    stats = [_standardiser(X, t.train, weights) for t in tasks]
     mu = torch.from_numpy(np.stack([m for m, _ in stats]).astype(np.float32))
     sd = torch.from_numpy(np.stack([s for _, s in stats]).astype(np.float32))
     yscale = [_y_scale(t.y[t.train]) for t in tasks]
@@ -277,13 +362,16 @@ def _fit_mlp_heads(
                     params = [p[keep] for p in params]
                     moments = [(m[keep], v[keep]) for m, v in moments]
 
-    Xp = torch.from_numpy(
-        np.ascontiguousarray(X if X_predict is None else X_predict, dtype=np.float32)
-    )
+    Xp = Xt if X_predict is None else _tensor(torch, X_predict)
     fits = []
     with torch.no_grad():
         for h in range(n_heads):
-            pred = forward([p[None] for p in best[h]], ((Xp - mu[h]) / sd[h])[None])[0]
+            pred = torch.cat(  # by blocks of rows: no standardised copy of the whole
+                [
+                    forward([p[None] for p in best[h]], ((part - mu[h]) / sd[h])[None])[0]
+                    for part in Xp.split(ROW_BLOCK)
+                ]
+            )
             ymu, ysd = yscale[h]
             values = pred.numpy().astype(np.float64) * ysd + ymu
             fits.append(HeadFit(values, best_epoch[h], epochs[h]))

@@ -37,6 +37,7 @@ from urbangeo.downstream.heads import (
     DEFAULT_MLP,
     HeadTask,
     MLPConfig,
+    check_weights,
     fit_knn,
     fit_mlp_heads,
     fit_ridge,
@@ -242,6 +243,26 @@ def _aligned(extra: Mapping[str, pd.DataFrame] | None, index: pd.Index) -> dict[
     return out
 
 
+def _column_weights(
+    given: Mapping[str, np.ndarray] | None, feature_sets: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The column weights of the feature sets that have them, checked against their widths."""
+    out: dict[str, np.ndarray] = {}
+    for name, w in (given or {}).items():
+        if w is None:
+            continue
+        if name not in feature_sets:
+            raise InputError(
+                f"Column weights for an unknown feature set {name!r}.",
+                hint="Name the dataset's features '' or a key of extra_features.",
+            )
+        try:
+            out[name] = check_weights(w, feature_sets[name].shape[1])
+        except ValueError as exc:
+            raise InputError(f"Feature set {name or 'main'!r}: {exc}.") from exc
+    return out
+
+
 def evaluate(
     dataset: Dataset,
     targets: Sequence[str] | None = None,
@@ -257,17 +278,23 @@ def evaluate(
     extra_features: Mapping[str, pd.DataFrame] | None = None,
     baseline_heads: Sequence[str] = HEADS,
     coords_baseline: bool = True,
+    column_weights: Mapping[str, np.ndarray] | None = None,
 ) -> PredictionReport:
     """Fit and test every model on every target (see the module docstring).
 
     ``seeds``: the 6:2:2 splits; ``repeats``: the k-fold repeats (seeds 0..repeats-1; default
     the ``seeds``). ``extra_features``: baseline embeddings by name (region_id-indexed), each
     fitted with ``baseline_heads``; ``coords_baseline``: the coordinates-only k-NN.
+    ``column_weights``: per feature set (``""``: the dataset's features; else a name of
+    ``extra_features``), one weight per column that the MLP and ridge heads apply after
+    standardising (the blocks of ``--features``: :mod:`urbangeo.downstream.heads`).
     """
     seed_list = _seeds(seeds)
     repeat_list = _seeds(repeats) if repeats is not None else seed_list
     names = select_targets(dataset.indicators, targets, log=log)
-    X = dataset.features.to_numpy(dtype=np.float64)
+    # float32 embeddings stay float32, sharing the frame's memory: the heads upcast blocks
+    single = bool(len(dataset.features.columns)) and (dataset.features.dtypes == np.float32).all()
+    X = dataset.features.to_numpy(dtype=np.float32 if single else np.float64)
     extra = _aligned(extra_features, dataset.features.index)
     xy = None if dataset.coords is None else dataset.coords[["x", "y"]].to_numpy(np.float64)
     _check_split(split, xy, block_size)
@@ -307,6 +334,7 @@ def evaluate(
                 plan.append(_Fit(name, r, f, train, val, test))
 
     feature_sets = {"": X, **extra}
+    weights = _column_weights(column_weights, feature_sets)
     fits: dict[str, list] = {}
     steps = sum(len(HEADS if k == "" else baseline_heads) for k in feature_sets) + 1
     with progress(steps, task="predict", unit="model") as bar:
@@ -314,14 +342,17 @@ def evaluate(
             heads = HEADS if features == "" else tuple(baseline_heads)
             prefix = f"{features}:" if features else ""
             what = f" on {features}" if features else ""
+            w = weights.get(features)
             if "mlp" in heads:
                 bar.update(0, status=f"MLP heads{what} ({len(tasks)})")
-                fits[prefix + "mlp"] = fit_mlp_heads(values, tasks, mlp)
+                fits[prefix + "mlp"] = fit_mlp_heads(values, tasks, mlp, weights=w)
                 bar.update(1)
             if "ridge" in heads:
                 bar.update(0, status=f"ridge{what}")
                 cache: dict = {}  # one per feature set: it is keyed by training rows
-                fits[prefix + "ridge"] = [fit_ridge(values, t, cache=cache) for t in tasks]
+                fits[prefix + "ridge"] = [
+                    fit_ridge(values, t, cache=cache, weights=w) for t in tasks
+                ]
                 bar.update(1)
         bar.update(0, status="coordinates baseline")
         if xy is not None and coords_baseline:
@@ -347,6 +378,7 @@ def evaluate(
         "regions": n,
         "models": {m: model_label(m) for m in fits},
         "baseline_features": {k: int(v.shape[1]) for k, v in extra.items()},
+        "weighted_features": [k or "main" for k in weights],
         "mlp": asdict(mlp),
         "rounding": "n_val = n_test = floor(0.2 n + 0.5), n_train = n - n_val - n_test"
         if split == "random"

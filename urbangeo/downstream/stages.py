@@ -107,6 +107,7 @@ def predict_stage(
         extra_features=sets.merge(extra, baselines),
         baseline_heads=("ridge",) if s.model == "ridge" else ("mlp", "ridge"),
         coords_baseline="coords" in s.baseline_names,
+        column_weights=sets.column_weights(),
     )
     report.protocol["baselines"] = {"asked": list(s.baseline_names), **baselines}
     sets.annotate(report)
@@ -412,7 +413,9 @@ def cluster_stage(run: StageRun, s: ClusterSettings, *, overwrite: bool) -> Stag
         features = gpkg_embeddings(path)
     status = run_status(path)  # edge cells the run excludes get no cluster
     n_all = len(features)
-    features = features.loc[kept(features.index, status)]
+    keep = kept(features.index, status)
+    if len(keep) < n_all:  # no copy of the whole matrix when nothing is excluded
+        features = features.loc[keep]
     table = None
     if s.indicators is not None:
         table = load_indicators(s.indicators)
@@ -476,7 +479,7 @@ MAP_HTML = "map.html"
 
 
 def _selected_captions(gpkg: Path) -> tuple[pd.Series | None, pd.Series | None]:
-    """The selected caption per region (satellite) and per point (street view), if any.
+    """The selected caption per region (overhead) and per point (street view), if any.
 
     Reads the ``captions`` table (one row per candidate; ``selected`` marks the kept one, else
     the best ``score``, else the first) and joins it to ``images`` for the image's region
@@ -501,12 +504,12 @@ def _selected_captions(gpkg: Path) -> tuple[pd.Series | None, pd.Series | None]:
     kind = caps[C.KIND].astype(str) if C.KIND in caps else pd.Series("", index=caps.index)
     region = point = None
     if C.POINT_ID in caps:
-        sv = caps[(kind != C.KIND_SATELLITE) & caps[C.POINT_ID].notna()]
+        sv = caps[(kind != C.KIND_OVERHEAD) & caps[C.POINT_ID].notna()]
         point = sv.drop_duplicates(C.POINT_ID).set_index(C.POINT_ID)[C.CAPTION]
     if C.REGION_ID in caps:
-        sat = caps[(kind != C.KIND_STREETVIEW) & caps[C.REGION_ID].notna()]
-        sat = sat.assign(**{C.REGION_ID: sat[C.REGION_ID].astype(str)})
-        region = sat.drop_duplicates(C.REGION_ID).set_index(C.REGION_ID)[C.CAPTION]
+        ov = caps[(kind != C.KIND_STREETVIEW) & caps[C.REGION_ID].notna()]
+        ov = ov.assign(**{C.REGION_ID: ov[C.REGION_ID].astype(str)})
+        region = ov.drop_duplicates(C.REGION_ID).set_index(C.REGION_ID)[C.CAPTION]
     return region, point
 
 
@@ -519,7 +522,9 @@ def map_stage(run: StageRun, s: MapSettings, *, overwrite: bool) -> StageResult:
     predicted indicator its prediction, ground truth and residual, ground truth of indicators
     without predictions, the roads, the study area and the street-view points; tooltips show
     the region's image, values and selected caption (:mod:`urbangeo.viz.maps`); a click on a
-    region outlines its most similar regions (by the run's embeddings, up to a size).
+    region outlines its most similar regions (by the run's embeddings, up to a size). Large
+    runs get ``maps/map_files/`` beside the page (captions and cells loaded on demand) and,
+    above :data:`urbangeo.viz.maps.AGGREGATE_REGIONS` regions, an aggregated view.
     """
     from urbangeo.downstream.report import below_baseline_targets
     from urbangeo.downstream.similar import map_embeddings

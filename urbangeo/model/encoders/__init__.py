@@ -20,7 +20,9 @@ patches       (no images) patch vectors (points or polygons: Earth Index, Clay, 
 
 ``geoclip-location`` (no images): GeoCLIP's pretrained location encoder at each region's
 centroid, 512 values from the weights the geoclip wheel ships (extra ``location``); see
-:mod:`.geoclip`.
+:mod:`.geoclip`. ``caption-text`` (no images read): each region's selected captions through the
+run's trained text tower or all-MiniLM-L6-v2 (extra ``captions``), mean of unit vectors,
+re-normalised; see :mod:`.caption_text`.
 
 Each is an :class:`~urbangeo.model.encoders.base.ImageEncoder` in a module of its own,
 registered in :data:`ENCODERS` by name; this package imports neither torch nor any of them
@@ -53,6 +55,8 @@ ENCODERS = Registry(
         "patches": f"{_HERE}.patches:PatchEncoder",
         # pretrained location encoder at the region centroids (optional extra "location")
         "geoclip-location": f"{_HERE}.geoclip:GeoClipLocationEncoder",
+        # the run's selected captions through a text model (trained text tower or MiniLM)
+        "caption-text": f"{_HERE}.caption_text:CaptionTextEncoder",
     },
 )
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.metadata
-import importlib.util
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,7 @@ import geopandas as gpd
 import numpy as np
 
 from urbangeo import constants as C
-from urbangeo._optional import import_optional
+from urbangeo._optional import import_optional, package_folders
 from urbangeo.errors import InputError, MissingExtraError
 from urbangeo.model.encoders.region_encoder import RegionEncoder, RegionVectors, vectors_frame
 from urbangeo.progress import progress
@@ -59,14 +58,8 @@ LICENCE = "MIT"
 def weights_path() -> Path | None:
     """The packaged location-encoder weights, found without importing geoclip (None: the
     package or its weights file is not installed)."""
-    try:
-        spec = importlib.util.find_spec("geoclip")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
-        path = Path(folder).joinpath(*WEIGHTS)
+    for folder in package_folders("geoclip"):
+        path = folder.joinpath(*WEIGHTS)
         if path.is_file():
             return path
     return None

@@ -9,11 +9,13 @@ GeoPackage and the layer ``region_embeddings``), plus quality columns beside the
 =================  ==========================================================================
 column             meaning
 =================  ==========================================================================
-valid_share        (raster) share of the region's pixels that hold data; 0: no data at all,
-                   and the vector is all zeros (never NaN)
+valid_share        (raster) share of the region's pixels that hold data; (caption-text) share
+                   of its images with a caption; 0: no data at all, and the vector is all
+                   zeros (never NaN)
 n_pixels           (raster) pixels averaged (valid pixels whose centres fall in the region)
 n_patches          (patches) points inside the region, or polygons overlapping it
 patch_distance_m   (patches) 0 when the region has patches, else the distance to the nearest
+n_captions         (caption-text) captions pooled into the region's vector
 =================  ==========================================================================
 
 Rows with ``valid_share`` 0 are kept in both outputs (QGIS shows where data is missing) and
@@ -59,8 +61,9 @@ VALID_SHARE = "valid_share"
 N_PIXELS = "n_pixels"
 N_PATCHES = "n_patches"
 PATCH_DISTANCE = "patch_distance_m"
+N_CAPTIONS = "n_captions"
 #: Columns written beside the vector that are never features (see the module docstring).
-QUALITY_COLUMNS = (VALID_SHARE, N_PIXELS, N_PATCHES, PATCH_DISTANCE)
+QUALITY_COLUMNS = (VALID_SHARE, N_PIXELS, N_PATCHES, PATCH_DISTANCE, N_CAPTIONS)
 #: Above this many vector columns the layer holds the vector as one JSON text column (SQLite
 #: allows 2000 columns per table; the same limit as the image encoders' layer).
 MAX_VECTOR_COLUMNS = 1900
@@ -116,6 +119,12 @@ class RegionEncoder(ABC):
     @abstractmethod
     def from_settings(cls, s: EmbedSettings) -> RegionEncoder:
         """The encoder the embed stage's settings describe (inputs checked, nothing read)."""
+
+    @classmethod
+    def for_run(cls, s: EmbedSettings, gpkg: str | os.PathLike) -> RegionEncoder:
+        """The encoder for the run ``gpkg`` (default: :meth:`from_settings`; an encoder that
+        reads the run's own tables, such as ``caption-text``, overrides it)."""
+        return cls.from_settings(s)
 
     @abstractmethod
     def encode(self, regions: gpd.GeoDataFrame) -> RegionVectors:
@@ -305,7 +314,7 @@ def run_region_encoder(
     """The embed stage for a region encoder: aggregate, write the parquet, the layer (in the
     stage's one atomic write) and the layer's licence metadata; the stage's result."""
     path = run.gpkg
-    encoder: RegionEncoder = implementation.from_settings(s)
+    encoder: RegionEncoder = implementation.for_run(s, path)
     try:
         result = encoder.encode(regions)
     finally:
