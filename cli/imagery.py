@@ -16,7 +16,7 @@ from urbangeo_cli._options import gpkg_stage_command, resolve_gpkg, settings_fro
 
 @gpkg_stage_command(TilesSettings, "The run's GeoPackage, with 'regions' from `urbangeo grid`.")
 def tiles(gpkg: Path | None, legacy_gpkg: Path | None, overwrite: bool, **values: Any) -> None:
-    """Save one overhead image per region (satellite, aerial or map tile).
+    """Save one overhead image per region (a rendered map, aerial or satellite imagery).
 
     \b
     Sources (one of them; default --render osm):
@@ -29,13 +29,15 @@ def tiles(gpkg: Path | None, legacy_gpkg: Path | None, overwrite: bool, **values
                      --concurrency connections, retries and a --rate-limit, cached in
                      images/.tilecache/ so that reruns never fetch a tile twice
     \b
-    Output: images/satellite/sat_{region_id}.png beside the GeoPackage, each exactly its
-    region's square, north up, --size pixels; and rows of kind 'satellite' in the layer
-    'images' (image_id, region_id, path, source, status ok/missing/failed, reason, width,
-    height, sha256). Rerun the same command to continue after an interruption: images
-    already saved are kept (checked by sha256); --overwrite redoes them all, and replaces
-    the old images and rows only when the new ones are complete. When images fail and none
-    could be made (a server down, not an image), the command exits with an error.
+    Output: images/overhead/overhead_{region_id}.png beside the GeoPackage, each exactly
+    its region's square, north up, --size pixels; and rows of kind 'overhead' in the layer
+    'images' (image_id, region_id, path, source: what the image is, status
+    ok/missing/failed, reason, width, height, sha256). A run folder made by urbangeo 0.1
+    keeps its images/satellite/sat_{region_id}.png (kind 'satellite' is read as 'overhead').
+    Rerun the same command to continue after an interruption: images already saved are kept
+    (checked by sha256); --overwrite redoes them all, and replaces the old images and rows
+    only when the new ones are complete. When images fail and none could be made (a server
+    down, not an image), the command exits with an error.
 
     \b
     Examples:

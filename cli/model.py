@@ -123,7 +123,7 @@ def embed(gpkg: Path, overwrite: bool, **values: Any) -> None:
       urbangeo embed --gpkg helsinki/run.gpkg --checkpoint kotka/checkpoints/urbanln/model.pt
       urbangeo embed --gpkg run.gpkg --encoder frozen-clip --model ViT-B-16 --pretrained openai
       urbangeo embed --gpkg run.gpkg --encoder resnet18 --weights resnet18-f37072fd.pth
-      urbangeo embed --gpkg run.gpkg --encoder image-stats --kind satellite --overwrite
+      urbangeo embed --gpkg run.gpkg --encoder image-stats --kind overhead --overwrite
     """
     from urbangeo.model.stages import embed_stage
 

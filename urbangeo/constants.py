@@ -38,8 +38,15 @@ SOURCE = "source"
 # and the model. ``path`` is relative to the GeoPackage's folder.
 IMAGE_ID = "image_id"
 KIND = "kind"
-KIND_SATELLITE = "satellite"
+#: A region's image seen from above: a rendered OSM map, an aerial or satellite raster, or an
+#: XYZ service's tiles (column ``source`` of the images layer says which).
+KIND_OVERHEAD = "overhead"
 KIND_STREETVIEW = "streetview"
+#: Older spellings of image kinds, read (and accepted as settings) for one release with a
+#: deprecation message: runs written by urbangeo 0.1 name overhead images "satellite".
+LEGACY_KINDS: dict[str, str] = {"satellite": KIND_OVERHEAD}
+#: Deprecated alias of :data:`KIND_OVERHEAD` (goes in the next release).
+KIND_SATELLITE = KIND_OVERHEAD
 PATH = "path"
 STATUS = "status"
 STATUS_OK = "ok"
@@ -91,7 +98,11 @@ RUN_TOML = "run.toml"
 
 # --- Files beside the GeoPackage ---------------------------------------------------------------
 IMAGES_DIR = "images"
-SATELLITE_DIR = "images/satellite"
+OVERHEAD_DIR = "images/overhead"
+#: Where runs written by urbangeo 0.1 keep their overhead images (still read, never moved).
+LEGACY_OVERHEAD_DIR = "images/satellite"
+#: Deprecated alias of :data:`OVERHEAD_DIR` (goes in the next release).
+SATELLITE_DIR = OVERHEAD_DIR
 STREETVIEW_DIR = "images/streetview"
 CAPTIONS_JSONL = "captions.jsonl"
 CHECKPOINTS_DIR = "checkpoints"

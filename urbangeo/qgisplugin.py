@@ -131,7 +131,7 @@ PLUGIN_STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "tiles": (
         "Overhead tiles",
-        "One image per region: a map rendered offline from the run's OpenStreetMap data "
+        "One overhead image per region: a map rendered offline from the run's OpenStreetMap data "
         "(default), a window of a GeoTIFF, or XYZ tiles mosaicked and cut to the region; regions "
         "with too little image data or inside the boundary are marked as edge cells.",
         ("images", "regions"),

@@ -59,11 +59,11 @@ def _invoke(command, *args: object) -> object:
     return CliRunner().invoke(command, [str(a) for a in args])
 
 
-def _snapshot(gpkg: Path, kind: str = C.KIND_SATELLITE) -> tuple[pd.DataFrame, dict]:
+def _snapshot(gpkg: Path, kind: str = C.KIND_OVERHEAD) -> tuple[pd.DataFrame, dict]:
     """The rows of ``kind`` and the bytes of every file in its folder."""
     images = read_layer(gpkg, C.LAYER_IMAGES)
     rows = images[images[C.KIND] == kind].drop(columns="geometry").reset_index(drop=True)
-    folder = gpkg.parent / (C.SATELLITE_DIR if kind == C.KIND_SATELLITE else C.STREETVIEW_DIR)
+    folder = gpkg.parent / (C.OVERHEAD_DIR if kind == C.KIND_OVERHEAD else C.STREETVIEW_DIR)
     return rows, {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
@@ -116,7 +116,7 @@ def test_an_interrupted_overwrite_keeps_the_old_images_and_its_rerun_continues(
     after_rows, after_files = _snapshot(gpkg)
     pd.testing.assert_frame_equal(after_rows, rows)
     assert after_files == files
-    staged = list((tmp_path / STAGING_DIR / C.KIND_SATELLITE).glob("*.png"))
+    staged = list((tmp_path / STAGING_DIR / C.KIND_OVERHEAD).glob("*.png"))
     assert 1 <= len(staged) <= 7  # made before the interruption, waiting beside the old ones
     # The same command continues: the staged images are reused, not made again.
     count_tiles.update(calls=0, interrupt_at=None)
@@ -276,7 +276,7 @@ def test_a_reply_that_is_not_an_image_is_a_failed_download(tmp_path, header_serv
     server = header_server(_tiles_of(lambda z, x, y: reply if state["bad"] else None))
     gpkg = make_run(tmp_path, grid(2, 1))
     url = server.url + "/{z}/{x}/{y}.png"
-    with pytest.raises(ImagesFailedError, match="No satellite image could be made") as err:
+    with pytest.raises(ImagesFailedError, match="No overhead image could be made") as err:
         tiles_stage(gpkg, xyz=url, zoom=14, size=32, rate_limit=0)
     assert words in err.value.message
     images = read_layer(gpkg, C.LAYER_IMAGES)
@@ -312,7 +312,7 @@ def test_a_server_that_fails_every_image_makes_the_command_fail(tmp_path, header
     args = ["--zoom", 14, "--size", 32, "--retries", 0, "--rate-limit", 0, "-q"]
     result = _invoke(tiles, "--gpkg", gpkg, "--xyz", server.url + "/{z}/{x}/{y}.png", *args)
     assert result.exit_code == 1
-    assert "No satellite image could be made: 2 failed" in result.output
+    assert "No overhead image could be made: 2 failed" in result.output
     assert "HTTP 500" in result.output and "Rerun the same command" in result.output
 
 

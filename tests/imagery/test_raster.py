@@ -20,7 +20,7 @@ from tests.imagery.helpers import (
 )
 from urbangeo import constants as C
 from urbangeo.errors import InputError
-from urbangeo.imagery.sources import raster as satellite
+from urbangeo.imagery.sources import raster as raster_source
 from urbangeo.imagery.stages import tiles_stage
 from urbangeo.io.files import sha256_file
 from urbangeo.io.gpkg import read_layer
@@ -43,9 +43,9 @@ def test_same_crs_tiles_are_exact_windows(tmp_path):
     images = _images(gpkg)
     assert len(images) == 6
     for region in regions.itertuples():
-        row = images.loc[f"sat_{region.region_id}"]
-        assert row[C.KIND] == C.KIND_SATELLITE and row[C.STATUS] == C.STATUS_OK
-        assert row[C.PATH] == f"images/satellite/sat_{region.region_id}.png"
+        row = images.loc[f"overhead_{region.region_id}"]
+        assert row[C.KIND] == C.KIND_OVERHEAD and row[C.STATUS] == C.STATUS_OK
+        assert row[C.PATH] == f"images/overhead/overhead_{region.region_id}.png"
         assert (row[C.WIDTH], row[C.HEIGHT]) == (200, 200)
         assert row[C.SHA256] == sha256_file(tmp_path / row[C.PATH])
         assert row.geometry.equals(region.geometry.centroid)
@@ -61,9 +61,9 @@ def test_same_crs_tiles_are_exact_windows(tmp_path):
 def test_raster_in_web_mercator_for_a_utm_grid(tmp_path, monkeypatch, size, warped_grid):
     """Per square (raster much finer than the images) or through one warped grid."""
     calls = []
-    original = satellite.RasterSource._vrt_tile
+    original = raster_source.RasterSource._vrt_tile
     monkeypatch.setattr(
-        satellite.RasterSource,
+        raster_source.RasterSource,
         "_vrt_tile",
         lambda self, b, n: calls.append(1) or original(self, b, n),
     )
@@ -88,7 +88,7 @@ def test_raster_in_web_mercator_for_a_utm_grid(tmp_path, monkeypatch, size, warp
     assert len(calls) == (4 if warped_grid else 0)
     images = _images(gpkg)
     for region in regions.itertuples():
-        image = read_png(tmp_path / images.loc[f"sat_{region.region_id}", C.PATH])
+        image = read_png(tmp_path / images.loc[f"overhead_{region.region_id}", C.PATH])
         cols, rows = decode_cols_rows(image)
         minx, miny, maxx, maxy = region.geometry.bounds
         step = (maxx - minx) / size
@@ -124,7 +124,7 @@ def test_bilinear_keeps_a_linear_ramp(tmp_path):
     tiles_stage(gpkg, raster=path, size=64)
     images = _images(gpkg)
     for region in regions.itertuples():
-        image = read_png(tmp_path / images.loc[f"sat_{region.region_id}", C.PATH])
+        image = read_png(tmp_path / images.loc[f"overhead_{region.region_id}", C.PATH])
         assert image.ndim == 2  # one band: grey
         minx, _, maxx, _ = region.geometry.bounds
         step = (maxx - minx) / 64
@@ -144,15 +144,15 @@ def test_partly_covered_and_outside_regions_are_missing(tmp_path):
     assert result.counts == {"ok": 2, "missing": 2, "failed": 0}
     images = _images(gpkg)
     ids = list(regions[C.REGION_ID])
-    assert images.loc[f"sat_{ids[2]}", C.STATUS] == C.STATUS_MISSING
-    assert "only 30%" in images.loc[f"sat_{ids[2]}", C.REASON]
-    assert images.loc[f"sat_{ids[3]}", C.REASON] == "outside the raster"
-    assert pd.isna(images.loc[f"sat_{ids[3]}", C.PATH])
-    assert not (tmp_path / "images/satellite" / f"sat_{ids[3]}.png").exists()
+    assert images.loc[f"overhead_{ids[2]}", C.STATUS] == C.STATUS_MISSING
+    assert "only 30%" in images.loc[f"overhead_{ids[2]}", C.REASON]
+    assert images.loc[f"overhead_{ids[3]}", C.REASON] == "outside the raster"
+    assert pd.isna(images.loc[f"overhead_{ids[3]}", C.PATH])
+    assert not (tmp_path / "images/overhead" / f"overhead_{ids[3]}.png").exists()
     # With a lower threshold the 30 % region is drawn, black where there is no data.
     result = tiles_stage(gpkg, raster=tif, size=100, min_valid=0.2, overwrite=True)
     assert result.counts["ok"] == 3
-    image = read_png(tmp_path / f"images/satellite/sat_{ids[2]}.png")
+    image = read_png(tmp_path / f"images/overhead/overhead_{ids[2]}.png")
     assert (image[:, 35:] == 0).all() and (image[:, :25].sum(axis=-1) > 0).mean() > 0.9
 
 
@@ -176,7 +176,7 @@ def test_bands_choose_channels_and_16_bit_is_stretched(tmp_path):
     data = np.stack([ramp, np.full_like(ramp, 2000), 4000 - ramp])
     write_geotiff(path, data, left=X0, top=Y0 + 1000, pixel=10, crs=UTM35)
     tiles_stage(gpkg, raster=path, size=100, bands=(3, 2, 1), resampling="nearest")
-    image = read_png(tmp_path / "images/satellite" / f"sat_{regions[C.REGION_ID][0]}.png")
+    image = read_png(tmp_path / "images/overhead" / f"overhead_{regions[C.REGION_ID][0]}.png")
     assert image.shape == (100, 100, 3)
     # Channel R is band 3 (falling), B is band 1 (rising), stretched 2..98 % to 0..255.
     assert (np.diff(image[50, :, 0].astype(int)) <= 0).all()
@@ -226,7 +226,7 @@ def test_same_crs_at_sub_pixel_offsets(tmp_path):
     for region in regions.itertuples():
         minx, _, _, maxy = region.geometry.bounds
         cols, rows = decode_cols_rows(
-            read_png(tmp_path / images.loc[f"sat_{region.region_id}", C.PATH])
+            read_png(tmp_path / images.loc[f"overhead_{region.region_id}", C.PATH])
         )
         centres = (np.arange(400) + 0.5) * 2.5
         np.testing.assert_array_equal(cols[0], np.floor((minx + centres - left) / 5))

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.imagery.helpers import UTM35, X0, Y0, coded_raster, grid, make_run, points
+from tests.imagery.helpers import X0, Y0, points
 from urbangeo import constants as C
 from urbangeo.errors import OutputError
 from urbangeo.imagery.stages import tiles_stage
@@ -15,25 +15,15 @@ from urbangeo.io.gpkg import list_layers, read_layer, write_layers
 from urbangeo.io.runs import read_stage_records
 
 
-@pytest.fixture
-def run(tmp_path):
-    regions = grid(3, 2)
-    gpkg = make_run(tmp_path, regions)
-    tif = coded_raster(
-        tmp_path / "coded.tif", left=X0, top=Y0 + 2000, pixel=10, width=300, height=200, crs=UTM35
-    )
-    return gpkg, tif, regions
-
-
 def _images(gpkg):
     return read_layer(gpkg, C.LAYER_IMAGES).set_index(C.IMAGE_ID)
 
 
-def test_rerun_skips_finished_images(run, count_tiles):
-    gpkg, tif, _ = run
+def test_rerun_skips_finished_images(raster_run, count_tiles):
+    gpkg, tif, _ = raster_run
     tiles_stage(gpkg, raster=tif, size=64)
     assert count_tiles["calls"] == 6
-    stamps = {p: p.stat().st_mtime_ns for p in (gpkg.parent / C.SATELLITE_DIR).iterdir()}
+    stamps = {p: p.stat().st_mtime_ns for p in (gpkg.parent / C.OVERHEAD_DIR).iterdir()}
     result = tiles_stage(gpkg, raster=tif, size=64)
     assert count_tiles["calls"] == 6  # nothing redone
     assert result.counts["ok"] == 6
@@ -41,10 +31,12 @@ def test_rerun_skips_finished_images(run, count_tiles):
     assert read_stage_records(gpkg)["tiles"].counts["pending"] == 0
 
 
-def test_corrupt_or_changed_files_are_made_again(run, count_tiles):
-    gpkg, tif, regions = run
+def test_corrupt_or_changed_files_are_made_again(raster_run, count_tiles):
+    gpkg, tif, regions = raster_run
     tiles_stage(gpkg, raster=tif, size=64)
-    first, second = (gpkg.parent / C.SATELLITE_DIR / f"sat_{r}.png" for r in regions.region_id[:2])
+    first, second = (
+        gpkg.parent / C.OVERHEAD_DIR / f"overhead_{r}.png" for r in regions.region_id[:2]
+    )
     good = first.read_bytes()
     first.write_bytes(good[: len(good) // 2])  # truncated
     second.write_bytes(b"not a png at all")
@@ -56,8 +48,8 @@ def test_corrupt_or_changed_files_are_made_again(run, count_tiles):
         assert images.loc[path.stem, C.SHA256] == sha256_file(path)
 
 
-def test_interruption_keeps_what_was_saved_and_the_rerun_finishes(run, count_tiles):
-    gpkg, tif, _ = run
+def test_interruption_keeps_what_was_saved_and_the_rerun_finishes(raster_run, count_tiles):
+    gpkg, tif, _ = raster_run
     count_tiles["interrupt_at"] = 4
     with pytest.raises(KeyboardInterrupt):
         tiles_stage(gpkg, raster=tif, size=64)
@@ -65,7 +57,7 @@ def test_interruption_keeps_what_was_saved_and_the_rerun_finishes(run, count_til
     saved = int((images[C.STATUS] == C.STATUS_OK).sum())
     assert 1 <= saved <= 3  # (several threads read tiles: up to three were done)
     assert read_stage_records(gpkg)["tiles"].counts["pending"] == 6 - saved
-    folder = gpkg.parent / C.SATELLITE_DIR
+    folder = gpkg.parent / C.OVERHEAD_DIR
     assert len(list(folder.glob("*.png"))) == saved
     assert not [p for p in folder.iterdir() if p.name.endswith(".part")]
     count_tiles["interrupt_at"] = None
@@ -76,15 +68,15 @@ def test_interruption_keeps_what_was_saved_and_the_rerun_finishes(run, count_til
     assert read_stage_records(gpkg)["tiles"].counts["pending"] == 0
 
 
-def test_files_without_a_manifest_are_adopted_after_a_hard_crash(run, count_tiles, tmp_path):
-    gpkg, tif, regions = run
+def test_files_without_a_manifest_are_adopted_after_a_hard_crash(raster_run, count_tiles, tmp_path):
+    gpkg, tif, regions = raster_run
     tiles_stage(gpkg, raster=tif, size=64)
     # A crash before the manifest was written: same files, a GeoPackage without the layer.
     fresh = tmp_path / "fresh.gpkg"
     write_layers(fresh, {C.LAYER_REGIONS: regions})
     os.replace(fresh, gpkg)
     assert C.LAYER_IMAGES not in list_layers(gpkg)
-    broken = gpkg.parent / C.SATELLITE_DIR / f"sat_{regions.region_id[5]}.png"
+    broken = gpkg.parent / C.OVERHEAD_DIR / f"overhead_{regions.region_id[5]}.png"
     broken.write_bytes(broken.read_bytes()[:-40])
     result = tiles_stage(gpkg, raster=tif, size=64)
     assert count_tiles["calls"] == 6 + 1  # five adopted, the truncated one redone
@@ -100,8 +92,8 @@ def test_files_without_a_manifest_are_adopted_after_a_hard_crash(run, count_tile
     assert count_tiles["calls"] == 7 + 6
 
 
-def test_other_settings_need_overwrite(run, count_tiles):
-    gpkg, tif, _ = run
+def test_other_settings_need_overwrite(raster_run, count_tiles):
+    gpkg, tif, _ = raster_run
     tiles_stage(gpkg, raster=tif, size=64)
     with pytest.raises(OutputError, match="size differ") as err:
         tiles_stage(gpkg, raster=tif, size=128)
@@ -111,11 +103,11 @@ def test_other_settings_need_overwrite(run, count_tiles):
     assert set(_images(gpkg)[C.WIDTH]) == {128}
 
 
-def test_satellite_and_streetview_rows_live_side_by_side(run, tmp_path):
+def test_overhead_and_streetview_rows_live_side_by_side(raster_run, tmp_path):
     from tests.imagery.helpers import jpeg_bytes
     from urbangeo.imagery.stages import streetview_stage
 
-    gpkg, tif, regions = run
+    gpkg, tif, regions = raster_run
     sv = points([(X0 + 100, Y0 + 100)], [90.0], regions)
     write_layers(gpkg, {C.LAYER_SV_POINTS: sv}, overwrite=True)
     photos = tmp_path / "photos"
@@ -126,11 +118,11 @@ def test_satellite_and_streetview_rows_live_side_by_side(run, tmp_path):
     streetview_stage(gpkg, folder=photos)
     tiles_stage(gpkg, raster=tif, size=32)
     kinds = read_layer(gpkg, C.LAYER_IMAGES)[C.KIND].value_counts().to_dict()
-    assert kinds == {C.KIND_SATELLITE: 6, C.KIND_STREETVIEW: 1}
+    assert kinds == {C.KIND_OVERHEAD: 6, C.KIND_STREETVIEW: 1}
     tiles_stage(gpkg, raster=tif, size=48, overwrite=True)
     images = read_layer(gpkg, C.LAYER_IMAGES)
     assert (images[C.KIND] == C.KIND_STREETVIEW).sum() == 1
-    assert set(images[images[C.KIND] == C.KIND_SATELLITE][C.WIDTH]) == {48}
+    assert set(images[images[C.KIND] == C.KIND_OVERHEAD][C.WIDTH]) == {48}
     # Redoing tiles keeps the record of its sibling: streetview reads nothing tiles writes;
     # the street-view rows and files stay, and its next run keeps them.
     records = read_stage_records(gpkg)

@@ -78,7 +78,7 @@ def test_mosaic_covers_exactly_each_region(tmp_path, header_server):
     assert result.counts == {"ok": 4, "missing": 0, "failed": 0}
     images = read_layer(gpkg, C.LAYER_IMAGES).set_index(C.IMAGE_ID)
     for region in regions.itertuples():
-        row = images.loc[f"sat_{region.region_id}"]
+        row = images.loc[f"overhead_{region.region_id}"]
         assert row[C.SOURCE] == f"xyz:{server.url}/{{z}}/{{x}}/{{y}}.png@z15"
         gx, gy = decode_tile_pixels(read_png(tmp_path / row[C.PATH]))
         minx, _, maxx, maxy = region.geometry.bounds
@@ -131,7 +131,7 @@ def test_missing_tiles_make_missing_regions_and_are_cached(tmp_path, header_serv
     row = (
         read_layer(gpkg, C.LAYER_IMAGES)
         .set_index(C.IMAGE_ID)
-        .loc[f"sat_{regions[C.REGION_ID].iloc[1]}"]
+        .loc[f"overhead_{regions[C.REGION_ID].iloc[1]}"]
     )
     assert row[C.STATUS] == C.STATUS_MISSING and "image data" in row[C.REASON]
     assert list((tmp_path / "images/.tilecache").rglob("*.404"))
@@ -270,7 +270,7 @@ def test_server_errors_make_failed_rows_that_a_rerun_retries(tmp_path, header_se
     gpkg = make_run(tmp_path, grid(2, 1))
     url = server.url + "/{z}/{x}/{y}.png"
     # Every image failed: an error (not a run that reads like a success), the rows kept.
-    with pytest.raises(ImagesFailedError, match="No satellite image could be made: 2") as err:
+    with pytest.raises(ImagesFailedError, match="No overhead image could be made: 2") as err:
         tiles_stage(gpkg, xyz=url, zoom=14, size=32, retries=0, rate_limit=0)
     assert "HTTP 500" in err.value.message and "Rerun" in err.value.hint
     assert read_stage_records(gpkg)["tiles"].counts["failed"] == 2

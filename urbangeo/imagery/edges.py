@@ -53,7 +53,7 @@ def region_valid_share(images: pd.DataFrame) -> pd.Series:
         return pd.Series(dtype=np.float64)
     rows = images
     if C.KIND in rows:
-        rows = rows[rows[C.KIND] == C.KIND_SATELLITE]
+        rows = rows[rows[C.KIND] == C.KIND_OVERHEAD]
     shares = pd.to_numeric(rows[VALID_SHARE], errors="coerce")
     known = shares.notna() & rows[C.REGION_ID].notna()
     ids = rows.loc[known, C.REGION_ID].astype(str)

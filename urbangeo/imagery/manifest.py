@@ -457,6 +457,7 @@ class Manifest:
             and before is not None
             and before.params == self.params
             and before.counts == recorded
+            and before.fingerprint == run.fingerprint()  # else the record says other settings
         )
         if unchanged:
             result = StageResult(self.stage, self.gpkg, status)

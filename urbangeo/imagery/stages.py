@@ -1,7 +1,7 @@
 """Imagery stages that read and write a run's GeoPackage: ``tiles`` and ``streetview``.
 
 Both add rows to the ``images`` layer (one per image, fetched or not) and save image files
-beside the GeoPackage (``images/satellite/``, ``images/streetview/``), each file written
+beside the GeoPackage (``images/overhead/``, ``images/streetview/``), each file written
 atomically. They resume: a rerun with the same settings skips every image whose file is
 intact, so after Ctrl-C or a crash the same call continues where it stopped. With
 ``overwrite`` the new images replace the old ones only once they are all made, together with
@@ -26,6 +26,7 @@ from urbangeo import constants as C
 from urbangeo.errors import InputError
 from urbangeo.imagery.edges import regions_with_edges
 from urbangeo.imagery.http_options import http_options
+from urbangeo.imagery.kinds import LEGACY_OVERHEAD_PREFIX, OVERHEAD_PREFIX, describe_source
 from urbangeo.imagery.manifest import ImageJob, ImageResult, Manifest
 from urbangeo.imagery.png import encode_png, image_size
 from urbangeo.imagery.sources import TileOptions, TileSource, make_tile_source
@@ -39,7 +40,7 @@ from urbangeo.progress import message, progress
 from urbangeo.settings.imagery import DEFAULT_TILE_SIZE, StreetviewSettings, TilesSettings
 from urbangeo.stage import StageRun, stage
 
-__all__ = ["DEFAULT_TILE_SIZE", "safe_id", "satellite_jobs", "streetview_stage", "tiles_stage"]
+__all__ = ["DEFAULT_TILE_SIZE", "overhead_jobs", "safe_id", "streetview_stage", "tiles_stage"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -49,13 +50,20 @@ def safe_id(text: object) -> str:
     return _UNSAFE.sub("-", str(text)).strip("-") or "x"
 
 
-def satellite_jobs(regions: gpd.GeoDataFrame) -> list[ImageJob]:
-    """One ``sat_{region_id}`` image per region, at the region's centroid."""
+def overhead_jobs(regions: gpd.GeoDataFrame, *, legacy: bool = False) -> list[ImageJob]:
+    """One ``overhead_{region_id}`` image per region in ``images/overhead/``, at the region's
+    centroid; ``legacy``: named as urbangeo 0.1 named them (``images/satellite/sat_{region_id}``,
+    for a run folder it started: its images are resumed where they are)."""
+    prefix, folder = (
+        (LEGACY_OVERHEAD_PREFIX, C.LEGACY_OVERHEAD_DIR)
+        if legacy
+        else (OVERHEAD_PREFIX, C.OVERHEAD_DIR)
+    )
     centroids = regions.geometry.centroid
     jobs = []
     for rid, point in zip(regions[C.REGION_ID], centroids, strict=True):
-        image_id = f"sat_{safe_id(rid)}"
-        jobs.append(ImageJob(image_id, str(rid), None, f"{C.SATELLITE_DIR}/{image_id}.png", point))
+        image_id = f"{prefix}{safe_id(rid)}"
+        jobs.append(ImageJob(image_id, str(rid), None, f"{folder}/{image_id}.png", point))
     return jobs
 
 
@@ -119,8 +127,9 @@ def tiles_stage(
     """One overhead image per region from ``raster``, ``xyz`` or ``render`` (default: the
     offline OSM map).
 
-    Reads ``regions`` from ``gpkg``; writes ``size`` × ``size`` PNGs to ``images/satellite/``
-    and rows of kind ``satellite`` to the ``images`` layer (with each image's ``valid_share``),
+    Reads ``regions`` from ``gpkg``; writes ``size`` × ``size`` PNGs to ``images/overhead/``
+    and rows of kind ``overhead`` to the ``images`` layer (with each image's ``valid_share`` and
+    ``source``; a run folder that urbangeo 0.1 started keeps its ``images/satellite/``),
     and marks the edge cells in ``regions`` (columns ``valid_share``, ``edge``, ``excluded``:
     :mod:`urbangeo.imagery.edges`; ``min_valid_share``, ``min_inside_share``,
     ``include_edges``). See
@@ -155,10 +164,12 @@ def _make_tiles(
     size = s.size
     params = {**source.params(), "size": size}
     settings = json.dumps(params, sort_keys=True)
-    jobs = satellite_jobs(regions)
+    # A run folder started by urbangeo 0.1 keeps its images' names: they are resumed, not redone.
+    legacy = (run.gpkg.parent / C.LEGACY_OVERHEAD_DIR).is_dir()
+    jobs = overhead_jobs(regions, legacy=legacy)
     manifest = Manifest(
         run.gpkg,
-        kind=C.KIND_SATELLITE,
+        kind=C.KIND_OVERHEAD,
         stage="tiles",
         params=params,
         crs=regions.crs,
@@ -215,8 +226,9 @@ def _make_tiles(
     )
     seconds = time.perf_counter() - started
     rate = f", {len(todo) / seconds:,.0f} tiles/s" if todo and seconds > 0 else ""
-    folder = run.gpkg.parent / C.SATELLITE_DIR
-    _report("Satellite images", committed.counts, len(jobs) - len(todo), folder, rate)
+    folder = run.gpkg.parent / (C.LEGACY_OVERHEAD_DIR if legacy else C.OVERHEAD_DIR)
+    what = "Overhead images" + describe_source(source.source).removeprefix("overhead image")
+    _report(what, committed.counts, len(jobs) - len(todo), folder, rate)
     if edge_counts.get("edge"):
         kept = (
             "kept in the analysis (include_edges)"

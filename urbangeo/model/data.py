@@ -31,6 +31,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError, MissingLayerError, UrbangeoWarning
+from urbangeo.imagery.kinds import canonical_kind, normalize_kinds
 from urbangeo.io.gpkg import list_layers
 from urbangeo.model.defaults import KIND_CHOICES, PRECISIONS
 
@@ -52,10 +53,11 @@ def load_pairs(source: str | os.PathLike, *, kind: str = "all") -> pd.DataFrame:
     """Image–caption pairs from a run GeoPackage or a pairs CSV/parquet file.
 
     Returns a frame with columns ``image_id, path`` (absolute), ``caption, region_id, kind``, in
-    a stable order (sorted by image_id). ``kind`` keeps ``satellite`` or ``streetview`` images
+    a stable order (sorted by image_id). ``kind`` keeps ``overhead`` or ``streetview`` images
     only (``all``: both). Raises :class:`InputError` when no pair is left.
     """
     source = Path(source)
+    kind = canonical_kind(kind)
     if kind not in KIND_CHOICES:
         raise InputError(f"kind must be one of {KIND_CHOICES}; got {kind!r}")
     if not source.exists():
@@ -91,7 +93,8 @@ def _read_table(path: Path, layer: str, producer: str) -> pd.DataFrame:
             f"Layer '{layer}' is not in {path}.",
             hint=f"Run `{producer}` on this GeoPackage first.",
         )
-    return pd.DataFrame(pyogrio.read_dataframe(path, layer=layer, read_geometry=False))
+    frame = pd.DataFrame(pyogrio.read_dataframe(path, layer=layer, read_geometry=False))
+    return normalize_kinds(frame)  # kinds of runs written by urbangeo 0.1 ("satellite")
 
 
 def _require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
@@ -175,7 +178,7 @@ def _pairs_from_file(source: Path) -> pd.DataFrame:
     )
     pairs[C.REGION_ID] = frame[C.REGION_ID].to_numpy() if C.REGION_ID in frame else None
     pairs[C.KIND] = frame[C.KIND].astype(str).to_numpy() if C.KIND in frame else "unknown"
-    return pairs[list(PAIR_COLUMNS)]
+    return normalize_kinds(pairs)[list(PAIR_COLUMNS)]
 
 
 def _resolve(folder: Path, path: Any) -> Path:

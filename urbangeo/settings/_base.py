@@ -16,12 +16,13 @@ import os
 import re
 import types
 import typing
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from urbangeo.errors import InputError
+from urbangeo.errors import InputError, UrbangeoWarning
 
 #: The key of a field's :class:`Spec` in its ``dataclasses.field`` metadata.
 SPEC = "urbangeo"
@@ -61,6 +62,9 @@ class Spec:
     runtime: bool = False
     #: Older spellings of the flag, still accepted for one release with a deprecation message.
     deprecated: tuple[str, ...] = ()
+    #: Older spellings of values (old → new; for choices), still accepted for one release with
+    #: a deprecation message and replaced by the new spelling.
+    value_aliases: Mapping[str, str] | None = None
 
     def choice_list(self) -> tuple[str, ...] | None:
         """The allowed values (calling a lazy list)."""
@@ -264,13 +268,28 @@ def _check(f: Field, value: Any, where: str) -> Any:
             value = [v.strip() for v in re.split(sep, value) if v.strip()]
         if not isinstance(value, list | tuple):
             raise _type_error(where, value, "a list")
-        value = tuple(_scalar(v, f.item, where) for v in value)
+        value = tuple(_alias(f, _scalar(v, f.item, where), where) for v in value)
         for v in value:
             _bounds(f, v, where)
         return value
-    value = _scalar(value, f.type, where)
+    value = _alias(f, _scalar(value, f.type, where), where)
     _bounds(f, value, where)
     return value
+
+
+def _alias(f: Field, value: Any, where: str) -> Any:
+    """``value`` in its current spelling (an old one is replaced, with a deprecation warning)."""
+    aliases = f.spec.value_aliases
+    if not aliases or not isinstance(value, str) or value not in aliases:
+        return value
+    new = aliases[value]
+    warnings.warn(
+        f"{where}: {value!r} is deprecated; use {new!r} (the old spelling goes in the next "
+        "release).",
+        UrbangeoWarning,
+        stacklevel=2,
+    )
+    return new
 
 
 def _bounds(f: Field, value: Any, where: str) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from urbangeo.errors import InputError
 from urbangeo.settings._base import StageSettings, setting
+from urbangeo.settings.common import ShardSettings
 
 RESAMPLING = ("nearest", "bilinear", "cubic", "average", "lanczos")
 DEFAULT_RESAMPLING = "bilinear"
@@ -90,7 +91,7 @@ class HttpSettings(StageSettings):
 
 
 @dataclass(frozen=True)
-class TilesSettings(HttpSettings):
+class TilesSettings(ShardSettings, HttpSettings):
     """``tiles``: one overhead image per region."""
 
     stage = "tiles"

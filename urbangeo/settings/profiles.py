@@ -28,14 +28,14 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "batch_size": 16,
             "lr": 3e-4,
             "queue_size": 64,
-            "kind": "satellite",
+            "kind": C.KIND_OVERHEAD,
             # checkpoints by time (every 10 minutes of training, the default): a run of a few
             # minutes writes last.pt once, at the end (or on Ctrl-C)
         },
         "predict": {"seeds": 3},
     },
     # The paper's setting (UrbanLN): pretrained ViT-B/16 fine-tuned at a small learning rate on
-    # street-view and satellite images with captions from OpenAI-compatible endpoints; needs the
+    # street-view and overhead images with captions from OpenAI-compatible endpoints; needs the
     # weights (downloaded once), an endpoint and a GPU.
     "paper": {
         "grid": {"cell_size": 1000.0},
