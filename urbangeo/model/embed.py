@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import geopandas as gpd
 import numpy as np
@@ -94,18 +94,25 @@ def vector_columns(dim: int) -> list[str]:
     return [f"e{i}" for i in range(dim)]
 
 
+class EncodeOptions(TypedDict, total=False):
+    """How images are encoded: ``batch_size`` (64), DataLoader ``num_workers`` (0),
+    ``device`` (auto), ``precision`` ("auto") and the progress bar's ``task`` ("embed")."""
+
+    batch_size: int
+    num_workers: int
+    device: str | torch.device | None
+    precision: str
+    task: str
+
+
 def _encode_batches(
-    encoder: ImageEncoder,
-    paths: Sequence[str | os.PathLike],
-    *,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    device: str | torch.device | None = None,
-    precision: str = "auto",
-    task: str = "embed",
+    encoder: ImageEncoder, paths: Sequence[str | os.PathLike], **options: Unpack[EncodeOptions]
 ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
     """Per batch, in order: the dataset positions of the images decoded, their features
     ``[k, dim]`` (float32) and the number of images of the batch that failed to decode."""
+    batch_size, num_workers = options.get("batch_size", 64), options.get("num_workers", 0)
+    device, precision = options.get("device"), options.get("precision", "auto")
+    task = options.get("task", "embed")
     if batch_size < 1 or num_workers < 0:
         raise InputError("batch_size must be >= 1 and num_workers >= 0.")
     device = pick_device(str(device) if device is not None else None)
@@ -138,16 +145,10 @@ def _encode_batches(
 
 
 def embed_images(
-    encoder: ImageEncoder,
-    paths: Sequence[str | os.PathLike],
-    *,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    device: str | torch.device | None = None,
-    precision: str = "auto",
-    task: str = "embed",
+    encoder: ImageEncoder, paths: Sequence[str | os.PathLike], **options: Unpack[EncodeOptions]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Features ``[n, dim]`` (float32; NaN rows for images that failed) and the ok mask.
+    """Features ``[n, dim]`` (float32; NaN rows for images that failed) and the ok mask;
+    ``options``: :class:`EncodeOptions`.
 
     Holds every image's vector: for a run's regions use :func:`embed_regions_to_parquet`,
     which keeps ``chunk_size`` of them at a time.
@@ -155,16 +156,7 @@ def embed_images(
     n = len(paths)
     features = np.full((n, encoder.dim), np.nan, dtype=np.float32)
     ok = np.zeros(n, dtype=bool)
-    batches = _encode_batches(
-        encoder,
-        paths,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        device=device,
-        precision=precision,
-        task=task,
-    )
-    for index, out, _ in batches:
+    for index, out, _ in _encode_batches(encoder, paths, **options):
         features[index] = out
         ok[index] = True
     return features, ok
@@ -283,10 +275,7 @@ def _pooled_chunks(
     tally: _Tally,
     *,
     chunk_size: int,
-    batch_size: int,
-    num_workers: int,
-    device: str | torch.device | None,
-    precision: str,
+    **options: Unpack[EncodeOptions],
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Region ids, ``n_images`` and vectors ``[r, dim]`` (float32), a chunk of regions at a
     time, in region order: every ``chunk_size`` encoded images, the regions whose images are
@@ -297,15 +286,7 @@ def _pooled_chunks(
     positions: list[np.ndarray] = []
     features: list[np.ndarray] = []
     pending = done = 0
-    batches = _encode_batches(
-        encoder,
-        plan.paths,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        device=device,
-        precision=precision,
-    )
-    for index, out, failed in batches:
+    for index, out, failed in _encode_batches(encoder, plan.paths, **options):
         done += len(index) + failed
         tally.embedded += len(index)
         tally.failed += failed
@@ -386,44 +367,22 @@ def embed_regions(
     encoder: ImageEncoder,
     *,
     kind: str = "auto",
-    batch_size: int = 64,
-    num_workers: int = 0,
-    device: str | torch.device | None = None,
-    precision: str = "auto",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    **options: Unpack[EncodeOptions],
 ) -> RegionEmbeddings:
     """Region vectors of a run, in memory: images of ``kind`` → ``encoder`` → mean per region.
 
     ``kind``: ``streetview``, ``overhead``, ``concat`` ([overhead, street-view] of regions
     that have both) or ``auto`` (street-view if the run has any, else overhead). Images are
-    encoded ``chunk_size`` at a time; the region vectors (float32) are all kept: for a large
-    run, :func:`embed_regions_to_parquet` writes them as they come instead.
+    encoded ``chunk_size`` at a time (``options``: :class:`EncodeOptions`); the region vectors
+    (float32) are all kept: for a large run, :func:`embed_regions_to_parquet` writes them as
+    they come instead.
     """
     plan, encoder, dim = _prepare(gpkg, encoder, kind)
     tally = _Tally()
-    ids: list[np.ndarray] = []
-    n_images: list[np.ndarray] = []
-    vectors: list[np.ndarray] = []
-    for chunk_ids, chunk_n, chunk_vectors in _pooled_chunks(
-        plan,
-        encoder,
-        tally,
-        chunk_size=chunk_size,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        device=device,
-        precision=precision,
-    ):
-        ids.append(chunk_ids)
-        n_images.append(chunk_n)
-        vectors.append(chunk_vectors)
+    chunks = _pooled_chunks(plan, encoder, tally, chunk_size=chunk_size, **options)
+    frame = _gather(chunks, dim, keep=True)
     counts = _counts(plan, tally, dim, encoder)
-    frame = pd.DataFrame(
-        np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32),
-        columns=vector_columns(dim),
-    )
-    frame.insert(0, N_IMAGES, np.concatenate(n_images) if n_images else np.zeros(0, np.int64))
-    frame.insert(0, C.REGION_ID, [str(r) for r in np.concatenate(ids)] if ids else [])
     return RegionEmbeddings(frame, dim, plan.kind, dict(encoder.info), counts)
 
 
@@ -433,12 +392,9 @@ def embed_regions_to_parquet(
     path: str | os.PathLike,
     *,
     kind: str = "auto",
-    batch_size: int = 64,
-    num_workers: int = 0,
-    device: str | torch.device | None = None,
-    precision: str = "auto",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     keep_vectors: int = DEFAULT_LAYER_VECTORS,
+    **options: Unpack[EncodeOptions],
 ) -> RegionEmbeddings:
     """:func:`embed_regions` streamed to ``path`` (``embeddings.parquet``, atomically: one
     row group per chunk of regions, the same columns, values and metadata as
@@ -450,42 +406,50 @@ def embed_regions_to_parquet(
     not finite or no image decodes.
     """
     plan, encoder, dim = _prepare(gpkg, encoder, kind)
-    keep = len(plan.names) <= keep_vectors
     tally = _Tally()
-    ids: list[np.ndarray] = []
-    n_images: list[np.ndarray] = []
-    vectors: list[np.ndarray] = []
-    path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(Path(path)) as tmp:
         writer = pq.ParquetWriter(tmp, _schema(dim), store_schema=False)
         try:
-            for chunk_ids, chunk_n, chunk_vectors in _pooled_chunks(
-                plan,
-                encoder,
-                tally,
-                chunk_size=chunk_size,
-                batch_size=batch_size,
-                num_workers=num_workers,
-                device=device,
-                precision=precision,
-            ):
-                if len(chunk_ids):
-                    writer.write_table(_table(chunk_ids, chunk_vectors, dim))
-                ids.append(chunk_ids)
-                n_images.append(chunk_n)
-                if keep:
-                    vectors.append(chunk_vectors)
+            chunks = _pooled_chunks(plan, encoder, tally, chunk_size=chunk_size, **options)
+            frame = _gather(
+                chunks,
+                dim,
+                keep=len(plan.names) <= keep_vectors,
+                write=lambda ids, vectors: writer.write_table(_table(ids, vectors, dim)),
+            )
             counts = _counts(plan, tally, dim, encoder)
             meta = {"kind": plan.kind, "dim": dim, **encoder.info, **counts}
             writer.add_key_value_metadata({"urbangeo": json.dumps(meta)})
         finally:
             writer.close()
-    frame = pd.DataFrame({C.REGION_ID: [str(r) for r in np.concatenate(ids)]})
-    frame[N_IMAGES] = np.concatenate(n_images)
+    return RegionEmbeddings(frame, dim, plan.kind, dict(encoder.info), counts)
+
+
+def _gather(
+    chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    dim: int,
+    *,
+    keep: bool,
+    write: Callable[[np.ndarray, np.ndarray], object] | None = None,
+) -> pd.DataFrame:
+    """``region_id``, ``n_images`` (and with ``keep`` the vectors) of every chunk of regions,
+    each non-empty chunk handed to ``write`` as it comes."""
+    ids: list[np.ndarray] = []
+    n_images: list[np.ndarray] = []
+    vectors: list[np.ndarray] = []
+    for chunk_ids, chunk_n, chunk_vectors in chunks:
+        if write is not None and len(chunk_ids):
+            write(chunk_ids, chunk_vectors)
+        ids.append(chunk_ids)
+        n_images.append(chunk_n)
+        if keep:
+            vectors.append(chunk_vectors)
+    frame = pd.DataFrame({C.REGION_ID: [str(r) for r in np.concatenate(ids)] if ids else []})
+    frame[N_IMAGES] = np.concatenate(n_images) if n_images else np.zeros(0, np.int64)
     if keep:
         values = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
         frame = pd.concat([frame, pd.DataFrame(values, columns=vector_columns(dim))], axis=1)
-    return RegionEmbeddings(frame, dim, plan.kind, dict(encoder.info), counts)
+    return frame
 
 
 def _refuse_not_finite(bad: int, total: int, encoder: str) -> None:
