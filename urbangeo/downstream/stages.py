@@ -521,7 +521,8 @@ def map_stage(run: StageRun, s: MapSettings, *, overwrite: bool) -> StageResult:
     Layers, each toggleable: the run's images as an offline base layer, clusters, per
     predicted indicator its prediction, ground truth and residual, ground truth of indicators
     without predictions, the roads, the study area and the street-view points; tooltips show
-    the region's image, values and selected caption (:mod:`urbangeo.viz.maps`); a click on a
+    the region's image, values and selected caption (:mod:`urbangeo.viz.maps`); a "Scores"
+    panel shows the test R² of every model in ``metrics.json`` when the run has one; a click on a
     region outlines its most similar regions (by the run's embeddings, up to a size). Large
     runs get ``maps/map_files/`` beside the page (captions and cells loaded on demand) and,
     above :data:`urbangeo.viz.maps.AGGREGATE_REGIONS` regions, an aggregated view.
@@ -530,6 +531,7 @@ def map_stage(run: StageRun, s: MapSettings, *, overwrite: bool) -> StageResult:
     from urbangeo.downstream.similar import map_embeddings
     from urbangeo.viz.maps import build_map, write_map
     from urbangeo.viz.project import write_project
+    from urbangeo.viz.scores import read_metrics
     from urbangeo.viz.thumbs import run_image_uris
 
     path = run.path
@@ -577,6 +579,7 @@ def map_stage(run: StageRun, s: MapSettings, *, overwrite: bool) -> StageResult:
             roads=roads,
             embeddings=map_embeddings(path),
             below_baseline=below_baseline_targets(path.parent / C.METRICS_JSON),
+            metrics=read_metrics(path.parent / C.METRICS_JSON),
         )
         bar.update(1, status="write")
         write_map(fmap, out)

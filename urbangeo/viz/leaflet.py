@@ -137,6 +137,18 @@ STYLE = """
   -webkit-box-orient: vertical; overflow: hidden; }
 .urbangeo-card .hint { clear: both; color: #777; font-size: 11px; margin-top: 2px; }
 .urbangeo-popup .leaflet-popup-content { max-width: 320px; }
+.urbangeo-scores { background: #fff; font: 12px/1.35 sans-serif; }
+.urbangeo-scores a.urbangeo-scores-button { width: auto; padding: 0 8px; font-weight: bold; }
+.urbangeo-scores-box { padding: 4px 8px 6px; max-width: 340px; max-height: 60vh;
+  overflow-y: auto; }
+.urbangeo-scores-box .protocol { color: #555; font-size: 11px; }
+.urbangeo-scores-box .title { font-weight: bold; margin-top: 6px; }
+.urbangeo-scores-box .note { font-weight: normal; color: #777; }
+.urbangeo-scores-box td { padding: 0 6px 0 0; }
+.urbangeo-scores-box td.r2 { text-align: right; white-space: nowrap;
+  font-variant-numeric: tabular-nums; }
+.urbangeo-scores-box tr.best { font-weight: bold; }
+.urbangeo-scores-box tr.below { color: #999; }
 </style>
 """
 

@@ -13,6 +13,8 @@ package; folium's CDN assets dropped). What it shows:
   area or its image data, left out of the analysis: :mod:`urbangeo.imagery.edges`), the
   roads, the study area's outline and the street-view points (dark dots with a white ring,
   distinct from every fill colour; always on top).
+* **Scores**: with the run's ``metrics.json``, a panel (a button at the top left, under the zoom
+  buttons) of every indicator's test R² per model and feature set (:mod:`urbangeo.viz.scores`).
 * **A legend** for every layer shown, and **tooltips** of bounded size with the region's
   image, its values and its selected caption (clamped; a click opens the whole caption in a
   scrolling popup).
@@ -69,6 +71,7 @@ from urbangeo.viz.map_layers import (
     region_layers,
 )
 from urbangeo.viz.regions_data import AGGREGATE_REGIONS, INLINE_REGIONS, regions_page
+from urbangeo.viz.scores import scores_control_class, scores_panel
 from urbangeo.viz.similar_regions import SIMILAR_LAYER, SIMILAR_TOP, similar_data, similar_legend
 
 __all__ = [
@@ -107,6 +110,7 @@ def build_map(
     title: str = "urbangeo",
     embeddings: pd.DataFrame | None = None,
     below_baseline: Collection[str] = (),
+    metrics: Mapping | None = None,
     inline_regions: int = INLINE_REGIONS,
     aggregate_regions: int = AGGREGATE_REGIONS,
 ):
@@ -123,8 +127,11 @@ def build_map(
     layer and the tooltips' thumbnails. ``embeddings``: region_id-indexed vectors; a click on
     a region then outlines its :data:`SIMILAR_TOP` most similar regions (left out above
     :data:`~urbangeo.viz.similar_regions.MAX_SIMILAR_REGIONS` regions and in the aggregated
-    view). ``inline_regions`` and ``aggregate_regions``: the sizes above which captions go
-    beside the page and the page aggregates (:data:`INLINE_REGIONS`, :data:`AGGREGATE_REGIONS`).
+    view). ``metrics``: the run's ``metrics.json`` (as a dict); the page then has a "Scores"
+    panel, collapsed to a button: per indicator the test R² of every model and feature set
+    compared (:mod:`urbangeo.viz.scores`). ``inline_regions`` and ``aggregate_regions``: the
+    sizes above which captions go beside the page and the page aggregates
+    (:data:`INLINE_REGIONS`, :data:`AGGREGATE_REGIONS`).
     """
     import folium
 
@@ -200,6 +207,9 @@ def build_map(
         layer = similar_layer_class()(region_data.get_name(), SIMILAR_LAYER, similar)
         fmap.add_child(layer)
     folium.LayerControl(collapsed=False).add_to(fmap)
+    scores = scores_panel(metrics)
+    if scores is not None:
+        fmap.add_child(scores_control_class()(scores))
     shown = [*base, *region_specs, *(spec for _, spec in lines)]
     fmap.add_child(
         Legend(_legend_entries(shown, similar is not None, page.data["blocks"], len(ids)))
