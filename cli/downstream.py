@@ -306,7 +306,7 @@ def map_command(gpkg: Path, **values: Any) -> None:
       urbangeo map --gpkg kotka/run.gpkg
       urbangeo map --gpkg run.gpkg --tiles none -o offline.html
     """
-    from urbangeo.downstream.stages import map_stage
+    from urbangeo.viz.stages import map_stage
 
     map_stage(gpkg, settings_from(MapSettings, values))
 

@@ -57,7 +57,7 @@ STAGE_FUNCTIONS: dict[str, str] = {
     "indicators": "urbangeo.downstream.stages:indicators_stage",
     "predict": "urbangeo.downstream.stages:predict_stage",
     "cluster": "urbangeo.downstream.stages:cluster_stage",
-    "map": "urbangeo.downstream.stages:map_stage",
+    "map": "urbangeo.viz.stages:map_stage",
 }
 
 

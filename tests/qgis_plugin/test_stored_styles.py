@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from urbangeo import constants as C
-from urbangeo.downstream.stages import map_stage
+from urbangeo.viz.stages import map_stage
 from urbangeo.geo.stages import grid_stage, sample_stage
 from urbangeo.io.gpkg import read_layer, write_layers
 from urbangeo.io.styles import styles_for, write_styles

@@ -11,10 +11,11 @@ from tests.downstream.helpers import make_run
 from tests.viz.browser import Browser
 from tests.viz.test_maps import CHROMIUM
 from urbangeo import constants as C
-from urbangeo.downstream.stages import cluster_stage, map_stage
+from urbangeo.downstream.stages import cluster_stage
 from urbangeo.imagery.edges import EDGE, EXCLUDED
 from urbangeo.io.gpkg import read_layer, write_layers
 from urbangeo.viz.maps import EDGE_COLOR, build_map
+from urbangeo.viz.stages import map_stage
 
 REASON = "edge cell: 20% of the cell inside the boundary (under 50%)"
 

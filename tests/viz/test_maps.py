@@ -12,10 +12,11 @@ from tests.downstream.helpers import make_run
 from tests.viz.browser import CHROMIUM, HEADLESS, Browser, opened_map, require_chromium
 from urbangeo import constants as C
 from urbangeo.downstream.heads import MLPConfig
-from urbangeo.downstream.stages import cluster_stage, map_stage, predict_stage
+from urbangeo.downstream.stages import cluster_stage, predict_stage
 from urbangeo.io.gpkg import read_layer, write_layers
 from urbangeo.viz.colors import ramp
 from urbangeo.viz.maps import leaflet_assets
+from urbangeo.viz.stages import map_stage
 from urbangeo_cli.downstream import map_command
 
 EVIL = '<script>document.title="pwned"</script><img src=x onerror="document.title=\'pwned\'">'
@@ -358,8 +359,8 @@ def test_a_prediction_below_the_mean_baseline_is_flagged_on_the_map(run, tmp_pat
     import json
 
     from urbangeo import constants as C
-    from urbangeo.downstream.stages import map_stage
     from urbangeo.viz.maps import BELOW_MEAN
+    from urbangeo.viz.stages import map_stage
 
     gpkg, _ = run
     page_of = {}

@@ -177,8 +177,8 @@ def test_scores_panel_in_a_real_browser(tmp_path):
 
 
 def test_map_stage_passes_the_runs_metrics(tmp_path, monkeypatch):
-    from urbangeo.downstream.stages import map_stage
     from urbangeo.viz import maps
+    from urbangeo.viz.stages import map_stage
 
     gpkg, _, _ = make_run(tmp_path / "run", cols=4, rows=3)
     seen = []

@@ -14,11 +14,12 @@ from tests.downstream.helpers import make_run
 from tests.viz.browser import Browser
 from tests.viz.test_maps import CHROMIUM
 from urbangeo import constants as C
-from urbangeo.downstream.stages import cluster_stage, map_stage
+from urbangeo.downstream.stages import cluster_stage
 from urbangeo.downstream.tables import gpkg_embeddings
 from urbangeo.io.gpkg import read_layer
 from urbangeo.viz import similar_regions
 from urbangeo.viz.maps import SIMILAR_TOP, build_map, similar_data
+from urbangeo.viz.stages import map_stage
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,6 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "random_split": ".splits",
         "cluster_stage": ".stages",
         "indicators_stage": ".stages",
-        "map_stage": ".stages",
         "predict_stage": ".stages",
         "transfer_stage": ".stages",
         "Dataset": ".tables",

@@ -7,6 +7,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         "build_map": ".maps",
+        "map_stage": ".stages",
         "write_map": ".maps",
         "write_project": ".project",
     },
