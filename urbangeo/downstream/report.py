@@ -8,9 +8,9 @@ the same head on a baseline encoder's embeddings (``random:mlp``, ``image-stats:
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -238,11 +238,11 @@ def _oof(
     return pred, label, tested
 
 
-def below_baseline_targets(metrics: Path) -> set[str]:
-    """Targets whose layer model scores below the mean baseline in the run's metrics.json."""
-    if not metrics.is_file():
+def below_baseline_targets(data: Mapping[str, Any] | None) -> set[str]:
+    """Targets whose layer model scores below the mean baseline in a run's metrics.json
+    (``data``, as read; None: the run has none)."""
+    if not data:
         return set()
-    data = json.loads(metrics.read_text(encoding="utf-8"))
     model = data.get("protocol", {}).get("layer_model", "mlp")
     return {
         name

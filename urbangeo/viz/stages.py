@@ -106,6 +106,7 @@ def map_stage(run: StageRun, s: MapSettings, *, overwrite: bool) -> StageResult:
         region_images, point_images = run_image_uris(path)
         boundary = read_layer(path, C.LAYER_BOUNDARY) if C.LAYER_BOUNDARY in layers else None
         roads = read_layer(path, C.LAYER_ROADS) if C.LAYER_ROADS in layers else None
+        metrics = read_metrics(path.parent / C.METRICS_JSON)
         bar.update(1, status="build")
         fmap = build_map(
             regions,
@@ -122,8 +123,8 @@ def map_stage(run: StageRun, s: MapSettings, *, overwrite: bool) -> StageResult:
             boundary=boundary,
             roads=roads,
             embeddings=map_embeddings(path),
-            below_baseline=below_baseline_targets(path.parent / C.METRICS_JSON),
-            metrics=read_metrics(path.parent / C.METRICS_JSON),
+            below_baseline=below_baseline_targets(metrics),
+            metrics=metrics,
         )
         bar.update(1, status="write")
         write_map(fmap, out)
