@@ -93,7 +93,8 @@ def beijing(data: Path, out: Path, device: str) -> tuple[dict, pd.DataFrame, pd.
     ids = [t for t in regions[C.REGION_ID] if t in texts]
 
     def captions() -> pd.DataFrame:
-        from urbangeo.model.encoders.caption_text import minilm_text_model, unit_rows
+        from urbangeo.model.encoders.caption_text import minilm_text_model
+        from urbangeo.model.encoders.region_encoder import unit_rows
 
         model = minilm_text_model(device=device)
         return ev.vectors_frame(ids, unit_rows(model.encode([texts[t] for t in ids])))

@@ -31,6 +31,7 @@ import pandas as pd
 from urbangeo import constants as C
 from urbangeo.errors import InputError
 from urbangeo.io.runs import StageResult
+from urbangeo.model.encoders.region_encoder import unit_rows
 from urbangeo.progress import message
 from urbangeo.settings.downstream import SimilarSettings
 
@@ -38,13 +39,6 @@ from urbangeo.settings.downstream import SimilarSettings
 LAYER_SIMILAR = "similar"
 #: The most regions searched exactly (numpy); above it a ball tree finds the nearest.
 EXACT_MAX = 200_000
-
-
-def unit_rows(X: np.ndarray) -> np.ndarray:
-    """``X``'s rows scaled to unit length (rows of zeros stay zeros)."""
-    X = np.asarray(X, dtype=np.float64)
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return np.divide(X, norms, out=np.zeros_like(X), where=norms > 0)
 
 
 def query_vector(unit: np.ndarray, positions: Sequence[int]) -> np.ndarray:

@@ -10,8 +10,9 @@ are not finite (NaN, infinity: a diverged model) are refused. Results:
 ``embeddings.parquet`` beside the GeoPackage (``region_id, e0 .. e{D-1}``, float32, regions
 sorted by id; the settings in the file's metadata under ``urbangeo``) and the
 ``region_embeddings`` layer (region polygons + ``n_images`` + the same vector columns, or one
-JSON text column ``embedding`` above :data:`MAX_VECTOR_COLUMNS` values), which QGIS opens like
-any polygon layer. Above ``layer_vectors`` regions (a setting) the layer holds the polygons and
+JSON text column ``embedding`` above
+:data:`~urbangeo.model.encoders.region_encoder.MAX_VECTOR_COLUMNS` values), which QGIS opens
+like any polygon layer. Above ``layer_vectors`` regions (a setting) the layer holds the polygons and
 ``n_images`` only: the vectors are in the parquet (its layer description says so).
 
 Memory is bounded by ``chunk_size`` images, not by the city: the images are taken in region
@@ -51,12 +52,10 @@ from urbangeo.model.data import (
 )
 from urbangeo.model.defaults import EMBED_KINDS
 from urbangeo.model.encoders.base import ImageEncoder
+from urbangeo.model.encoders.region_encoder import region_vector_layer
 from urbangeo.progress import progress
 
 N_IMAGES = "n_images"
-#: Above this many vector columns the layer stores the vector as one JSON text column instead
-#: (SQLite allows 2000 columns per table).
-MAX_VECTOR_COLUMNS = 1900
 #: Images encoded between two writes of pooled regions (``embed --chunk-size``).
 DEFAULT_CHUNK_SIZE = 8192
 #: Above this many regions the layer holds no vectors (``embed --layer-vectors``).
@@ -504,18 +503,7 @@ def read_parquet(path: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, Any]]
 def region_layer(emb: RegionEmbeddings, regions: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     """Region polygons with ``n_images`` and the vector (columns, or JSON text if very wide;
     none when ``emb`` holds no vectors: a large run's are in ``embeddings.parquet``)."""
-    geo = regions[[C.REGION_ID, regions.geometry.name]].copy()
-    geo[C.REGION_ID] = geo[C.REGION_ID].astype(str)
-    frame = emb.frame
-    if not emb.has_vectors:
-        frame = frame[[C.REGION_ID, N_IMAGES]]
-    elif emb.dim > MAX_VECTOR_COLUMNS:
-        vectors = emb.vectors
-        frame = frame[[C.REGION_ID, N_IMAGES]].copy()
-        # 9 significant digits: float32 values survive the text round trip exactly
-        frame["embedding"] = ["[" + ",".join(f"{x:.9g}" for x in row) + "]" for row in vectors]
-    merged = geo.merge(frame, on=C.REGION_ID, how="inner")
-    return gpd.GeoDataFrame(merged, geometry=regions.geometry.name, crs=regions.crs)
+    return region_vector_layer(emb.frame, emb.dim, [N_IMAGES], regions, vectors=emb.has_vectors)
 
 
 def vectors_elsewhere_note(emb: RegionEmbeddings, limit: int) -> str:

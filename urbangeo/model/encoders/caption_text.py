@@ -47,6 +47,7 @@ from urbangeo.model.encoders.region_encoder import (
     VALID_SHARE,
     RegionEncoder,
     RegionVectors,
+    unit_rows,
     vectors_frame,
 )
 from urbangeo.progress import progress
@@ -77,13 +78,6 @@ class TextModel:
     info: dict[str, Any] = field(default_factory=dict)
     attribution: str | None = None
     licence: str | None = None
-
-
-def unit_rows(values: np.ndarray) -> np.ndarray:
-    """``values`` (float64) with every non-zero row scaled to unit length."""
-    values = np.asarray(values, dtype=np.float64)
-    norms = np.linalg.norm(values, axis=1, keepdims=True)
-    return np.divide(values, norms, out=np.zeros_like(values), where=norms > 0)
 
 
 def clip_text_model(

@@ -65,6 +65,7 @@ from urbangeo.model.encoders.region_encoder import (
     VALID_SHARE,
     RegionEncoder,
     RegionVectors,
+    unit_rows,
     vectors_frame,
 )
 from urbangeo.model.threads import free_cores
@@ -383,8 +384,7 @@ class RasterProductEncoder(RegionEncoder):
         vectors = np.zeros((n, bands), dtype=np.float64)
         vectors[has] = sums[has] / valid_n[has, None]
         if self.product.normalise:
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+            vectors = unit_rows(vectors)
         valid_share = valid_n / np.maximum(total_n, 1)
         frame = vectors_frame(
             regions[C.REGION_ID].tolist(),

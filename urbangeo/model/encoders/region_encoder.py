@@ -64,8 +64,8 @@ PATCH_DISTANCE = "patch_distance_m"
 N_CAPTIONS = "n_captions"
 #: Columns written beside the vector that are never features (see the module docstring).
 QUALITY_COLUMNS = (VALID_SHARE, N_PIXELS, N_PATCHES, PATCH_DISTANCE, N_CAPTIONS)
-#: Above this many vector columns the layer holds the vector as one JSON text column (SQLite
-#: allows 2000 columns per table; the same limit as the image encoders' layer).
+#: Above this many vector columns a layer holds the vector as one JSON text column (SQLite
+#: allows 2000 columns per table); the image encoders' layer too.
 MAX_VECTOR_COLUMNS = 1900
 #: How QGIS recognises its own layer metadata in ``gpkg_metadata``.
 QGIS_METADATA_URI = "http://mrcc.com/qgis.dtd"
@@ -182,16 +182,38 @@ def write_vectors_parquet(result: RegionVectors, path: str | os.PathLike) -> Pat
 def vectors_layer(result: RegionVectors, regions: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     """Region polygons with the quality columns and the vector (columns, or JSON text if very
     wide), in the regions' CRS."""
+    return region_vector_layer(result.frame, result.dim, result.quality, regions)
+
+
+def region_vector_layer(
+    frame: pd.DataFrame,
+    dim: int,
+    columns: Sequence[str],
+    regions: gpd.GeoDataFrame,
+    *,
+    vectors: bool = True,
+) -> gpd.GeoDataFrame:
+    """The layer of any region encoder: region polygons joined with ``frame``'s ``columns``
+    and its vector ``e0..`` (as columns, or one JSON text column ``embedding`` above
+    :data:`MAX_VECTOR_COLUMNS` values; none without ``vectors``), in the regions' CRS."""
     geo = regions[[C.REGION_ID, regions.geometry.name]].copy()
     geo[C.REGION_ID] = geo[C.REGION_ID].astype(str)
-    frame = result.frame
-    if result.dim > MAX_VECTOR_COLUMNS:
-        vectors = result.vectors
-        frame = frame[[C.REGION_ID, *result.quality]].copy()
+    if not vectors:
+        frame = frame[[C.REGION_ID, *columns]]
+    elif dim > MAX_VECTOR_COLUMNS:
+        values = frame[[f"e{i}" for i in range(dim)]].to_numpy(np.float32)
+        frame = frame[[C.REGION_ID, *columns]].copy()
         # 9 significant digits: float32 values survive the text round trip exactly
-        frame["embedding"] = ["[" + ",".join(f"{x:.9g}" for x in row) + "]" for row in vectors]
+        frame["embedding"] = ["[" + ",".join(f"{x:.9g}" for x in row) + "]" for row in values]
     merged = geo.merge(frame, on=C.REGION_ID, how="inner")
     return gpd.GeoDataFrame(merged, geometry=regions.geometry.name, crs=regions.crs)
+
+
+def unit_rows(values: np.ndarray) -> np.ndarray:
+    """``values`` (float64) with every non-zero row scaled to unit length (zero rows stay)."""
+    values = np.asarray(values, dtype=np.float64)
+    norms = np.linalg.norm(values, axis=1, keepdims=True)
+    return np.divide(values, norms, out=np.zeros_like(values), where=norms > 0)
 
 
 def qgis_metadata_xml(
