@@ -351,10 +351,9 @@ def _run_stages(
     config: dict[str, dict[str, Any]],
     settings: dict[str, StageSettings],
     from_stage: str | None,
-    executor: Executor | None = None,
+    executor: Executor,
 ) -> list[StageResult]:
     """The stages of :func:`run_pipeline`, in order, under the run folder's lock."""
-    executor = executor or make_executor()
     gpkg = run_dir / C.RUN_GPKG
     results: list[StageResult] = []
     with run_lock(run_dir, command="urbangeo run"):

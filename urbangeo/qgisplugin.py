@@ -133,7 +133,8 @@ PLUGIN_STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Overhead tiles",
         "One overhead image per region: a map rendered offline from the run's OpenStreetMap data "
         "(default), a window of a GeoTIFF, or XYZ tiles mosaicked and cut to the region; regions "
-        "with too little image data or inside the boundary are marked as edge cells.",
+        "with too little image data or too little of their cell inside the boundary are marked "
+        "as edge cells.",
         ("images", "regions"),
     ),
     "caption": (

@@ -10,7 +10,6 @@ unsharded stage's order and sums the counts.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -212,9 +211,13 @@ def _embed_work(layers: Mapping[str, pd.DataFrame], s: StageSettings) -> bool:
 def _merge_embed(
     run_gpkg: Path, s: StageSettings, shards: Sequence[Shard], regions: gpd.GeoDataFrame
 ) -> tuple[dict, dict, dict, list[Path], Callable[[], None]]:
-    import pyarrow.parquet as pq
-
-    from urbangeo.model.embed import N_IMAGES, RegionEmbeddings, region_layer, write_parquet
+    from urbangeo.model.embed import (
+        N_IMAGES,
+        RegionEmbeddings,
+        read_parquet,
+        region_layer,
+        write_parquet,
+    )
 
     params = _same_params("embed", shards)
     frames: list[pd.DataFrame] = []
@@ -223,9 +226,7 @@ def _merge_embed(
     for sh in shards:
         if sh.empty:
             continue
-        table = pq.read_table(sh.folder / C.EMBEDDINGS_PARQUET)
-        meta = json.loads((table.schema.metadata or {}).get(b"urbangeo", b"{}"))
-        vectors = table.to_pandas()
+        vectors, meta = read_parquet(sh.folder / C.EMBEDDINGS_PARQUET)
         layer = read_layer(sh.gpkg, C.LAYER_REGION_EMBEDDINGS)
         n = dict(zip(layer[C.REGION_ID].astype(str), layer[N_IMAGES], strict=True))
         vectors.insert(1, N_IMAGES, [int(n[r]) for r in vectors[C.REGION_ID]])

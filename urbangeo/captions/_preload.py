@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 
-from urbangeo.captions.workers import THREAD_VARIABLES
+from urbangeo.model.threads import one_thread_env
 
 # Before numpy, BLAS and torch load: one thread in the server and in every worker forked.
-for _name in THREAD_VARIABLES:
-    os.environ[_name] = "1"
+os.environ.update(one_thread_env())
 
-import geopandas  # noqa: E402, F401
-import shapely  # noqa: E402, F401
+import geopandas  # noqa: F401
+import shapely  # noqa: F401
 
-import urbangeo.captions.stages  # noqa: E402, F401
+import urbangeo.captions.stages  # noqa: F401

@@ -58,7 +58,7 @@ MERGE_PROMPT = (
 
 KEYS = ("overhead", "streetview", "local", "merge")
 #: Older spellings of a prompt file's keys (accepted for one release with a deprecation message).
-LEGACY_KEYS = {"satellite": "overhead"}
+LEGACY_KEYS = C.LEGACY_KINDS
 
 
 def overhead_prompt(source: str | None) -> str:

@@ -261,7 +261,7 @@ def _caption(
             for model in captioner.models:
                 key = call_key(input_sha, captioner.name, model, prompt, captioner.options())
                 calls.append((Call(item, model, key), image, prompt))
-        if pool.parallel and s.select == "capture" and len(captioner.models) > 1:
+        if pool.parallel and pool.parses:
             # This process waits while the workers caption and parse: it loads what scoring
             # needs (WordNet, MiniLM) meanwhile, in a daemon thread (Ctrl-C does not wait).
             warm = threading.Thread(target=_warm_up, name="urbangeo-warm-up", daemon=True)
@@ -427,7 +427,7 @@ def selection_table(
                 # While workers parse, this process scores the images parsed so far, as soon
                 # as the warm-up has loaded WordNet and MiniLM (same order, same scores).
                 if scorer is None and warm is not None and not warm.is_alive():
-                    scorer = consensus_scorer(parser, gpkg, cached=cached)
+                    scorer = consensus_scorer(cached)
                 if scorer is not None:
                     choose(only_parsed=True)
 
@@ -435,7 +435,7 @@ def selection_table(
         if warm is not None:
             warm.join()
         if scorer is None:
-            scorer = consensus_scorer(parser, gpkg, cached=cached)
+            scorer = consensus_scorer(cached)
     with progress(len(groups), task="consensus", unit="image") as bar:
         bar.update(chosen)
         choose(only_parsed=False, tick=bar.update)
@@ -462,10 +462,9 @@ def consensus_parser(parser: str = "auto", gpkg: Path | None = None) -> Any:
     return CachedParser(get_parser(parser), cache_file)
 
 
-def consensus_scorer(parser: str = "auto", gpkg: Path | None = None, *, cached: Any = None):
+def consensus_scorer(cached: Any):
     """A CAPTURE scorer for the stage: synonym matching when WordNet is set up (else a
-    warning), parses cached in ``caption_parses.jsonl`` beside the GeoPackage (or by
-    ``cached``, a :func:`consensus_parser`)."""
+    warning), parses by ``cached``, the stage's :func:`consensus_parser`."""
     from urbangeo.captions.capture import CaptureScorer
     from urbangeo.captions.wordnet import wordnet_available
 
@@ -476,5 +475,4 @@ def consensus_scorer(parser: str = "auto", gpkg: Path | None = None, *, cached: 
             "(run `urbangeo captions setup` once to add it).",
             level="warning",
         )
-    cached = cached if cached is not None else consensus_parser(parser, gpkg)
     return CaptureScorer(parser=cached, synonyms=synonyms, soft=True)

@@ -32,19 +32,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from urbangeo.errors import InputError, UrbangeoError
+from urbangeo.model.threads import one_thread
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: Environment variables that size the thread pools of BLAS, OpenMP (torch) and friends.
-THREAD_VARIABLES = (
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "BLIS_NUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-)
 #: What a worker holds: the objects the pool was started with (``captioner``...).
 _STATE: dict[str, Any] = {}
 
@@ -62,21 +54,6 @@ class Failure:
     hint: str | None
     trace: str
     input_error: bool
-
-
-def one_thread() -> None:
-    """Make this process use one thread for BLAS, OpenMP and torch (set before they start;
-    threadpoolctl and torch adjust the ones already loaded)."""
-    for name in THREAD_VARIABLES:
-        os.environ[name] = "1"
-    try:
-        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
-
-        threadpool_limits(1)
-    except ImportError:  # pragma: no cover - a dependency of scikit-learn
-        pass
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1)
 
 
 def _init(payload: bytes) -> None:

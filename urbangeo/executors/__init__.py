@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from urbangeo.errors import InputError
 from urbangeo.io.runs import StageResult
+from urbangeo.model.threads import one_thread_env
 from urbangeo.settings import StageSettings
 
 #: The executors ``urbangeo run --executor`` offers.
@@ -68,11 +69,6 @@ def make_executor(
 
         return RayExecutor(address=address, shards=shards)
     raise InputError(f"Unknown executor {name!r}.", hint=f"Executors: {', '.join(EXECUTORS)}.")
-
-
-def one_thread_env() -> dict[str, str]:
-    """Environment variables that keep a task to one thread of numpy/torch arithmetic."""
-    return {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
 
 
 __all__ = ["EXECUTORS", "Executor", "LocalExecutor", "make_executor", "one_thread_env"]

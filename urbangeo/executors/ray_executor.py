@@ -9,7 +9,6 @@ retried by Ray; a shard already done is skipped, one half done resumes.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +32,11 @@ def import_ray() -> Any:
 
 def run_one_shard(stage: str, gpkg: str, values: dict[str, Any]) -> dict[str, Any]:
     """In a Ray worker: shard ``values["shard"]`` of ``stage`` on the run ``gpkg``; its counts."""
-    from urbangeo.executors import one_thread_env
+    from urbangeo.model.threads import one_thread
     from urbangeo.progress import set_mode
     from urbangeo.stage import stage_function
 
-    os.environ.update(one_thread_env())
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:  # stages without torch
-        pass
+    one_thread()  # before torch loads (the embed shards): one thread per task
     set_mode("none")
     settings = STAGE_SETTINGS[stage].from_mapping(values)
     result = stage_function(stage)(gpkg, settings, overwrite=False)
@@ -66,7 +59,7 @@ class RayExecutor:
     def _connect(self) -> None:
         if self.ray.is_initialized():
             return
-        from urbangeo.executors import one_thread_env
+        from urbangeo.model.threads import one_thread_env
 
         self.ray.init(
             address=self.address,

@@ -12,6 +12,7 @@ choice always wins: ``OMP_NUM_THREADS`` or the caller's ``threads``.
 from __future__ import annotations
 
 import os
+import sys
 
 #: Below this many parameters a model runs on one thread (the tiny CLIP has about 0.5 M).
 SMALL_MODEL_PARAMS = 20_000_000
@@ -59,3 +60,33 @@ def use_threads(module: object, *, threads: int | None = None) -> int:
     chosen = choose_threads(count_parameters(module), threads=threads)
     torch.set_num_threads(chosen)
     return chosen
+
+
+#: The variables by which BLAS, OpenMP and numexpr libraries read their thread count.
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
+
+
+def one_thread_env() -> dict[str, str]:
+    """Environment variables that keep a process to one thread of numpy/torch arithmetic."""
+    return {name: "1" for name in THREAD_VARIABLES}
+
+
+def one_thread() -> None:
+    """Make this process use one thread for BLAS, OpenMP and torch (set before they start;
+    threadpoolctl and torch adjust the ones already loaded)."""
+    os.environ.update(one_thread_env())
+    try:
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+        threadpool_limits(1)
+    except ImportError:  # pragma: no cover - a dependency of scikit-learn
+        pass
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)

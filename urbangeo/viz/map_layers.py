@@ -15,7 +15,7 @@ from urbangeo import constants as C
 from urbangeo.imagery.edges import EDGE, EXCLUDED
 from urbangeo.viz.colors import DIVERGING, SEQUENTIAL, cluster_color
 from urbangeo.viz.leaflet import BOUNDARY_COLOR, POINT_FILL, ROAD_COLOR, LayerSpec
-from urbangeo.viz.regions_data import Column, categorical
+from urbangeo.viz.regions_data import Column, categorical, id_text
 
 __all__ = [
     "BELOW_MEAN",
@@ -330,9 +330,9 @@ def line_layers(
         pts = gpd.GeoDataFrame(pts[cols], geometry=pts.geometry, crs=points.crs)
         ptip = [(c, c.replace("_", " ")) for c in cols]
         if C.POINT_ID in pts:
-            keys = pts[C.POINT_ID].map(_key)
+            keys = pts[C.POINT_ID].map(id_text)
             if point_captions is not None:
-                point_texts = {_key(k): v for k, v in point_captions.items()}
+                point_texts = {id_text(k): v for k, v in point_captions.items()}
                 pts["caption"] = keys.map(point_texts).map(_short)
             if point_images:
                 pts["_img"] = keys.map(dict(point_images))
@@ -378,13 +378,6 @@ def _geojson(frame: gpd.GeoDataFrame) -> dict:
             {"type": "Feature", "geometry": shapely.geometry.mapping(geom), "properties": clean}
         )
     return {"type": "FeatureCollection", "features": features}
-
-
-def _key(value: object) -> str:
-    """An id as text (a point id read as 3.0 is "3")."""
-    if isinstance(value, float | np.floating) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def _lines(geoms: gpd.GeoDataFrame | gpd.GeoSeries, *, tolerance: float) -> gpd.GeoDataFrame:

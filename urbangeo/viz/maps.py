@@ -152,6 +152,7 @@ def build_map(
     captions = caption_texts(region_captions, index)
     images = dict(region_images or {})
     image_list = [images.get(rid) for rid in ids] if images else None
+    lonlat = regions.geometry.to_crs(C.WGS84)
     page = regions_page(
         regions.geometry,
         ids,
@@ -160,6 +161,7 @@ def build_map(
         image_list,
         inline=inline_regions,
         aggregate=aggregate_regions,
+        lonlat=lonlat,
     )
 
     base = imagery_layers(image_list)
@@ -173,7 +175,7 @@ def build_map(
     )
 
     OfflineMap = offline_map_class()
-    west, south, east, north = regions.to_crs(C.WGS84).total_bounds
+    west, south, east, north = lonlat.total_bounds
     fmap = OfflineMap(
         location=[(south + north) / 2, (west + east) / 2],
         zoom_start=13,

@@ -81,10 +81,11 @@ def categorical(key: str, label: str, series: pd.Series) -> Column:
     present = series.dropna()
     cats = sorted(present.unique().tolist(), key=lambda v: (isinstance(v, str), v))
     codes = (pd.Categorical(series, categories=cats).codes + 1).astype(np.uint16)
-    return Column(key, label, codes, [_text(v) for v in cats])
+    return Column(key, label, codes, [id_text(v) for v in cats])
 
 
-def _text(value: object) -> str:
+def id_text(value: object) -> str:
+    """An id or category as text (a value read as 3.0 is "3")."""
     if isinstance(value, float | np.floating) and float(value).is_integer():
         return str(int(value))
     return str(value)
@@ -188,10 +189,12 @@ def regions_page(
     *,
     inline: int,
     aggregate: int,
+    lonlat: gpd.GeoSeries | None = None,
 ) -> _Page:
-    """The regions' data for the page, and the chunk files beside it (module docstring)."""
+    """The regions' data for the page, and the chunk files beside it (module docstring);
+    ``lonlat``: ``geoms`` already in WGS84, when the caller has them."""
     n = len(ids)
-    rings = _Rings.of(geoms)
+    rings = _Rings.of(geoms if lonlat is None else lonlat)
     bounds = rings.bounds(n)
     has_extra = bool(captions and any(captions)) or bool(images and any(images))
     fields = [c.schema for c in columns]

@@ -18,7 +18,6 @@ encoded.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata
 import warnings
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 from urbangeo import constants as C
 from urbangeo._optional import import_optional, package_folders
 from urbangeo.errors import InputError, MissingExtraError
+from urbangeo.io.files import sha256_file
 from urbangeo.model.encoders.region_encoder import RegionEncoder, RegionVectors, vectors_frame
 from urbangeo.progress import progress
 
@@ -89,11 +89,7 @@ def require_weights(purpose: str) -> Path:
 
 @functools.lru_cache(maxsize=4)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def weights_sha256(path: Path) -> str:
