@@ -60,9 +60,9 @@ from urbangeo.io.lock import LOCK_FILE, run_lock
 from urbangeo.io.runs import (
     STAGES_TABLE,
     StageResult,
+    chained_fingerprint,
     downstream_of,
     read_stage_records,
-    stage_fingerprint,
 )
 from urbangeo.progress import message
 from urbangeo.settings import STAGE_SETTINGS, StageSettings
@@ -237,13 +237,6 @@ def _clear(folder: Path) -> None:
             entry.unlink()
 
 
-def _target(stage: str, settings: StageSettings, run_gpkg: Path) -> str:
-    """The fingerprint a shard works towards: its settings chained through the run's records
-    (the same as the stage's in the run, but for settings decided from the whole run)."""
-    records = read_stage_records(run_gpkg)
-    return stage_fingerprint(stage, settings, {n: r.fingerprint for n, r in records.items()})
-
-
 def shard_regions(run_gpkg: str | os.PathLike, spec: ShardSpec) -> list[str]:
     """The region ids of shard ``spec`` of the run, in the run's order."""
     regions = read_layer(run_gpkg, C.LAYER_REGIONS)
@@ -285,7 +278,7 @@ def run_shard(
             "by": spec.by,
             "regions": len(ids),
             "ids": _ids_digest(ids),
-            "target": _target(stage, ran_with, run_gpkg),
+            "target": chained_fingerprint(stage, ran_with, records),
             "inputs": {n: records[n].fingerprint for n in C.STAGE_INPUTS[stage] if n in records},
             "settings": base.to_dict(),
             "ran_with": ran_with.to_dict(),
@@ -381,7 +374,7 @@ def _collect(run_gpkg: Path, stage: str, count: int) -> list[Shard]:
         regions = read_layer(run_gpkg, C.LAYER_REGIONS)
         cls = STAGE_SETTINGS[stage]
         ran_with = cls.from_mapping(shards[0].meta["ran_with"])
-        target = _target(stage, ran_with, run_gpkg)
+        target = chained_fingerprint(stage, ran_with, read_stage_records(run_gpkg))
         by = shards[0].spec.by
         chosen = assign_shards(regions, count, by)
         ids = regions[C.REGION_ID].astype(str).to_numpy()

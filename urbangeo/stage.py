@@ -36,9 +36,9 @@ from urbangeo.io.runs import (
     STAGES_TABLE,
     StageRecord,
     StageResult,
+    chained_fingerprint,
     downstream_of,
     read_stage_records,
-    stage_fingerprint,
     stage_table,
 )
 from urbangeo.settings import StageSettings
@@ -88,8 +88,7 @@ class StageRun:
         if self.path is None:
             return ""
         records = read_stage_records(self.path)
-        inputs = {name: r.fingerprint for name, r in records.items()}
-        return stage_fingerprint(self.stage, self.settings, inputs)
+        return chained_fingerprint(self.stage, self.settings, records)
 
     def commit(
         self,

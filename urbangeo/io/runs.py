@@ -79,6 +79,13 @@ def stage_fingerprint(stage: str, settings: StageSettings, inputs: Mapping[str, 
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def chained_fingerprint(
+    stage: str, settings: StageSettings, records: Mapping[str, StageRecord]
+) -> str:
+    """:func:`stage_fingerprint` chained through the fingerprints of a run's ``records``."""
+    return stage_fingerprint(stage, settings, {name: r.fingerprint for name, r in records.items()})
+
+
 @dataclass(frozen=True)
 class StageRecord:
     """One finished stage. ``fingerprint`` is "" in a record that is not proof of done work
@@ -133,8 +140,7 @@ def stage_table(
         records.pop(name, None)
     fingerprint = record.fingerprint
     if settings is not None:
-        inputs = {name: r.fingerprint for name, r in records.items()}
-        fingerprint = stage_fingerprint(record.stage, settings, inputs)
+        fingerprint = chained_fingerprint(record.stage, settings, records)
     records[record.stage] = StageRecord(
         stage=record.stage,
         params=record.params,
