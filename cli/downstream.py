@@ -204,14 +204,8 @@ def predict(
     if train_on or test_on:
         if not (train_on and test_on):
             raise InputError("Transfer needs both --train-on and --test-on.")
-        result = transfer_stage(
-            train_on,
-            test_on,
-            targets=settings.targets,
-            seeds=settings.seeds,
-            log=settings.log,
-            output=settings.output,
-        )
+        chosen = settings.pick("targets", "seeds", "log", "output")
+        result = transfer_stage(train_on, test_on, **chosen)
     else:
         result = predict_stage(gpkg, settings, overwrite=overwrite)
     _show(result.report.table())  # type: ignore[attr-defined]

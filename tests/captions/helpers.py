@@ -14,6 +14,21 @@ from urbangeo import constants as C
 from urbangeo.geo.boundary import get_city
 from urbangeo.io.gpkg import write_layers
 
+#: The sizes of a tiny transformer (text or vision tower), for models made in the tests.
+TINY_TOWER = {
+    "hidden_size": 16,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+}
+
+
+def tiny_text_tower(vocab_size: int, positions: int, **token_ids: int) -> dict:
+    """A tiny text tower's config: :data:`TINY_TOWER` with a vocabulary, positions and special
+    token ids (``bos=0`` gives ``bos_token_id: 0``)."""
+    ids = {f"{name}_token_id": value for name, value in token_ids.items()}
+    return {**TINY_TOWER, "vocab_size": vocab_size, "max_position_embeddings": positions, **ids}
+
 
 def has(module: str) -> bool:
     """Whether an optional module is importable."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.captions.helpers import png_bytes
+from tests.captions.helpers import TINY_TOWER, png_bytes, tiny_text_tower
 from urbangeo.captions.refine import (
     filter_phrases,
     largest_free_rectangle,
@@ -150,46 +150,24 @@ def tiny_sam(tmp_path_factory, transformers_ready):
 @pytest.fixture(scope="module")
 def tiny_owl(tmp_path_factory, transformers_ready):
     import torch
-    from transformers import (
-        CLIPTokenizer,
-        Owlv2Config,
-        Owlv2ForObjectDetection,
-        Owlv2ImageProcessor,
-        Owlv2Processor,
-    )
+    import transformers as tf
 
     folder = tmp_path_factory.mktemp("tiny-owl")
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for ch in "abcdefghijklmnopqrstuvwxyz":
         vocab[ch] = len(vocab)
         vocab[ch + "</w>"] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
-    config = Owlv2Config(
-        text_config={
-            "vocab_size": len(vocab),
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 16,
-            "bos_token_id": 0,
-            "eos_token_id": 1,
-            "pad_token_id": 1,
-        },
-        vision_config={
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
+    tokenizer = tf.CLIPTokenizer(vocab=vocab, merges=[])
+    config = tf.Owlv2Config(
+        text_config=tiny_text_tower(len(vocab), 16, bos=0, eos=1, pad=1),
+        vision_config={**TINY_TOWER, "image_size": 32, "patch_size": 8},
         projection_dim=16,
     )
     torch.manual_seed(0)
-    Owlv2ForObjectDetection(config).save_pretrained(folder)
-    Owlv2Processor(
-        image_processor=Owlv2ImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer
+    tf.Owlv2ForObjectDetection(config).save_pretrained(folder)
+    tf.Owlv2Processor(
+        image_processor=tf.Owlv2ImageProcessor(size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
     ).save_pretrained(folder)
     return str(folder)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.captions.helpers import make_run, png_bytes
+from tests.captions.helpers import TINY_TOWER, make_run, png_bytes, tiny_text_tower
 from urbangeo import constants as C
 from urbangeo.captions.captioners import CaptionError, ImageItem
 from urbangeo.captions.captioners.transformers import TransformersCaptioner
@@ -34,40 +34,20 @@ WORDS = [
 @pytest.fixture(scope="module")
 def tiny_blip(tmp_path_factory, transformers_ready):
     import torch
-    from transformers import (
-        BertTokenizer,
-        BlipConfig,
-        BlipForConditionalGeneration,
-        BlipImageProcessor,
-        BlipProcessor,
-    )
+    import transformers as tf
 
     folder = tmp_path_factory.mktemp("tiny-blip")
-    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(WORDS)})
-    processor = BlipProcessor(
-        image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer
+    tokenizer = tf.BertTokenizer(vocab={w: i for i, w in enumerate(WORDS)})
+    processor = tf.BlipProcessor(
+        image_processor=tf.BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer
     )
-    small = {
-        "hidden_size": 16,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "intermediate_size": 32,
-    }
-    config = BlipConfig(
-        text_config={
-            **small,
-            "vocab_size": len(WORDS),
-            "max_position_embeddings": 32,
-            "bos_token_id": 2,
-            "sep_token_id": 3,
-            "pad_token_id": 0,
-            "eos_token_id": 3,
-        },
-        vision_config={**small, "image_size": 32, "patch_size": 8, "projection_dim": 16},
+    config = tf.BlipConfig(
+        text_config=tiny_text_tower(len(WORDS), 32, bos=2, sep=3, pad=0, eos=3),
+        vision_config={**TINY_TOWER, "image_size": 32, "patch_size": 8, "projection_dim": 16},
         projection_dim=16,
     )
     torch.manual_seed(0)
-    model = BlipForConditionalGeneration(config)
+    model = tf.BlipForConditionalGeneration(config)
     with torch.no_grad():  # never emit special tokens, so the caption is not empty
         model.text_decoder.cls.predictions.bias[:5] = -1e4
     model.save_pretrained(folder)

@@ -491,7 +491,7 @@ def test_embed_stage_writes_the_usual_outputs_with_valid_share_and_attribution(
 
 def test_a_raster_without_raster_setting_is_refused(tmp_path: Path) -> None:
     gpkg = make_run(tmp_path / "run", grid(2, 1))
-    with pytest.raises(InputError, match="needs the embedding raster"):
+    with pytest.raises(InputError, match="needs --raster"):
         embed_stage(gpkg, encoder="raster")
     with pytest.raises(InputError, match="does not exist"):
         embed_stage(gpkg, encoder="raster", raster=tmp_path / "missing.tif")

@@ -146,10 +146,8 @@ READ_PANEL = """
 def test_scores_panel_in_a_real_browser(tmp_path):
     require_chromium()
     regions, observed, clusters, _ = synthetic(6, 5)
-    with_scores = write_map(
-        build_map(regions, clusters=clusters, observed=observed, metrics=METRICS),
-        tmp_path / "scores.html",
-    )
+    scored = build_map(regions, clusters=clusters, observed=observed, metrics=METRICS)
+    with_scores = write_map(scored, tmp_path / "scores.html")
     without = write_map(build_map(regions, clusters=clusters), tmp_path / "plain.html")
     with Browser() as browser:
         browser.open(with_scores.as_uri())

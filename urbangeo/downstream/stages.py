@@ -295,15 +295,9 @@ def indicators_stage(run: StageRun, s: IndicatorsSettings, *, overwrite: bool) -
             frame = _read_rows(s.points, "points table", "point")
             skip = {s.lon, s.lat, C.REGION_ID, "x", "y"}
             _say_dropped(frame, cols, skip, f"points table {s.points}")
-            frame = ind.from_points(
-                regions,
-                frame,
-                cols,
-                agg=s.agg,
-                lon=s.lon,
-                lat=s.lat,
-                count_name=s.name or "point_count",
-            )
+            count_name = s.name or "point_count"
+            chosen = s.pick("agg", "lon", "lat")
+            frame = ind.from_points(regions, frame, cols, count_name=count_name, **chosen)
             parts.append(frame)
             sources.append(f"points:{s.points}:{s.agg}")
             bar.update(1)

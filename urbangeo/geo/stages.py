@@ -51,12 +51,10 @@ def _grid(run: StageRun, s: GridSettings, *, overwrite: bool) -> StageResult:
     with progress(3, task="grid", unit="step") as bar:
         bar.update(0, status="boundary")
         boundary = load_boundary(
-            city=s.city,
             file=s.boundary_file,
-            bbox=s.bbox,
-            place=s.place,
             layer=s.boundary_layer,
             file_crs=s.boundary_crs,
+            **s.pick("city", "bbox", "place"),
         )
         bar.update(1, status="cells")
         regions = make_grid(boundary, cell_size=s.cell_size, crs=s.crs, force=s.force)

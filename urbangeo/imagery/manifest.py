@@ -146,7 +146,7 @@ class Manifest:
     ``stage`` names the stage record; ``params`` are the settings that decide what an image
     looks like. Rows of the other kind are kept as they are. With a record of the same stage
     made with other settings, a rerun needs ``overwrite``, which redoes every image: the new
-    ones are staged and replace the old ones only at :meth:`commit`.
+    ones are staged and replace the old ones only at :meth:`_commit`.
     """
 
     def __init__(
@@ -180,7 +180,7 @@ class Manifest:
         self.changed = False
         self.pending: set[str] = set()
         self.order: dict[str, int] = {}
-        #: Where new images wait for :meth:`commit` (with ``overwrite``).
+        #: Where new images wait for :meth:`_commit` (with ``overwrite``).
         self.staging = self.root / STAGING_DIR / kind
         self.record_before: StageRecord | None = None
         previous: dict[str, dict] = {}
@@ -233,7 +233,7 @@ class Manifest:
         return todo
 
     def staged_path(self, job: ImageJob) -> Path:
-        """Where the new image of ``job`` waits for :meth:`commit` (with ``overwrite``)."""
+        """Where the new image of ``job`` waits for :meth:`_commit` (with ``overwrite``)."""
         return self.staging / Path(job.path).name
 
     def is_done(self, job: ImageJob, *, settings: str | None = None) -> bool:
@@ -412,7 +412,7 @@ class Manifest:
         """Write the progress so far: the ``images`` layer and this stage's record (with the
         count of images still pending), in one atomic write.
 
-        Nothing is written with ``overwrite`` (the earlier layer stays until :meth:`commit`)
+        Nothing is written with ``overwrite`` (the earlier layer stays until :meth:`_commit`)
         or when nothing changed.
         """
         self._last_flush = time.monotonic()
@@ -431,25 +431,21 @@ class Manifest:
     @contextlib.contextmanager
     def kept_on_error(self) -> Iterator[None]:
         """What was made is kept when the block fails (not with ``overwrite``: see
-        :meth:`commit`)."""
+        :meth:`_commit`)."""
         try:
             yield
         except BaseException:
             self.flush_quietly()
             raise
 
-    def commit(
-        self,
-        run: StageRun,
-        *,
-        layers: Mapping[str, pd.DataFrame] | None = None,
-        counts: Mapping[str, int] | None = None,
+    def _commit(
+        self, run: StageRun, layers: Mapping[str, pd.DataFrame], counts: Mapping[str, int]
     ) -> StageResult:
         """Finish the stage: the layer (with other ``layers`` of the stage) and the stage's
         record (with more ``counts``) in one atomic write, then the staged images moved into
         place. A rerun that changed nothing writes nothing."""
         status = self.counts()
-        recorded = {**status, "pending": 0, **(counts or {})}
+        recorded = {**status, "pending": 0, **counts}
         before = self.record_before
         unchanged = (
             not self.changed
@@ -462,7 +458,7 @@ class Manifest:
         if unchanged:
             result = StageResult(self.stage, self.gpkg, status)
         else:
-            written = {C.LAYER_IMAGES: self.frame(), **(layers or {})}
+            written = {C.LAYER_IMAGES: self.frame(), **layers}
             result = run.commit(written, counts=recorded, params=self.params)
         self._finish_moves(self.rows.values(), verify=not self.overwrite)
         shutil.rmtree(self.staging, ignore_errors=True)
@@ -477,10 +473,11 @@ class Manifest:
         layers: Mapping[str, pd.DataFrame] | None = None,
         counts: Mapping[str, int] | None = None,
     ) -> StageResult:
-        """The end of the stage: :meth:`check_usable`, :meth:`commit` (with ``layers`` and
-        ``counts``), :meth:`warn_failures`."""
+        """The end of the stage: :meth:`check_usable`, the commit (the layer with other
+        ``layers`` of the stage, the record with more ``counts``: :meth:`_commit`),
+        :meth:`warn_failures`."""
         self.check_usable()
-        result = self.commit(run, layers=layers, counts=counts)
+        result = self._commit(run, layers or {}, counts or {})
         self.warn_failures(stacklevel=3)
         return result
 
@@ -508,7 +505,7 @@ class Manifest:
 
     def _finish_moves(self, rows: Iterable[dict], *, verify: bool = True) -> None:
         """Move the staged images of committed ``rows`` into place (``verify``: only those
-        whose sha256 is the row's, after a crash; the rows of :meth:`commit` are their own)."""
+        whose sha256 is the row's, after a crash; the rows of :meth:`_commit` are their own)."""
         if not self.staging.is_dir():
             return
         for row in rows:

@@ -154,29 +154,14 @@ def embed_stage(run: StageRun, s: EmbedSettings, *, overwrite: bool) -> StageRes
     if s.encoder == "trained" and checkpoint is None:
         checkpoint = default_checkpoint(path.parent, s.name)
     enc = build_encoder(
-        s.encoder,
-        checkpoint=checkpoint,
-        model=s.model,
-        pretrained=s.pretrained,
-        weights=s.weights,
-        seed=s.seed,
+        s.encoder, checkpoint=checkpoint, **s.pick("model", "pretrained", "weights", "seed")
     )
     use_threads(enc.module)  # one thread for small encoders: faster, and fair to a busy machine
     regions = region_polygons(path)
     # streamed: chunk_size images in memory; the vectors kept for the layer of a small run only
     parquet = path.parent / C.EMBEDDINGS_PARQUET
-    emb = embed_regions_to_parquet(
-        path,
-        enc,
-        parquet,
-        kind=s.kind,
-        batch_size=s.batch_size,
-        num_workers=s.num_workers,
-        device=s.device,
-        precision=s.precision,
-        chunk_size=s.chunk_size,
-        keep_vectors=s.layer_vectors,
-    )
+    options = s.pick("kind", "chunk_size", "batch_size", "num_workers", "device", "precision")
+    emb = embed_regions_to_parquet(path, enc, parquet, keep_vectors=s.layer_vectors, **options)
     layer = region_layer(emb, regions)
     del regions
     params = {"kind": emb.kind, **{k: v for k, v in emb.info.items() if v is not None}}

@@ -122,6 +122,11 @@ class StageSettings:
     #: The stage these settings belong to (the section of run.toml, the command's name).
     stage: ClassVar[str] = ""
 
+    def __init_subclass__(cls, stage: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if stage:  # class GridSettings(StageSettings, stage="grid")
+            cls.stage = stage
+
     def __post_init__(self) -> None:
         for f in self.fields():
             object.__setattr__(self, f.name, _check(f, getattr(self, f.name), self._where(f)))
@@ -168,6 +173,14 @@ class StageSettings:
     def replace(self: S, **changes: Any) -> S:
         """A copy with ``changes`` (checked like any settings)."""
         return dataclasses.replace(self, **changes)
+
+    def pick(self, *names: str) -> dict[str, Any]:
+        """The settings ``names`` by name: the keyword arguments of a function whose parameters
+        are named like these settings (a name that is not a setting is an error)."""
+        missing = [n for n in names if n not in self.names()]
+        if missing:
+            raise AttributeError(f"{type(self).__name__} has no setting {', '.join(missing)}")
+        return {name: getattr(self, name) for name in names}
 
     def to_dict(self, *, runtime: bool = True) -> dict[str, Any]:
         """Plain values (paths as text, tuples as lists) for run.toml and fingerprints."""

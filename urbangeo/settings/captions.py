@@ -8,7 +8,7 @@ from pathlib import Path
 from urbangeo import constants as C
 from urbangeo.errors import InputError
 from urbangeo.settings._base import MAX_SEED, setting
-from urbangeo.settings.common import WorkersSettings
+from urbangeo.settings.common import ShardSettings, WorkersSettings
 
 #: How the caption of an image is chosen among its candidates (``--select``).
 SELECT_MODES = ("capture", "first")
@@ -34,10 +34,8 @@ def captioner_names() -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class CaptionSettings(WorkersSettings):
+class CaptionSettings(ShardSettings, WorkersSettings, stage="caption"):
     """``caption``: several captions per image and the consensus choice."""
-
-    stage = "caption"
 
     backend: str = setting(
         "osm",

@@ -20,10 +20,8 @@ MAP_TILES = ("osm", "none")
 
 
 @dataclass(frozen=True)
-class IndicatorsSettings(StageSettings):
+class IndicatorsSettings(StageSettings, stage="indicators"):
     """``indicators``: ground truth per region from tables, points, polygons, rasters or OSM."""
-
-    stage = "indicators"
 
     table: Path | None = setting(
         None,
@@ -105,10 +103,8 @@ class IndicatorsSettings(StageSettings):
 
 
 @dataclass(frozen=True)
-class PredictSettings(StageSettings):
+class PredictSettings(StageSettings, stage="predict"):
     """``predict``: prediction heads on frozen embeddings, scored over seeds."""
-
-    stage = "predict"
 
     embeddings: Path | None = setting(
         None,
@@ -253,10 +249,8 @@ class PredictSettings(StageSettings):
 
 
 @dataclass(frozen=True)
-class ClusterSettings(StageSettings):
+class ClusterSettings(StageSettings, stage="cluster"):
     """``cluster``: PCA + KMeans of the region embeddings."""
-
-    stage = "cluster"
 
     embeddings: Path | None = setting(
         None, "Embeddings table (region_id + features) instead of the run's own.", exists=True
@@ -317,10 +311,8 @@ class ClusterSettings(StageSettings):
 
 
 @dataclass(frozen=True)
-class MapSettings(StageSettings):
+class MapSettings(StageSettings, stage="map"):
     """``map``: an offline folium map of the run's products."""
-
-    stage = "map"
 
     output: Path | None = setting(
         None,
@@ -337,11 +329,9 @@ class MapSettings(StageSettings):
 
 
 @dataclass(frozen=True)
-class SimilarSettings(StageSettings):
+class SimilarSettings(StageSettings, stage="similar"):
     """``similar``: the regions whose embeddings are closest to some regions' (not a pipeline
     stage: a question asked of a run, whose answer is its layer ``similar``)."""
-
-    stage = "similar"
 
     regions: tuple[str, ...] | None = setting(
         None,

@@ -12,10 +12,8 @@ from urbangeo.settings._base import StageSettings, setting
 
 
 @dataclass(frozen=True)
-class GridSettings(StageSettings):
+class GridSettings(StageSettings, stage="grid"):
     """``grid``: square regions over a boundary."""
-
-    stage = "grid"
 
     city: str | None = setting(
         None,
@@ -107,10 +105,8 @@ class GridSettings(StageSettings):
 
 
 @dataclass(frozen=True)
-class SampleSettings(StageSettings):
+class SampleSettings(StageSettings, stage="sample"):
     """``sample``: street-view points along the roads."""
-
-    stage = "sample"
 
     roads: Path | None = setting(
         None,

@@ -102,10 +102,8 @@ class DeviceSettings(StageSettings):
 
 
 @dataclass(frozen=True)
-class TrainSettings(DeviceSettings):
+class TrainSettings(DeviceSettings, stage="train"):
     """``train``: every setting of a training run (``None``: the mode's default)."""
-
-    stage = "train"
 
     model: str = setting(
         "urbangeo-tiny-vit",
@@ -345,10 +343,8 @@ class TrainSettings(DeviceSettings):
 
 
 @dataclass(frozen=True)
-class EmbedSettings(ShardSettings, DeviceSettings):
+class EmbedSettings(ShardSettings, DeviceSettings, stage="embed"):
     """``embed``: one vector per region from a frozen image encoder."""
-
-    stage = "embed"
 
     encoder: str = setting(
         "trained",

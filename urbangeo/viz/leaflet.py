@@ -252,11 +252,18 @@ var {{ this.get_name() }} = window.urbangeoRegions({{ this._parent.get_name() }}
 {% endmacro %}
 """
 
-_LEGEND_TEMPLATE = """
-{% macro script(this, kwargs) %}
-(function () {
-  var map = {{ this._parent.get_name() }};
-  var entries = {{ this.entries|tojson }};
+
+def control_template(body: str) -> str:
+    """A Jinja ``script`` macro that runs ``body`` (JavaScript, in a function of its own) with
+    ``map`` (the Leaflet map) and ``data`` (the element's data, :func:`data_element_class`)."""
+    return (
+        "{% macro script(this, kwargs) %}\n(function () {\n"
+        "  var map = {{ this._parent.get_name() }};\n  var data = {{ this.data|tojson }};\n"
+        f"{body}}})();\n{{% endmacro %}}\n"
+    )
+
+
+_LEGEND_TEMPLATE = control_template("""  var entries = data;
   var control = L.control({position: 'bottomright'});
   control.onAdd = function () {
     var div = L.DomUtil.create('div', 'urbangeo-legend');
@@ -291,9 +298,7 @@ _LEGEND_TEMPLATE = """
   }
   map.on('overlayadd overlayremove baselayerchange', draw);
   draw();
-})();
-{% endmacro %}
-"""
+""")
 
 
 #: The pane of the similar-region outlines: above the fills and roads, below the points.
@@ -407,6 +412,23 @@ def similar_layer_class():
     return SimilarLayer
 
 
+def data_element_class(template: str, name: str):
+    """A folium element class that renders ``template`` (a Jinja ``script`` macro reading
+    ``this.data``) with the data it is made with; ``name`` prefixes its JavaScript name."""
+    from branca.element import MacroElement
+    from folium.template import Template
+
+    class DataElement(MacroElement):
+        _template = Template(template)
+
+        def __init__(self, data: dict) -> None:
+            super().__init__()
+            self._name = name
+            self.data = data
+
+    return DataElement
+
+
 def elements():
     """The folium element classes of the page: (Assets, Panes, Data, Regions, GeoLayer,
     Legend)."""
@@ -432,13 +454,7 @@ def elements():
             super().__init__()
             self.panes = [list(p) for p in PANES]
 
-    class Data(MacroElement):
-        _template = Template(_DATA_TEMPLATE)
-
-        def __init__(self, data: dict) -> None:
-            super().__init__()
-            self._name = "urbangeo_data"
-            self.data = data
+    Data = data_element_class(_DATA_TEMPLATE, "urbangeo_data")
 
     class Regions(MacroElement):
         """The regions' data and their canvas (``urbangeoRegions``); ``data["folder"]`` is set
@@ -479,11 +495,5 @@ def elements():
                 "scale": spec.scale,
             }
 
-    class Legend(MacroElement):
-        _template = Template(_LEGEND_TEMPLATE)
-
-        def __init__(self, entries: list[dict]) -> None:
-            super().__init__()
-            self.entries = entries
-
+    Legend = data_element_class(_LEGEND_TEMPLATE, "urbangeo_legend")
     return Assets, Panes, Data, Regions, GeoLayer, Legend

@@ -274,7 +274,6 @@ def imagery_layers(image_list: list[str | None] | None) -> list[LayerSpec]:
 
 
 def line_layers(
-    *,
     roads: gpd.GeoDataFrame | None,
     boundary: gpd.GeoDataFrame | None,
     points: gpd.GeoDataFrame | None,

@@ -165,14 +165,7 @@ def build_map(
     )
 
     base = imagery_layers(image_list)
-    layers_data, lines = line_layers(
-        roads=roads,
-        boundary=boundary,
-        points=points,
-        point_captions=point_captions,
-        point_images=point_images,
-        base=base,
-    )
+    layers_data, lines = line_layers(roads, boundary, points, point_captions, point_images, base)
 
     OfflineMap = offline_map_class()
     west, south, east, north = lonlat.total_bounds

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from urbangeo.downstream.metrics import is_below_baseline
 from urbangeo.errors import InputError
+from urbangeo.viz.leaflet import control_template, data_element_class
 
 #: Decimals of the R² shown.
 DECIMALS = 3
@@ -146,11 +147,7 @@ def scores_panel(metrics: Mapping | None) -> dict | None:
     return {"protocol": _protocol_line(protocol, schemes), "targets": targets}
 
 
-_SCORES_TEMPLATE = """
-{% macro script(this, kwargs) %}
-(function () {
-  var map = {{ this._parent.get_name() }};
-  var scores = {{ this.scores|tojson }};
+_SCORES_TEMPLATE = control_template("""  var scores = data;
   var control = L.control({position: 'topleft'});
   function el(tag, cls, text, parent) {
     var node = document.createElement(tag);
@@ -194,23 +191,10 @@ _SCORES_TEMPLATE = """
     return div;
   };
   control.addTo(map);
-})();
-{% endmacro %}
-"""
+""")
 
 
 def scores_control_class():
     """The folium element of the Scores panel (a Leaflet control at the top left, under the
     zoom buttons, collapsed to a button) from :func:`scores_panel`'s data."""
-    from branca.element import MacroElement
-    from folium.template import Template
-
-    class Scores(MacroElement):
-        _template = Template(_SCORES_TEMPLATE)
-
-        def __init__(self, scores: dict) -> None:
-            super().__init__()
-            self._name = "urbangeo_scores"
-            self.scores = scores
-
-    return Scores
+    return data_element_class(_SCORES_TEMPLATE, "urbangeo_scores")

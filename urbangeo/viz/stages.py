@@ -57,6 +57,45 @@ def _selected_captions(gpkg: Path) -> tuple[pd.Series | None, pd.Series | None]:
     return region, point
 
 
+#: The run's region tables the map shows, by build_map's keyword.
+_TABLES = {
+    "clusters": C.LAYER_CLUSTERS,
+    "predictions": C.LAYER_PREDICTIONS,
+    "observed": C.LAYER_INDICATORS,
+}
+#: The run's other vector layers the map draws, by build_map's keyword.
+_GEO_LAYERS = {"points": C.LAYER_SV_POINTS, "boundary": C.LAYER_BOUNDARY, "roads": C.LAYER_ROADS}
+
+
+def _table(gpkg: Path, name: str) -> pd.DataFrame:
+    """A region layer as a table indexed by ``region_id`` (text), without geometry or
+    coordinates."""
+    frame = pd.DataFrame(read_layer(gpkg, name))
+    frame = frame.drop(columns=[c for c in frame if c in ("geometry", "lon", "lat", "x", "y")])
+    return frame.assign(**{C.REGION_ID: frame[C.REGION_ID].astype(str)}).set_index(C.REGION_ID)
+
+
+def _products(gpkg: Path, layers: list[str]) -> dict:
+    """What the run gives its map, as :func:`~urbangeo.viz.maps.build_map`'s keywords: region
+    tables, vector layers, selected captions and image thumbnails."""
+    from urbangeo.downstream.report import below_baseline_targets
+    from urbangeo.downstream.similar import map_embeddings
+    from urbangeo.viz.scores import read_metrics
+    from urbangeo.viz.thumbs import run_image_uris
+
+    products: dict = {
+        key: _table(gpkg, name) if name in layers else None for key, name in _TABLES.items()
+    }
+    for key, name in _GEO_LAYERS.items():
+        products[key] = read_layer(gpkg, name) if name in layers else None
+    products["region_captions"], products["point_captions"] = _selected_captions(gpkg)
+    products["region_images"], products["point_images"] = run_image_uris(gpkg)
+    products["embeddings"] = map_embeddings(gpkg)
+    products["metrics"] = read_metrics(gpkg.parent / C.METRICS_JSON)
+    products["below_baseline"] = below_baseline_targets(products["metrics"])
+    return products
+
+
 @stage(MapSettings)
 def map_stage(run: StageRun, s: MapSettings, *, overwrite: bool) -> StageResult:
     """Write an offline folium map of the run's products (``maps/map.html`` beside it), and
@@ -71,75 +110,26 @@ def map_stage(run: StageRun, s: MapSettings, *, overwrite: bool) -> StageResult:
     runs get ``maps/map_files/`` beside the page (captions and cells loaded on demand) and,
     above :data:`urbangeo.viz.maps.AGGREGATE_REGIONS` regions, an aggregated view.
     """
-    from urbangeo.downstream.report import below_baseline_targets
-    from urbangeo.downstream.similar import map_embeddings
     from urbangeo.viz.maps import build_map, write_map
     from urbangeo.viz.project import write_project
-    from urbangeo.viz.scores import read_metrics
-    from urbangeo.viz.thumbs import run_image_uris
 
     path = run.path
     assert path is not None  # the stage needs the GeoPackage
     out = s.output if s.output is not None else path.parent / C.MAPS_DIR / MAP_HTML
     ensure_writable_file(out)
-    layers = list_layers(path)
     with progress(3, task="map", unit="step") as bar:
         bar.update(0, status="read")
         regions = read_layer(path, C.LAYER_REGIONS)
-
-        def table(name: str) -> pd.DataFrame | None:
-            if name not in layers:
-                return None
-            frame = pd.DataFrame(read_layer(path, name))
-            frame = frame.drop(columns=[c for c in frame if c == "geometry"])
-            return frame.assign(**{C.REGION_ID: frame[C.REGION_ID].astype(str)}).set_index(
-                C.REGION_ID
-            )
-
-        clusters = table(C.LAYER_CLUSTERS)
-        predictions = table(C.LAYER_PREDICTIONS)
-        observed = table(C.LAYER_INDICATORS)
-        if observed is not None:
-            observed = observed.drop(columns=[c for c in ("lon", "lat", "x", "y") if c in observed])
-        points = read_layer(path, C.LAYER_SV_POINTS) if C.LAYER_SV_POINTS in layers else None
-        region_captions, point_captions = _selected_captions(path)
-        region_images, point_images = run_image_uris(path)
-        boundary = read_layer(path, C.LAYER_BOUNDARY) if C.LAYER_BOUNDARY in layers else None
-        roads = read_layer(path, C.LAYER_ROADS) if C.LAYER_ROADS in layers else None
-        metrics = read_metrics(path.parent / C.METRICS_JSON)
+        products = _products(path, list_layers(path))
         bar.update(1, status="build")
-        fmap = build_map(
-            regions,
-            clusters=clusters,
-            predictions=predictions,
-            observed=observed,
-            points=points,
-            region_captions=region_captions,
-            point_captions=point_captions,
-            region_images=region_images,
-            point_images=point_images,
-            tiles=s.tiles,
-            title=f"urbangeo: {path.parent.name or path.stem}",
-            boundary=boundary,
-            roads=roads,
-            embeddings=map_embeddings(path),
-            below_baseline=below_baseline_targets(metrics),
-            metrics=metrics,
-        )
+        title = f"urbangeo: {path.parent.name or path.stem}"
+        fmap = build_map(regions, **products, tiles=s.tiles, title=title)
         bar.update(1, status="write")
         write_map(fmap, out)
         project = write_project(path.parent, gpkg_name=path.name)
         bar.update(1)
-    shown = [
-        name
-        for name, frame in (
-            ("clusters", clusters),
-            ("predictions", predictions),
-            ("indicators", observed),
-            ("sv_points", points),
-        )
-        if frame is not None
-    ]
+    named = {**_TABLES, "points": C.LAYER_SV_POINTS}
+    shown = [name for key, name in named.items() if products[key] is not None]
     result = run.commit(counts={"layers": len(shown)}, files=[out, project])
     message(
         f"Wrote the map of {', '.join(shown) or 'the regions'} to {out}, and the QGIS project "

@@ -31,14 +31,13 @@ until one is asked for.
 
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Unpack
 
 from urbangeo._lazy import lazy_exports
 from urbangeo._registry import Registry
 
 if TYPE_CHECKING:
-    from urbangeo.model.encoders.base import ImageEncoder
+    from urbangeo.model.encoders.base import BuildOptions, ImageEncoder
 
 _HERE = __name__
 
@@ -61,15 +60,7 @@ ENCODERS = Registry(
 )
 
 
-def build_encoder(
-    encoder: str,
-    *,
-    checkpoint: str | os.PathLike | None = None,
-    model: str | None = None,
-    pretrained: str | None = None,
-    weights: str | os.PathLike | None = None,
-    seed: int = 0,
-) -> ImageEncoder:
+def build_encoder(encoder: str, **options: Unpack[BuildOptions]) -> ImageEncoder:
     """The encoder named ``encoder`` (one of :data:`ENCODERS`); see the package docstring.
 
     ``checkpoint``: trained weights (``trained``); ``model``: the architecture (CLIP
@@ -77,9 +68,7 @@ def build_encoder(
     (``frozen-clip``; ``weights`` is the ResNet-18 state dict for ``resnet18``).
     """
     implementation = ENCODERS.get(encoder)
-    return implementation.build(
-        checkpoint=checkpoint, model=model, pretrained=pretrained, weights=weights, seed=seed
-    )
+    return implementation.build(**options)
 
 
 #: Names imported from the implementations on first use.

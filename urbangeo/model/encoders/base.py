@@ -6,11 +6,23 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import torch
 from PIL import Image
 from torch import Tensor, nn
+
+
+class BuildOptions(TypedDict, total=False):
+    """The embed stage's settings an image encoder is built from (each implementation reads
+    those it needs): ``checkpoint`` (trained weights), ``model`` (a CLIP architecture),
+    ``pretrained`` (an open_clip tag), ``weights`` (a local state dict) and ``seed``."""
+
+    checkpoint: str | os.PathLike | None
+    model: str | None
+    pretrained: str | None
+    weights: str | os.PathLike | None
+    seed: int
 
 
 class ImageEncoder(ABC):
@@ -40,15 +52,7 @@ class ImageEncoder(ABC):
         self.info: dict[str, Any] = dict(info or {})
 
     @classmethod
-    def build(
-        cls,
-        *,
-        checkpoint: str | os.PathLike | None = None,
-        model: str | None = None,
-        pretrained: str | None = None,
-        weights: str | os.PathLike | None = None,
-        seed: int = 0,
-    ) -> ImageEncoder:
+    def build(cls, **options: Unpack[BuildOptions]) -> ImageEncoder:
         """The encoder from the embed stage's settings, each implementation reading those it
         needs (see :func:`urbangeo.model.encoders.build_encoder`). Every implementation in
         the registry defines it."""

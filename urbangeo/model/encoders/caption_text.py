@@ -42,14 +42,8 @@ import pandas as pd
 from urbangeo import constants as C
 from urbangeo._optional import package_folders
 from urbangeo.errors import InputError
-from urbangeo.model.encoders.region_encoder import (
-    N_CAPTIONS,
-    VALID_SHARE,
-    RegionEncoder,
-    RegionVectors,
-    unit_rows,
-    vectors_frame,
-)
+from urbangeo.model.encoders import region_encoder as R
+from urbangeo.model.encoders.region_encoder import RegionEncoder, RegionVectors
 from urbangeo.progress import progress
 from urbangeo.settings.model import TEXT_MODELS
 
@@ -220,19 +214,17 @@ def pool_captions(
     with progress(len(texts), task="embed", unit="caption") as bar:
         for start in range(0, len(texts), 1024):
             part = texts[start : start + 1024].tolist()
-            vectors[start : start + len(part)] = unit_rows(model.encode(part))
+            vectors[start : start + len(part)] = R.unit_rows(model.encode(part))
             bar.update(len(part))
     owner = np.array([index[r] for r in captions[C.REGION_ID]], dtype=np.int64)
     sums = np.zeros((len(region_ids), model.dim), dtype=np.float64)
     np.add.at(sums, owner, vectors[inverse])
     counts = np.bincount(owner, minlength=len(region_ids))
-    return unit_rows(sums), counts
+    return R.unit_rows(sums), counts
 
 
-class CaptionTextEncoder(RegionEncoder):
+class CaptionTextEncoder(RegionEncoder, name="caption-text"):
     """Each region's selected captions through a text model; see the module docstring."""
-
-    name = "caption-text"
 
     def __init__(
         self,
@@ -275,15 +267,8 @@ class CaptionTextEncoder(RegionEncoder):
     @classmethod
     def for_run(cls, s: EmbedSettings, gpkg: str | os.PathLike) -> CaptionTextEncoder:
         """The encoder of the embed stage's settings for the run ``gpkg``."""
-        return cls(
-            gpkg,
-            text_model=s.text_model,
-            checkpoint=s.checkpoint,
-            model_name=s.name,
-            kind=s.kind,
-            device=s.device,
-            batch_size=s.batch_size,
-        )
+        chosen = s.pick("text_model", "checkpoint", "kind", "device", "batch_size")
+        return cls(gpkg, model_name=s.name, **chosen)
 
     def load(self) -> TextModel:
         """The text model (built once)."""
@@ -313,7 +298,7 @@ class CaptionTextEncoder(RegionEncoder):
         with_caption = captioned.reindex(ids).fillna(0).to_numpy(np.float64)
         usable = n_images.reindex(ids).fillna(0).to_numpy(np.float64)
         share = np.where(counts > 0, with_caption / np.maximum(usable, 1), 0.0).clip(0, 1)
-        frame = vectors_frame(ids, vectors, {VALID_SHARE: share, N_CAPTIONS: counts})
+        frame = R.vectors_frame(ids, vectors, {R.VALID_SHARE: share, R.N_CAPTIONS: counts})
         has = counts > 0
         kinds = "overhead and street-view" if self.kind == "auto" else self.kind
         tower = "the trained text tower" if model.name == "trained" else model.info.get("model")
@@ -333,14 +318,6 @@ class CaptionTextEncoder(RegionEncoder):
             "distinct_captions": int(captions[C.CAPTION].nunique()),
             "dim": model.dim,
         }
-        return RegionVectors(
-            frame,
-            model.dim,
-            (VALID_SHARE, N_CAPTIONS),
-            title,
-            abstract,
-            attribution=model.attribution,
-            licence=model.licence,
-            info=info,
-            counts=counts_out,
-        )
+        quality = (R.VALID_SHARE, R.N_CAPTIONS)
+        rights = (model.attribution, model.licence)
+        return RegionVectors(frame, model.dim, quality, title, abstract, *rights, info, counts_out)

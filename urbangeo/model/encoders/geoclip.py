@@ -170,10 +170,8 @@ def encode_latlon(
     return out
 
 
-class GeoClipLocationEncoder(RegionEncoder):
+class GeoClipLocationEncoder(RegionEncoder, name="geoclip-location"):
     """GeoCLIP's location features at each region's centroid; see the module docstring."""
-
-    name = "geoclip-location"
 
     def __init__(self, *, device: str | None = None, batch_size: int = BATCH) -> None:
         self.weights = require_weights("--encoder geoclip-location")
@@ -205,14 +203,4 @@ class GeoClipLocationEncoder(RegionEncoder):
             "normalised": False,
         }
         counts = {"regions": len(frame), "dim": DIM}
-        return RegionVectors(
-            frame,
-            DIM,
-            (),
-            TITLE,
-            abstract,
-            attribution=ATTRIBUTION,
-            licence=LICENCE,
-            info=info,
-            counts=counts,
-        )
+        return RegionVectors(frame, DIM, (), TITLE, abstract, ATTRIBUTION, LICENCE, info, counts)

@@ -62,10 +62,8 @@ MARGIN_M = 5000.0
 PARQUET_SUFFIXES = (".parquet", ".geoparquet", ".pq")
 
 
-class PatchEncoder(RegionEncoder):
+class PatchEncoder(RegionEncoder, name="patches"):
     """Patch vectors averaged per region; see the module docstring."""
-
-    name = "patches"
 
     def __init__(
         self,
@@ -83,13 +81,7 @@ class PatchEncoder(RegionEncoder):
     @classmethod
     def from_settings(cls, s: EmbedSettings) -> PatchEncoder:
         """``--patches``, ``--patch-column`` and ``--attribution`` of the embed stage."""
-        if s.patches is None:
-            raise InputError(
-                "--encoder patches needs the patch embeddings.",
-                hint="Pass --patches FILE: a GeoParquet or GeoPackage of points or polygons "
-                "with a vector column (--patch-column NAME).",
-            )
-        return cls(s.patches, column=s.patch_column, attribution=s.attribution)
+        return cls(cls.product_file(s, "patches"), column=s.patch_column, attribution=s.attribution)
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -259,16 +251,10 @@ class PatchEncoder(RegionEncoder):
             "patches_used": len(np.unique(patch_j)),
             "dim": dim,
         }
+        quality = (N_PATCHES, PATCH_DISTANCE)
+        title = f"patch embeddings {self.path.name}"
         return RegionVectors(
-            frame,
-            dim,
-            (N_PATCHES, PATCH_DISTANCE),
-            f"patch embeddings {self.path.name}",
-            abstract,
-            attribution=self.attribution,
-            licence=None,
-            info=info,
-            counts=counts,
+            frame, dim, quality, title, abstract, self.attribution, None, info, counts
         )
 
 

@@ -149,10 +149,8 @@ def _int8_table(product: Product) -> np.ndarray:
     return codes.astype(np.float64)
 
 
-class RasterProductEncoder(RegionEncoder):
+class RasterProductEncoder(RegionEncoder, name="raster"):
     """The mean of an embedding raster's pixels in each region; see the module docstring."""
-
-    name = "raster"
 
     def __init__(
         self,
@@ -194,13 +192,7 @@ class RasterProductEncoder(RegionEncoder):
     @classmethod
     def from_settings(cls, s: EmbedSettings) -> RasterProductEncoder:
         """``--raster``, ``--product`` and ``--attribution`` of the embed stage."""
-        if s.raster is None:
-            raise InputError(
-                "--encoder raster needs the embedding raster.",
-                hint="Pass --raster FILE (a GeoTIFF, COG or VRT of tiles), e.g. an AlphaEarth "
-                "COG with --product aef.",
-            )
-        return cls(s.raster, product=s.product, attribution=s.attribution)
+        return cls(cls.product_file(s, "raster"), product=s.product, attribution=s.attribution)
 
     def _check(self) -> None:
         """Refuse a raster without a CRS, or one that is not an embedding of the product."""
@@ -416,16 +408,9 @@ class RasterProductEncoder(RegionEncoder):
             "pixels": int(valid_n.sum()),
             "dim": bands,
         }
+        quality = (VALID_SHARE, N_PIXELS)
         return RegionVectors(
-            frame,
-            bands,
-            (VALID_SHARE, N_PIXELS),
-            title,
-            abstract,
-            attribution=self.attribution,
-            licence=spec.licence,
-            info=info,
-            counts=counts,
+            frame, bands, quality, title, abstract, self.attribution, spec.licence, info, counts
         )
 
     def _chunks(self, windows: np.ndarray) -> dict[tuple[int, int], list[int]]:

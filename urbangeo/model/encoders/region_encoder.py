@@ -113,12 +113,31 @@ class RegionEncoder(ABC):
 
     #: Tells ``embed`` to hand this encoder the regions instead of the images.
     encodes_regions: ClassVar[bool] = True
+    #: The encoder's name in :data:`~urbangeo.model.encoders.ENCODERS` (``--encoder``).
     name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, name: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if name:  # class RasterProductEncoder(RegionEncoder, name="raster")
+            cls.name = name
 
     @classmethod
     @abstractmethod
     def from_settings(cls, s: EmbedSettings) -> RegionEncoder:
         """The encoder the embed stage's settings describe (inputs checked, nothing read)."""
+
+    @classmethod
+    def product_file(cls, s: EmbedSettings, setting: str) -> Path:
+        """The file of the product, the embed stage's ``setting`` (``raster``, ``patches``); a
+        clear error, with the setting's own help, when it is not given."""
+        value = getattr(s, setting)
+        if value is None:
+            f = next(f for f in s.fields() if f.name == setting)
+            raise InputError(
+                f"--encoder {cls.name} needs {f.flag}.",
+                hint=f"Pass {f.flag} {f.spec.unit or 'FILE'}: {f.spec.help}",
+            )
+        return Path(value)
 
     @classmethod
     def for_run(cls, s: EmbedSettings, gpkg: str | os.PathLike) -> RegionEncoder:

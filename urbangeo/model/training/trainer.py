@@ -156,11 +156,24 @@ def train(
     info = init_distributed(cfg.device)
     try:
         cfg.check_device(pick_device(cfg.device, info.local_rank).type)
-        trainer = Trainer(cfg, source, run_dir, info, resume=resume, overwrite=overwrite)
+        trainer = Trainer(cfg, source, run_dir, info, resume, overwrite)
         return trainer.run(stop_after=stop_after)
     finally:
         if info.owns_group:
             dist.destroy_process_group()
+
+
+#: What :class:`TrainResult` takes from the trainer as it is.
+_RESULT_STATE = (
+    "model",
+    "teacher",
+    "img_queue",
+    "txt_queue",
+    "step",
+    "total_steps",
+    "finished",
+    "validation",
+)
 
 
 class Trainer:
@@ -172,9 +185,8 @@ class Trainer:
         source: Path,
         run_dir: Path,
         info: DistInfo,
-        *,
-        resume: bool = False,
-        overwrite: bool = False,
+        resume: bool,
+        overwrite: bool,
     ) -> None:
         self.cfg = cfg = cfg.resolved()
         assert cfg.name is not None  # resolved() names the run after its mode by default
@@ -211,14 +223,9 @@ class Trainer:
         cfg, info, device = self.cfg, self.info, self.device
         assert cfg.context_length is not None  # set by cfg.resolved()
         seed_everything(cfg.seed)
-        bundle = create_model(
-            cfg.model,
-            pretrained=cfg.pretrained,
-            checkpoint=cfg.checkpoint,
-            context_length=cfg.context_length,
-            device=device,
-            checkpoint_norm=False,  # decided here, see _image_norm
-        )
+        chosen = cfg.pick("pretrained", "checkpoint", "context_length")
+        # checkpoint_norm: decided here, see _image_norm
+        bundle = create_model(cfg.model, device=device, checkpoint_norm=False, **chosen)
         train_paths = self.pairs.train[C.PATH].tolist()
         self.image_norm = choose_image_norm(
             cfg, bundle.model, train_paths, state, main=info.is_main
@@ -578,18 +585,12 @@ class Trainer:
             "trainable_params": self.n_trainable,
             "params": self.n_params,
         }
-        return TrainResult(
-            model=self.model,
-            teacher=self.teacher,
-            img_queue=self.img_queue,
-            txt_queue=self.txt_queue,
-            config=self.cfg,
-            step=self.step,
-            total_steps=self.total_steps,
-            finished=self.finished,
-            checkpoint=self.last_path if main else None,
-            model_path=self.model_path if self.finished and main else None,
-            metrics_path=self.metrics.path if main else None,
-            validation=self.validation,
-            counts=counts,
-        )
+        state = {name: getattr(self, name) for name in _RESULT_STATE}
+        files: dict[str, Any] = {
+            "checkpoint": self.last_path,
+            "model_path": self.model_path if self.finished else None,
+            "metrics_path": self.metrics.path,
+        }
+        if not main:  # the other ranks write no files
+            files = dict.fromkeys(files)
+        return TrainResult(config=self.cfg, counts=counts, **state, **files)
