@@ -7,6 +7,7 @@ import click
 from urbangeo import __version__
 from urbangeo_cli.captions import caption, captions
 from urbangeo_cli.downstream import cluster, indicators, map_command, predict, similar
+from urbangeo_cli.export import export
 from urbangeo_cli.geo import cities, grid, sample
 from urbangeo_cli.imagery import streetview, tiles
 from urbangeo_cli.model import embed, train
@@ -37,6 +38,7 @@ def cli() -> None:
       run      every stage for a city, cached and resumable -> RUN_DIR/
       merge    assemble the shards of a stage run with --shard I/N
       status   what each stage of a run folder did
+      export   a run's layers as GeoParquet (DuckDB, geopandas, Spark)
       cities   the cities bundled for offline use
       captions caption tools: one-off set-up of CAPTURE's data, scoring
       qgis-plugin  build or install the QGIS plugin
@@ -65,6 +67,7 @@ for command in (
     run,
     merge,
     status,
+    export,
     qgis_plugin,
 ):
     cli.add_command(command)
