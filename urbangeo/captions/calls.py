@@ -45,7 +45,8 @@ def run_calls(
     task: str = "caption",
     pool: WorkerPool | None = None,
 ) -> None:
-    """Make the calls that the cache does not answer, ``concurrency`` at a time.
+    """Make the calls that the cache does not answer, ``concurrency`` at a time (or
+    :attr:`Captioner.concurrency`, when the captioner sets it: the openai backend's endpoints).
 
     Each answer is appended to the cache as it arrives (cut to ``MAX_CAPTION_CHARS``, then
     ``call.truncated``). A :class:`CaptionError` marks its call failed; any other error (an
@@ -86,7 +87,9 @@ def run_calls(
             return
         keep(call, prompt, text, time.perf_counter() - started)
 
-    workers = max(1, int(concurrency)) if captioner.thread_safe else 1
+    # a captioner that knows how many calls it takes (its endpoints') sizes the pool
+    limit = captioner.concurrency or concurrency
+    workers = max(1, int(limit)) if captioner.thread_safe else 1
     with progress(len(calls), task=task, unit="call") as bar, cache.appending():
         bar.update(len(calls) - len(todo), status="cached")
         if not todo:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError
@@ -68,7 +69,13 @@ class CaptionSettings(ShardSettings, WorkersSettings, stage="caption"):
         value_aliases=C.LEGACY_KINDS,
     )
     limit: int | None = setting(None, "Caption only the first N images.", unit="N", min=0)
-    concurrency: int = setting(4, "Requests in flight at once.", unit="N", min=1, max=256)
+    concurrency: int = setting(
+        4,
+        "Requests in flight at once (openai: at each --base-url without #N).",
+        unit="N",
+        min=1,
+        max=256,
+    )
     select: str = setting(
         "capture",
         "capture: keep the caption with the best mean CAPTURE score against the image's other "
@@ -90,11 +97,15 @@ class CaptionSettings(ShardSettings, WorkersSettings, stage="caption"):
     owl_model: str | None = setting(
         None, "refine: OWLv2 weights (hub name or folder).", unit="NAME"
     )
-    base_url: str | None = setting(
+    base_url: tuple[str, ...] | None = setting(
         None,
-        "openai: the API root, e.g. http://localhost:8000/v1.",
-        unit="URL",
-        plugin="Endpoint URL (openai)",
+        "openai: the API root, e.g. http://localhost:8000/v1. Repeat for replicas serving the "
+        "same models (vLLM on several GPUs), each as URL#N to give it N requests in flight "
+        "(default --concurrency); each call goes to the least-loaded one, and one that fails "
+        "is set aside with a warning.",
+        unit="URL[#N]",
+        multiple=True,
+        plugin="Endpoint URLs (openai, comma-separated)",
     )
     api_key_env: str | None = setting(
         None,
@@ -142,6 +153,10 @@ class CaptionSettings(ShardSettings, WorkersSettings, stage="caption"):
     )
 
     def check(self) -> None:
+        if self.base_url:
+            from urbangeo.captions.endpoints import parse_endpoints
+
+            parse_endpoints(self.base_url, self.concurrency)  # bad URLs and #N, before any work
         if self.backend == "osm" and self.models:
             bad = sorted(set(self.models) - set(OSM_STYLES))
             if bad:
@@ -149,3 +164,14 @@ class CaptionSettings(ShardSettings, WorkersSettings, stage="caption"):
                     f"[caption] the osm captioner has no style {', '.join(bad)}.",
                     hint=f"Styles: {', '.join(OSM_STYLES)}.",
                 )
+
+    def to_dict(self, *, runtime: bool = True) -> dict[str, Any]:
+        """As :meth:`StageSettings.to_dict`; for the fingerprint (``runtime=False``) the
+        endpoints are where, not what: only the first URL counts, without ``#N``, as the one
+        URL recorded before replicas existed (so those runs keep their fingerprint)."""
+        out = super().to_dict(runtime=runtime)
+        if not runtime:
+            from urbangeo.captions.endpoints import fingerprint_url
+
+            out["base_url"] = fingerprint_url(self.base_url)
+        return out

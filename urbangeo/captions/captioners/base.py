@@ -55,6 +55,9 @@ class Captioner(ABC):
     needs_image: ClassVar[bool] = True
     #: Several threads may call :meth:`caption` at once.
     thread_safe: ClassVar[bool] = True
+    #: Calls it takes at once when it knows (openai: the sum of its endpoints'), else None:
+    #: the stage's ``--concurrency``.
+    concurrency: int | None = None
     #: Calls are Python work on this machine's CPU (no network, no GPU), held back by the GIL in
     #: threads: the caption stage spreads them over worker processes (``--workers``), each with
     #: a pickled copy of the prepared captioner, instead of ``concurrency`` threads.
