@@ -17,6 +17,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -179,18 +180,14 @@ def export_run(
 
 
 def export(
-    gpkg: str | os.PathLike,
-    out: str | os.PathLike,
-    layers: list[str] | None = None,
-    *,
-    batch_rows: int = BATCH_ROWS,
-    compression: str = "zstd",
+    gpkg: str | os.PathLike, out: str | os.PathLike, layers: list[str] | None = None, **options: Any
 ) -> list[ExportResult]:
     """What ``urbangeo export`` does: ``out`` ending in ``.parquet`` is the file of the one
-    layer in ``layers``; any other ``out`` is a folder for ``layers`` (default: all)."""
+    layer in ``layers``; any other ``out`` is a folder for ``layers`` (default: all).
+    ``options``: ``batch_rows`` and ``compression``, as :func:`export_layer` takes them."""
     out = Path(out)
     if out.suffix.lower() != ".parquet":
-        return export_run(gpkg, out, layers, batch_rows=batch_rows, compression=compression)
+        return export_run(gpkg, out, layers, **options)
     names = list(dict.fromkeys(layers or []))
     if len(names) != 1:
         _check_layers(Path(gpkg), names)
@@ -199,7 +196,7 @@ def export(
             hint="Name the layer (--layer regions), or give a folder as the output to write "
             f"each layer as FOLDER/LAYER.parquet. Layers: {', '.join(data_layers(gpkg))}.",
         )
-    return [export_layer(gpkg, names[0], out, batch_rows=batch_rows, compression=compression)]
+    return [export_layer(gpkg, names[0], out, **options)]
 
 
 def _storage(array: pa.Array) -> pa.Array:
