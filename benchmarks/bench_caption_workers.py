@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from _runs import PROFILE, prepared_run
 
 from urbangeo import constants as C
 from urbangeo.captions.stages import PARSES_JSONL
@@ -37,17 +38,6 @@ from urbangeo.model.threads import available_cores
 from urbangeo.progress import set_mode
 from urbangeo.settings import profile
 from urbangeo.stage import run_stage
-
-PROFILE = "offline-demo"
-
-
-def prepare(folder: Path) -> Path:
-    """A run folder of the default city with its tiles (the caption stage's inputs)."""
-    gpkg = folder / "run.gpkg"
-    steps = profile(PROFILE)
-    for name in ("grid", "sample", "tiles"):
-        run_stage(name, gpkg, **steps.get(name, {}))
-    return gpkg
 
 
 def caption_once(source: Path, folder: Path, workers: int) -> dict:
@@ -133,13 +123,7 @@ def main() -> None:
     counts = [int(w) for w in args.workers.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-caption-") as tmp:
         root = Path(tmp)
-        source = args.run
-        if source is None:
-            source = root / "inputs"
-            source.mkdir()
-            t = time.perf_counter()
-            prepare(source)
-            print(f"prepared the default city up to tiles in {time.perf_counter() - t:.1f} s")
+        source = prepared_run(root, args.run, ("grid", "sample", "tiles"))
         times: dict[int, list[dict]] = {w: [] for w in counts}
         reference = None
         for r in range(args.repeat):

@@ -54,7 +54,8 @@ from urbangeo_cli._options import EXISTING_FILE, FOLDER, override_options
     type=click.Choice(EXECUTORS),
     default="local",
     show_default=True,
-    help="How stages run: here, or the per-region stages (tiles, embed) as shards on Ray "
+    help="How stages run: here, or the per-region stages (tiles, streetview, caption, embed) "
+    "as shards on Ray "
     "(pip install 'urbangeo[ray]'), merged here; the outputs are the same.",
 )
 @click.option(
@@ -112,7 +113,7 @@ def run(
       urbangeo run --city helsinki -o runs/helsinki
       urbangeo run --config my-city.toml -o runs/my-city
       urbangeo run -o kotka --from embed        # redo embeddings and what follows
-      urbangeo run -o kotka --executor ray      # tiles and embed as shards on local Ray
+      urbangeo run -o kotka --executor ray      # per-region stages as shards on local Ray
       urbangeo run --bbox 26.90,60.45,26.96,60.48 --roads kotka.osm.pbf -o kotka-centre
     """
     run_pipeline(

@@ -1,6 +1,7 @@
 """``urbangeo run --executor ray``: the per-region stages as shards on a real local Ray
 (started by the test on this machine, loopback only, two CPUs), merged in the driver, give
-the plain run's layers, files and embeddings (exactly: see tests/test_shards.py)."""
+the plain run's layers, files, embeddings and captions (exactly: see tests/test_shards.py and
+tests/test_shards_images.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import pytest
 
 from tests.conftest import require
 from tests.test_shards import EMBED, TILE, _assert_same_run, _new_run, _plain, raster  # noqa: F401
+from urbangeo import constants as C
 from urbangeo.executors import make_executor, one_thread_env
+from urbangeo.io.gpkg import read_layer
 from urbangeo.io.runs import read_stage_records
-from urbangeo.settings import EmbedSettings, TilesSettings
+from urbangeo.settings import CaptionSettings, EmbedSettings, TilesSettings
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +82,27 @@ def test_a_failed_shard_is_reported_as_the_stage_error(
         executor.run_stage("embed", gpkg, embed, overwrite=True)
     assert "Ray" not in type(caught.value).__name__
     assert "embed" not in read_stage_records(gpkg)
+
+
+def test_ray_caption_shards_equal_the_plain_run(tmp_path: Path, local_ray) -> None:
+    import pandas as pd
+
+    from tests.captions.helpers import make_run
+    from tests.test_shards_images import _cache
+    from urbangeo.captions.stages import caption_stage
+    from urbangeo.shard import shard_refusal
+
+    settings = {"select": "first", "workers": 1}
+    plain = make_run(tmp_path / "plain", n_regions=9, n_points=3)
+    caption_stage(plain, **settings)
+    gpkg = make_run(tmp_path / "ray", n_regions=9, n_points=3)
+    caption = CaptionSettings.from_mapping(settings)
+    assert shard_refusal(gpkg, caption) is None  # so it runs as Ray tasks
+    make_executor("ray", shards=2).run_stage("caption", gpkg, caption, overwrite=True)
+    pd.testing.assert_frame_equal(
+        read_layer(gpkg, C.LAYER_CAPTIONS), read_layer(plain, C.LAYER_CAPTIONS)
+    )
+    want, got = read_stage_records(plain)["caption"], read_stage_records(gpkg)["caption"]
+    assert (got.params, got.counts, got.fingerprint) == (want.params, want.counts, want.fingerprint)
+    calls = _cache(gpkg.parent / C.CAPTIONS_JSONL, "key")
+    assert calls == _cache(plain.parent / C.CAPTIONS_JSONL, "key")

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from geopandas.testing import assert_geodataframe_equal
 
-from tests.imagery.helpers import UTM35, X0, Y0, coded_raster, count_tile_calls, grid, make_run
+from tests.imagery.helpers import count_tile_calls, edge_column_raster, grid, make_run
 from urbangeo import constants as C
 from urbangeo.errors import InputError
 from urbangeo.imagery.stages import tiles_stage
@@ -45,16 +45,7 @@ def _quiet(quiet_progress: None) -> None:
 
 @pytest.fixture
 def raster(tmp_path: Path) -> Path:
-    # covers all but the last column of cells: those are edge cells (little image data)
-    return coded_raster(
-        tmp_path / "coded.tif",
-        left=X0,
-        top=Y0 + ROWS * 1000,
-        pixel=10,
-        width=(COLS - 1) * 100 + 30,
-        height=ROWS * 100,
-        crs=UTM35,
-    )
+    return edge_column_raster(tmp_path / "coded.tif", COLS, ROWS)
 
 
 def _new_run(folder: Path) -> Path:

@@ -1,21 +1,23 @@
 """Shards of the per-region stages, and the merge that assembles them into the run.
 
-A per-region stage (``tiles``, ``embed``; see :data:`SHARDED_STAGES`) can run on one shard of
-the run's regions: ``urbangeo tiles --gpkg RUN/run.gpkg --shard 2/4``. Each region belongs to
-exactly one of the N shards, stably (:func:`assign_shards`): by a hash of its ``region_id``
-(``--shard-by id``, the default: even shards) or of its block of 8 x 8 grid cells
-(``--shard-by block``: neighbours together). Rows of other layers (images, sample points)
-follow their region.
+A per-region stage (``tiles``, ``streetview``, ``caption``, ``embed``; see
+:data:`SHARDED_STAGES`) can run on one shard of the run's regions: ``urbangeo tiles --gpkg
+RUN/run.gpkg --shard 2/4``. Each region belongs to exactly one of the N shards, stably
+(:func:`assign_shards`): by a hash of its ``region_id`` (``--shard-by id``, the default: even
+shards) or of its block of 8 x 8 grid cells (``--shard-by block``: neighbours together). Rows
+of other layers (images, sample points) follow their region.
 
 A shard is a small run folder of its own, ``RUN/shards/<stage>/<I>-of-<N>/``: a ``run.gpkg``
-holding the shard's part of the stage's input layers and the run's stage records (so that
-the stage's fingerprint chains exactly as in the run), the files the stage writes, and
-``shard.json`` (what the shard is for: its regions, its settings, the fingerprint it works
-towards). The stage's own body runs there unchanged, under the shard folder's lock: shards of
-one stage run at the same time, on one machine or on many that share the run folder (a
-Slurm array job, Ray tasks: :mod:`urbangeo.executors`). A shard that is done (its record has
-the fingerprint it works towards) is skipped when run again; one that was killed resumes as
-the stage itself does (images already saved are kept), alone.
+holding the shard's part of the stage's input layers (or all of them, for a stage that plans
+over all: see below) and the run's stage records (so that the stage's fingerprint chains
+exactly as in the run), the files the stage writes, and ``shard.json`` (what the shard is for:
+its regions, its settings, the fingerprint it works towards; runtime settings such as threads
+and worker processes aside, so a shard resumes whatever they are). The stage's own body runs
+there unchanged but for which of its planned items are the shard's (the plan's ``kwargs``),
+under the shard folder's lock: shards of one stage run at the same time, on one machine or on
+many that share the run folder (a Slurm array job, Ray tasks: :mod:`urbangeo.executors`). A
+shard that is done (its record has the fingerprint it works towards) is skipped when run again;
+one that was killed resumes as the stage itself does (images already saved are kept), alone.
 
 :func:`merge_shards` (``urbangeo merge STAGE --gpkg RUN/run.gpkg --shards N``) takes the run's
 lock, checks that every shard is present, done, made for the run's current regions and inputs
@@ -24,14 +26,19 @@ them through the stage's one mechanism (:meth:`urbangeo.stage.StageRun.commit`):
 record, fingerprint and the invalidation of later stages are those of an unsharded run.
 
 What is not per region is done in the merge, over all regions: the edge cells of ``tiles``
-(whether too few interior cells are left to exclude any is a count over the whole study
-area). Settings that the stage would decide from all regions are decided from the whole run
-before the shards start: ``embed --kind auto`` (street view if the run has any). What cannot
-be split is refused: ``tiles`` from XYZ without ``--zoom`` (the zoom comes from all regions'
-sizes), encoders fitted to the images they embed (``random`` normalises by their statistics),
-and region encoders. Per region, the results are those of the unsharded run: tiles exactly;
-embeddings exactly for encoders without batch-dependent arithmetic (``image-stats``), to float
-tolerance for neural encoders (a batch holds other images, and matrix kernels may block sums
+(whether too few interior cells are left to exclude any is a count over the whole study area).
+Settings that the stage would decide from all regions are decided from the whole run before the
+shards start: ``embed --kind auto`` (street view if the run has any). What a stage plans over
+all regions every shard plans whole, then keeps its part: ``streetview``'s shots (a photo goes
+to its nearest point of all), ``caption``'s images (``--kind``, ``--limit``) and its
+captioner's preparation (the OSM features of the whole run's box); the caption caches start
+from the run's records of the shard's images and the merge appends what the shards added
+(:mod:`urbangeo.shard_plans.caption`). What cannot be split is refused: ``tiles`` from XYZ
+without ``--zoom`` (the zoom comes from all regions' sizes), encoders fitted to the images they
+embed (``random`` normalises by their statistics), and region encoders. Per region, the results
+are those of the unsharded run: tiles, street-view images and captions exactly; embeddings
+exactly for encoders without batch-dependent arithmetic (``image-stats``), to float tolerance
+for neural encoders (a batch holds other images, and matrix kernels may block sums
 differently).
 """
 
@@ -66,7 +73,7 @@ from urbangeo.io.runs import (
 )
 from urbangeo.progress import message
 from urbangeo.settings import STAGE_SETTINGS, StageSettings
-from urbangeo.shard_plans import PLANS, SHARDED_STAGES, Plan, Shard
+from urbangeo.shard_plans import PLANS, SHARDED_STAGES, Plan, Shard, Share
 
 #: Where the shards of a run live, beside its GeoPackage.
 SHARDS_DIR = "shards"
@@ -150,20 +157,9 @@ def _ids_digest(ids: Sequence[str]) -> str:
 # ---- a shard's inputs ------------------------------------------------------------------------
 
 
-def _subset(frame: pd.DataFrame, ids: set[str], *, keep_unassigned: bool) -> pd.DataFrame:
-    """The rows of ``frame`` whose region is in ``ids`` (rows without a region go to shard 1,
-    ``keep_unassigned``)."""
-    rid = frame[C.REGION_ID] if C.REGION_ID in frame else pd.Series(None, index=frame.index)
-    known = rid.notna()
-    mine = known & rid.astype(str).isin(ids)
-    if keep_unassigned:
-        mine |= ~known
-    return frame[mine.to_numpy()]
-
-
-def _shard_layers(
-    run_gpkg: Path, plan: Plan, ids: set[str], first: bool
-) -> dict[str, pd.DataFrame]:
+def _shard_layers(run_gpkg: Path, plan: Plan, share: Share) -> dict[str, pd.DataFrame]:
+    """The shard's input layers: ``plan.whole`` as they are, ``plan.layers`` cut to its rows
+    (rows without a region go to shard 1)."""
     available = set(list_layers(run_gpkg))
     out: dict[str, pd.DataFrame] = {}
     for name in plan.whole:
@@ -171,7 +167,8 @@ def _shard_layers(
             out[name] = read_layer(run_gpkg, name)
     for name in plan.layers:
         if name in available:
-            out[name] = _subset(read_layer(run_gpkg, name), ids, keep_unassigned=first)
+            frame = read_layer(run_gpkg, name)
+            out[name] = frame[share.rows(frame).to_numpy()]
     if C.LAYER_IMAGES in out:  # the image files stay where they are: absolute paths
         images = out[C.LAYER_IMAGES].copy()
         root = run_gpkg.parent.resolve()
@@ -253,8 +250,9 @@ def run_shard(
     **extra: Any,
 ) -> StageResult:
     """Run one shard (``settings.shard``) of a stage ``function`` of the run ``gpkg`` in its
-    shard folder; skipped when done with the same settings and inputs. ``overwrite`` starts
-    the shard over. The stage's body runs unchanged on the shard's GeoPackage."""
+    shard folder; skipped when done with the same settings (runtime ones aside) and inputs.
+    ``overwrite`` starts the shard over. The stage's body runs on the shard's GeoPackage,
+    given the plan's ``kwargs`` (which of its planned items are the shard's)."""
     stage = settings.stage
     plan = _plan(stage)
     spec = ShardSpec.parse(
@@ -270,6 +268,7 @@ def run_shard(
     shard_gpkg = folder / C.RUN_GPKG
     with run_lock(folder, command=f"urbangeo {stage} --shard {spec}"):
         ids = shard_regions(run_gpkg, spec)
+        share = Share(frozenset(ids), first=spec.index == 1)
         records = read_stage_records(run_gpkg)
         meta = {
             "stage": stage,
@@ -280,8 +279,9 @@ def run_shard(
             "ids": _ids_digest(ids),
             "target": chained_fingerprint(stage, ran_with, records),
             "inputs": {n: records[n].fingerprint for n in C.STAGE_INPUTS[stage] if n in records},
-            "settings": base.to_dict(),
-            "ran_with": ran_with.to_dict(),
+            # runtime settings (threads, worker processes) aside: they change no output
+            "settings": base.to_dict(runtime=False),
+            "ran_with": ran_with.to_dict(runtime=False),
         }
         old = _read_meta(folder)
         same = old is not None and all(old.get(k) == v for k, v in meta.items())
@@ -293,13 +293,13 @@ def run_shard(
                 message(f"{stage} shard {spec}: already done with these settings, skipped.")
                 return StageResult(stage, shard_gpkg, done.counts, skipped=True)
         fresh = not shard_gpkg.exists()
-        layers = _shard_layers(run_gpkg, plan, set(ids), first=spec.index == 1)
+        layers = _shard_layers(run_gpkg, plan, share)
         if fresh:
+            plan.seed(run_gpkg.parent, folder, share, layers)
             table = _records_table(run_gpkg, stage)
-            if table is not None:
-                layers[STAGES_TABLE] = table
-            write_layers(shard_gpkg, layers, overwrite=True)
-        empty = not plan.has_work(layers, ran_with)
+            written = dict(layers) if table is None else {**layers, STAGES_TABLE: table}
+            write_layers(shard_gpkg, written, overwrite=True)
+        empty = not plan.has_work(layers, ran_with, share)
         write_text_atomic(
             folder / SHARD_JSON, json.dumps({**meta, "empty": empty}, indent=2, default=str)
         )
@@ -310,7 +310,9 @@ def run_shard(
             return StageRun(stage, shard_gpkg, ran_with).commit(
                 counts={"regions": 0}, params={"empty": True}
             )
-        return function(shard_gpkg, ran_with, overwrite=False, **extra)
+        return function(
+            shard_gpkg, ran_with, overwrite=False, **extra, **plan.kwargs(folder, share)
+        )
 
 
 # ---- the merge ------------------------------------------------------------------------------

@@ -112,6 +112,15 @@ def coded_raster(
     return write_geotiff(path, data, left=left, top=top, pixel=pixel, crs=crs, **tiles)
 
 
+def edge_column_raster(path: Path, cols: int, rows: int) -> Path:
+    """A :func:`coded_raster` (10 m pixels, UTM 35N) over :func:`grid`'s ``cols`` x ``rows``
+    cells of 1 km that covers all but the last column of cells: those are edge cells (little
+    image data)."""
+    width, height = (cols - 1) * 100 + 30, rows * 100
+    top = Y0 + rows * 1000
+    return coded_raster(path, left=X0, top=top, pixel=10, width=width, height=height, crs=UTM35)
+
+
 def decode_cols_rows(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Inverse of :func:`coded_raster`'s encoding for an H × W × 3 image."""
     img = image.astype(np.int64)

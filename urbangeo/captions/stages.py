@@ -195,12 +195,15 @@ def caption_stage(
     captioner: Captioner | None = None,
     retry: RetryPolicy | None = None,
     refine_options: dict | None = None,
+    keep: Callable[[list[ImageItem]], list[ImageItem]] | None = None,
 ) -> StageResult:
     """Caption the run's images and write the ``captions`` table (see the module docstring).
 
     ``captioner`` replaces the one the settings describe (the caller keeps and closes it);
     ``retry`` the openai backend's retry policy; ``refine_options`` go to
-    :func:`urbangeo.captions.refine.refine_calls` (``sam``/``owl`` models, ``max_crops``...).
+    :func:`urbangeo.captions.refine.refine_calls` (``sam``/``owl`` models, ``max_crops``...);
+    ``keep`` chooses the images to caption among those the settings choose, the captioner
+    being prepared for all of them (a shard's: :mod:`urbangeo.shard_plans.caption`).
     Raises :class:`CaptionsFailedError` when every call fails (nothing written).
     """
     path = run.gpkg
@@ -210,13 +213,18 @@ def caption_stage(
         items = [i for i in items if i.kind in s.kinds]
     if s.limit is not None:
         items = items[: s.limit]
+    context = [i for i in items if i.path is not None]  # what the captioner prepares for
+    if keep is not None:
+        items = keep(items)
     owned = captioner is None
     captioner = stage_captioner(path, s, retry) if captioner is None else captioner
     cache = CaptionCache(cache_path_for(path))
     parses = s.select == "capture" and len(captioner.models) > 1
     pool = WorkerPool(choose_workers(s.workers), worker_context(captioner), parses=parses)
     try:
-        return _caption(run, s, items, captioner, owned, cache, pool, prompts, refine_options)
+        return _caption(
+            run, s, items, context, captioner, owned, cache, pool, prompts, refine_options
+        )
     finally:
         pool.close()
 
@@ -225,6 +233,7 @@ def _caption(
     run: StageRun,
     s: CaptionSettings,
     items: list[ImageItem],
+    context: list[ImageItem],
     captioner: Captioner,
     owned: bool,
     cache: CaptionCache,
@@ -245,7 +254,7 @@ def _caption(
         # captioners that describe the place rather than the pixels).
         eligible = [i for i in items if i.path is not None]
         skipped = len(items) - len(eligible)
-        captioner.prepare(eligible)
+        captioner.prepare(context)
         calls: list[tuple[Call, bytes | None, str]] = []
         images: dict[str, bytes | None] = {}
         failed_inputs: list[tuple[ImageItem, str]] = []

@@ -19,20 +19,33 @@ gives a :class:`WorkerError` too.
 
 from __future__ import annotations
 
-import os
 import pickle
 import signal
-import sys
-import traceback
-import types
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from urbangeo.errors import InputError, UrbangeoError
+# The generic parts, shared with the tiles stage's workers (re-exported: this module's API).
+from urbangeo.io.processes import (
+    Failure,
+    WorkerError,
+    broken_pool_error,
+    choose_workers,
+    raise_failure,
+    start_all,
+)
+from urbangeo.io.processes import guarded as _guarded
 from urbangeo.model.threads import one_thread
+
+__all__ = [
+    "Failure",
+    "WorkerError",
+    "WorkerPool",
+    "choose_workers",
+    "picklable_by_reference",
+    "state",
+]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -41,46 +54,10 @@ R = TypeVar("R")
 _STATE: dict[str, Any] = {}
 
 
-class WorkerError(UrbangeoError):
-    """A worker process failed or died; what finished before it was kept."""
-
-
-@dataclass(frozen=True)
-class Failure:
-    """An exception raised in a worker, as plain data (exceptions do not always pickle)."""
-
-    kind: str
-    message: str
-    hint: str | None
-    trace: str
-    input_error: bool
-
-
 def _init(payload: bytes) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C stops
     one_thread()
     _STATE.update(pickle.loads(payload))
-
-
-def _ready() -> int:
-    return os.getpid()
-
-
-def _guarded(func: Callable[..., R], *args: Any) -> R | Failure:
-    """``func(*args)`` in a worker, its exception returned as a :class:`Failure`."""
-    try:
-        result = func(*args)
-    except Exception as exc:
-        return Failure(
-            type(exc).__name__,
-            getattr(exc, "message", None) or str(exc),
-            getattr(exc, "hint", None),
-            traceback.format_exc(),
-            isinstance(exc, InputError),
-        )
-    if "torch" in sys.modules:  # spaCy's first parse imports torch (thinc): one thread
-        sys.modules["torch"].set_num_threads(1)
-    return result
 
 
 def state(name: str) -> Any:
@@ -134,19 +111,7 @@ class WorkerPool:
         executor = self._executor = ProcessPoolExecutor(
             self.workers, mp_context=context, initializer=_init, initargs=(payload,)
         )
-        # A new process imports the caller's __main__ script again, which runs the whole
-        # script once more when it lacks `if __name__ == "__main__":`. The workers need nothing
-        # from it (their work lives in urbangeo), so they start without it: each submit below
-        # starts one process, all of them now.
-        main = sys.modules.get("__main__")
-        sys.modules["__main__"] = types.ModuleType("__main__")
-        try:
-            for _ in range(self.workers):
-                executor.submit(_ready)
-        finally:
-            if main is not None:
-                sys.modules["__main__"] = main
-        return executor
+        return start_all(executor, self.workers)
 
     def run(
         self,
@@ -189,22 +154,10 @@ class WorkerPool:
                     pool.submit(chunk, _guarded, func, chunk, *args)
         except BrokenProcessPool:
             self.close()
-            raise WorkerError(
-                "A worker process stopped unexpectedly (killed, or out of memory?); what the "
-                "others finished was kept.",
-                hint="Run the same command again to continue; --workers 1 does the work in "
-                "this process (slower, with less memory).",
-            ) from None
+            raise broken_pool_error() from None
         if failed:
             chunk, failure = failed[0]
-            if failure.input_error:
-                raise InputError(failure.message, hint=failure.hint)
-            raise WorkerError(
-                f"A worker failed on {what(chunk)}: {failure.kind}: {failure.message}\n"
-                f"Worker traceback:\n{failure.trace.rstrip()}",
-                hint="What finished before the error was kept: once the cause is fixed, the "
-                "same command continues from there; --workers 1 runs the work in this process.",
-            )
+            raise_failure(failure, what(chunk))
 
     def close(self) -> None:
         """Stop the worker processes (queued work is dropped)."""
@@ -217,17 +170,6 @@ class WorkerPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def choose_workers(workers: int | str | None, *, tasks: int | None = None) -> int:
-    """The worker processes for ``workers`` (a number, or ``"auto"``: one per core this
-    process may run on), never more than ``tasks``, at least one."""
-    from urbangeo.model.threads import available_cores
-
-    n = available_cores() if workers is None or workers == "auto" else int(workers)
-    if tasks is not None:
-        n = min(n, tasks)
-    return max(1, n)
 
 
 def picklable_by_reference(obj: object) -> bool:

@@ -2,9 +2,10 @@
 
 Ray is an optional extra (``pip install 'urbangeo[ray]'``), imported when this executor is
 made. Each task runs one shard (:func:`urbangeo.shard.run_shard`, through the stage's own
-function) with one CPU and one arithmetic thread, so N tasks on N cores do not oversubscribe
-them; the driver merges the shards under the run's lock. A task that dies (a node lost) is
-retried by Ray; a shard already done is skipped, one half done resumes.
+function) with one CPU, one arithmetic thread and no worker processes (``workers`` auto is 1
+there), so N tasks on N cores do not oversubscribe them; the driver merges the shards under
+the run's lock. A task that dies (a node lost) is retried by Ray; a shard already done is
+skipped, one half done resumes.
 """
 
 from __future__ import annotations
@@ -90,10 +91,10 @@ class RayExecutor:
         n = self.count()
         task = self.ray.remote(num_cpus=1, max_retries=2)(run_one_shard)
         path = str(Path(gpkg).resolve())
-        refs = [
-            task.remote(stage, path, {**settings.to_dict(), "shard": f"{i}/{n}"})
-            for i in range(1, n + 1)
-        ]
+        values = settings.to_dict()
+        if values.get("workers") == "auto":  # a task has one CPU: no worker processes
+            values["workers"] = 1
+        refs = [task.remote(stage, path, {**values, "shard": f"{i}/{n}"}) for i in range(1, n + 1)]
         message(f"Stage {stage}: {n} shards as Ray tasks.")
         try:
             self.ray.get(refs)

@@ -29,12 +29,13 @@ from urbangeo.imagery.http_options import http_options
 from urbangeo.imagery.kinds import LEGACY_OVERHEAD_PREFIX, OVERHEAD_PREFIX, describe_source
 from urbangeo.imagery.manifest import ImageJob, ImageResult, Manifest
 from urbangeo.imagery.png import encode_png, image_size
-from urbangeo.imagery.sources import TileOptions, TileSource, make_tile_source
+from urbangeo.imagery.sources import Tile, TileOptions, TileSource, make_tile_source
 from urbangeo.imagery.streetview import ProviderOptions, Shot, StreetViewProvider, make_provider
 from urbangeo.io.gpkg import read_layer
 from urbangeo.io.http import HttpClient
 from urbangeo.io.osm import run_extract
 from urbangeo.io.pool import BoundedPool
+from urbangeo.io.processes import choose_workers
 from urbangeo.io.runs import StageResult
 from urbangeo.progress import message, progress
 from urbangeo.settings.imagery import DEFAULT_TILE_SIZE, StreetviewSettings, TilesSettings
@@ -106,11 +107,7 @@ def _tile_options(
         grid_crs=regions.crs,
         coverage=coverage,
         run_dir=path.parent,
-        bands=s.bands,
-        zoom=s.zoom,
-        resampling=s.resampling,
-        min_valid=s.min_valid,
-        key_env=s.key_env,
+        **s.pick("bands", "zoom", "resampling", "min_valid", "key_env"),
         **http_options(s, client),
     )
 
@@ -147,6 +144,7 @@ def tiles_stage(
         return _make_tiles(run, regions, bounds, source, s, overwrite)
     options = _tile_options(path, regions, s, client)
     made = make_tile_source(s.source, options, bounds=bounds, size=s.size)
+    made.workers = choose_workers(s.workers)  # render: processes; raster: reading threads
     try:
         return _make_tiles(run, regions, bounds, made, s, overwrite)
     finally:
@@ -177,19 +175,23 @@ def _make_tiles(
         source=source.source,
     )
     todo = manifest.plan(jobs, settings=settings)
+    source.png_settings = settings  # a source drawing in worker processes encodes there too
 
-    def save(job: ImageJob, image: np.ndarray, share: float | None) -> ImageResult:
+    def save(job: ImageJob, tile: Tile) -> ImageResult:
         # In a worker thread: encoding, hashing and file I/O run in parallel.
-        data = encode_png(
-            image, settings=settings, photographic=source.photographic, valid_share=share
-        )
+        share = tile.valid_share
+        data = tile.data
+        if data is None:
+            data = encode_png(
+                tile.image, settings=settings, photographic=source.photographic, valid_share=share
+            )
         return manifest.write(job, data, source=source.source, size=(size, size), valid_share=share)
 
     def submit(pool: BoundedPool[ImageJob, ImageResult]) -> None:
         for k, tile in source.tiles(bounds[todo], size):
             job = jobs[todo[k]]
             if tile.status == C.STATUS_OK:
-                pool.submit(job, save, job, tile.image, tile.valid_share)
+                pool.submit(job, save, job, tile)
             else:
                 result = ImageResult(
                     tile.status,
@@ -218,7 +220,7 @@ def _make_tiles(
         run,
         manifest,
         submit,
-        workers=s.workers,
+        workers=choose_workers(s.workers),
         task="tiles",
         unit="tile",
         show_ok=False,
@@ -291,6 +293,7 @@ def streetview_stage(
     overwrite: bool,
     client: HttpClient | None = None,
     source: StreetViewProvider | None = None,
+    keep: Callable[[list[Shot]], list[Shot]] | None = None,
 ) -> StageResult:
     """Street-view images for the run's sample points from ``provider``.
 
@@ -298,13 +301,15 @@ def streetview_stage(
     ``streetview`` to the ``images`` layer (``sv_{point_id}_{heading}``; points without an
     image are rows with status missing). See :mod:`urbangeo.imagery.streetview`; any other
     :class:`~urbangeo.imagery.streetview.StreetViewProvider` can be passed as ``source`` (the
-    caller closes it), and an :class:`~urbangeo.io.http.HttpClient` as ``client``. Raises
+    caller closes it), and an :class:`~urbangeo.io.http.HttpClient` as ``client``;
+    ``keep`` chooses the shots to make among those planned for all the points (a shard's:
+    :mod:`urbangeo.shard_plans.streetview`). Raises
     :class:`~urbangeo.imagery.manifest.ImagesFailedError` when images failed and none could
     be made.
     """
     points = read_layer(run.gpkg, C.LAYER_SV_POINTS)
     if source is not None:
-        return _make_streetview(run, points, source, overwrite)
+        return _make_streetview(run, points, source, overwrite, keep)
     options = ProviderOptions(
         folder=s.folder,
         csv=s.csv,
@@ -321,13 +326,17 @@ def streetview_stage(
     )
     provider = make_provider(s.provider or "folder", options)
     try:
-        return _make_streetview(run, points, provider, overwrite)
+        return _make_streetview(run, points, provider, overwrite, keep)
     finally:
         provider.close()
 
 
 def _make_streetview(
-    run: StageRun, points: gpd.GeoDataFrame, provider: StreetViewProvider, overwrite: bool
+    run: StageRun,
+    points: gpd.GeoDataFrame,
+    provider: StreetViewProvider,
+    overwrite: bool,
+    keep: Callable[[list[Shot]], list[Shot]] | None = None,
 ) -> StageResult:
     manifest = Manifest(
         run.gpkg,
@@ -338,6 +347,8 @@ def _make_streetview(
         overwrite=overwrite,
     )
     shots = provider.plan(points)
+    if keep is not None:
+        shots = keep(shots)
     todo = [shots[i] for i in manifest.plan([shot.job for shot in shots])]
 
     def fetch_and_save(shot: Shot) -> ImageResult:

@@ -37,12 +37,16 @@ class ShardSettings(StageSettings):
 @dataclass(frozen=True)
 class WorkersSettings(StageSettings):
     """``workers``: the processes a stage's CPU-bound Python work is spread over (captions from
-    OSM, caption parsing). A runtime setting: the outputs are the same with any number."""
+    OSM, caption parsing, map tiles drawn from OSM). A runtime setting: the outputs are the same
+    with any number."""
 
     workers: int | str = setting(
         "auto",
-        "Worker processes for CPU-bound work (auto: one per core this process may use; 1: all "
-        "in this process). Each runs one BLAS/torch thread; the outputs are the same.",
+        "Worker processes for CPU-bound work: caption: OSM captions and parsing; tiles: "
+        "drawing --render maps (when there is over a second of drawing), threads that read "
+        "--raster files (--xyz downloads follow --concurrency). auto: one per core this process "
+        "may use; 1: all in this process. Each runs one BLAS/torch thread; the outputs are the "
+        "same.",
         unit="N|auto",
         runtime=True,
     )

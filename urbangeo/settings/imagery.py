@@ -13,7 +13,7 @@ from pathlib import Path
 
 from urbangeo.errors import InputError
 from urbangeo.settings._base import StageSettings, setting
-from urbangeo.settings.common import ShardSettings
+from urbangeo.settings.common import ShardSettings, WorkersSettings
 
 RESAMPLING = ("nearest", "bilinear", "cubic", "average", "lanczos")
 DEFAULT_RESAMPLING = "bilinear"
@@ -91,10 +91,10 @@ class HttpSettings(StageSettings):
 
 
 @dataclass(frozen=True)
-class TilesSettings(ShardSettings, HttpSettings):
-    """``tiles``: one overhead image per region."""
-
-    stage = "tiles"
+class TilesSettings(ShardSettings, HttpSettings, WorkersSettings, stage="tiles"):
+    """``tiles``: one overhead image per region (``workers``: processes that draw ``render``
+    tiles; threads that read ``raster`` tiles; for every source, threads that encode and save
+    the images)."""
 
     render: str | None = setting(
         None,
@@ -178,9 +178,6 @@ class TilesSettings(ShardSettings, HttpSettings):
         "grid but are left out of them, with the reason in column excluded.",
         plugin="Include edge cells",
     )
-    workers: int = setting(
-        2, "Threads that encode and save images.", min=1, max=64, cli=False, runtime=True
-    )
 
     def check(self) -> None:
         given = [n for n in ("render", "raster", "xyz") if getattr(self, n) is not None]
@@ -201,10 +198,8 @@ class TilesSettings(ShardSettings, HttpSettings):
 
 
 @dataclass(frozen=True)
-class StreetviewSettings(HttpSettings):
+class StreetviewSettings(ShardSettings, HttpSettings, stage="streetview"):
     """``streetview``: images per street-view sample point."""
-
-    stage = "streetview"
 
     provider: str | None = setting(
         "folder",

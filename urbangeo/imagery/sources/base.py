@@ -40,13 +40,16 @@ class Tile:
     """One region's image (``image``: H × W × 3 or H × W uint8) or why there is none.
 
     ``valid_share``: the share of the square where the source has data (0..1; the rest is
-    drawn black), None when the source cannot tell.
+    drawn black), None when the source cannot tell. ``data``: the image already encoded as
+    PNG (with :attr:`TileSource.png_settings`) by a source that encodes in its worker
+    processes; ``image`` is None then.
     """
 
     status: str
     image: np.ndarray | None = None
     reason: str = ""
     valid_share: float | None = None
+    data: bytes | None = None
 
 
 @dataclass
@@ -77,6 +80,12 @@ class TileSource(ABC):
 
     #: False for flat-coloured maps: their PNGs compress best with zlib's default filters.
     photographic: ClassVar[bool] = True
+    #: Processes (``render``: drawing is CPU-bound) or threads (``raster``: reads) the source
+    #: may use; ``tiles`` sets it from ``--workers`` (``xyz`` downloads follow ``concurrency``).
+    workers: int = 1
+    #: The settings text ``tiles`` writes into each PNG (:func:`~urbangeo.imagery.png.encode_png`):
+    #: set, a source that draws in worker processes encodes there too (``Tile.data``).
+    png_settings: str | None = None
 
     @classmethod
     @abstractmethod

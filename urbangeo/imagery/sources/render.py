@@ -47,10 +47,9 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import geopandas as gpd
 import numpy as np
-import pandas as pd
 import rasterio.features
 import shapely
 from rasterio.transform import from_origin
@@ -65,7 +64,13 @@ from urbangeo.imagery.sources.coverage import (
     pbf_header_bbox,
 )
 from urbangeo.imagery.sources.warp import lattice_step
-from urbangeo.io.osm import NETWORK_ALL, open_extract
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+    import pandas as pd
+
+# geopandas, pandas and the OSM reader are imported where they are used: the worker processes
+# that draw blocks (render_workers) import this module and need none of them.
 
 OSM_HINT = "Pass an .osm.pbf file with --osm (e.g. from download.geofabrik.de)."
 
@@ -195,18 +200,24 @@ class MapFeatures:
 
 
 def _polygons(frame: gpd.GeoDataFrame | None) -> gpd.GeoDataFrame:
+    import geopandas as gpd
+
     if frame is None or frame.empty:
         return gpd.GeoDataFrame({"geometry": []}, geometry="geometry", crs=C.WGS84)
     return frame[frame.geom_type.isin(["Polygon", "MultiPolygon"])]
 
 
 def _lines(frame: gpd.GeoDataFrame | None) -> gpd.GeoDataFrame:
+    import geopandas as gpd
+
     if frame is None or frame.empty:
         return gpd.GeoDataFrame({"geometry": []}, geometry="geometry", crs=C.WGS84)
     return frame[frame.geom_type.isin(["LineString", "MultiLineString"])]
 
 
 def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    import pandas as pd
+
     if name in frame:
         return frame[name].astype(object)
     return pd.Series([None] * len(frame), index=frame.index, dtype=object)
@@ -221,6 +232,8 @@ def read_osm(
     path: str | os.PathLike, *, bounds_wgs84: tuple[float, float, float, float] | None = None
 ) -> dict[str, gpd.GeoDataFrame]:
     """Buildings, land use, natural areas, roads and other tags from an ``.osm.pbf`` file."""
+    from urbangeo.io.osm import NETWORK_ALL, open_extract
+
     extract = open_extract(path, bbox=bounds_wgs84, hint=OSM_HINT)
     layers = {
         "buildings": extract.buildings(),
@@ -234,6 +247,8 @@ def read_osm(
 
 def map_features(layers: dict[str, gpd.GeoDataFrame], crs: object) -> MapFeatures:
     """Classify OSM layers into drawable shapes in ``crs`` (lines buffered to their width)."""
+    import pandas as pd
+
     parts: list[tuple[int, gpd.GeoSeries]] = []
 
     def add(cls: str, geoms: gpd.GeoSeries) -> None:
@@ -316,22 +331,37 @@ def _to_crs(geoms: gpd.GeoSeries, crs: object) -> np.ndarray:
     return np.asarray(geoms.to_crs(crs).values, dtype=object)
 
 
+def shapes_meeting(features: MapFeatures, bounds: tuple[float, float, float, float]) -> np.ndarray:
+    """Indices of the shapes that meet a rectangle, in drawing order."""
+    if len(features) == 0:
+        return np.array([], dtype=np.intp)
+    return np.sort(features.tree.query(shapely.box(*bounds)))
+
+
 def render_block(
     features: MapFeatures,
     bounds: tuple[float, float, float, float],
     pixel: float,
 ) -> np.ndarray:
     """Class numbers (uint8, H × W) of a rectangle at ``pixel`` metres per pixel."""
+    hits = shapes_meeting(features, bounds)
+    return burn_shapes(features.geometries[hits], features.classes[hits], bounds, pixel)
+
+
+def burn_shapes(
+    geometries: np.ndarray,
+    classes: np.ndarray,
+    bounds: tuple[float, float, float, float],
+    pixel: float,
+) -> np.ndarray:
+    """Class numbers of a rectangle with ``geometries`` burnt in order (later ones on top)."""
     minx, miny, maxx, maxy = bounds
     width = round((maxx - minx) / pixel)
     height = round((maxy - miny) / pixel)
     out = np.zeros((height, width), dtype=np.uint8)
-    if len(features) == 0:
+    if len(geometries) == 0:
         return out
-    hits = np.sort(features.tree.query(shapely.box(minx, miny, maxx, maxy)))
-    if len(hits) == 0:
-        return out
-    shapes = zip(features.geometries[hits], features.classes[hits].tolist(), strict=True)
+    shapes = zip(geometries, classes.tolist(), strict=True)
     return rasterio.features.rasterize(
         shapes,
         out=out,
@@ -375,29 +405,28 @@ def _masked(
     return image, share
 
 
-def render_covered(
-    features: MapFeatures,
-    bounds: np.ndarray,
-    *,
-    size: int = 256,
-    block: int = BLOCK,
-    coverage: shapely.Geometry | None = None,
-) -> Iterator[tuple[int, np.ndarray, float]]:
-    """(index, RGB array, valid share) for each square, as :func:`render_regions`; pixels
-    outside ``coverage`` (the extract's, in the features' CRS; None: everywhere) are black."""
+@dataclass(frozen=True)
+class Block:
+    """A rectangle rendered with one rasterize call (``pixel`` metres per pixel) and the
+    squares cut from it: (index into the bounds, top row, left column) each."""
+
+    box: tuple[float, float, float, float]
+    pixel: float
+    members: list[tuple[int, int, int]]
+
+
+def blocks(bounds: np.ndarray, *, size: int = 256, block: int = BLOCK) -> Iterator[Block]:
+    """The blocks that :func:`render_covered` renders ``bounds`` in, in its order: regions of
+    the same size on a common lattice ``block`` × ``block`` at a time, others one by one."""
     bounds = np.asarray(bounds, dtype=float).reshape(-1, 4)
     if len(bounds) == 0:
         return
-    if coverage is not None:
-        shapely.prepare(coverage)
     cell = lattice_step(bounds)
     if cell is None:
         for i, b in enumerate(bounds):
             pixel = (b[2] - b[0]) / size
             box = (b[0], b[3] - size * pixel, b[0] + size * pixel, b[3])
-            classes = render_block(features, box, pixel)
-            valid = coverage_mask(coverage, box, pixel, classes.shape)
-            yield (i, *_masked(classes, valid, 0, 0, size))
+            yield Block(box, pixel, [(i, 0, 0)])
         return
     pixel = cell / size
     block = max(1, min(block, MAX_BLOCK_PX // size))
@@ -416,13 +445,36 @@ def render_covered(
         c0, c1 = cols[members].min(), cols[members].max() + 1
         r0, r1 = rows[members].min(), rows[members].max() + 1
         box = (x0 + c0 * cell, y0 + r0 * cell, x0 + c1 * cell, y0 + r1 * cell)
-        classes = render_block(features, box, pixel)
-        valid = coverage_mask(coverage, box, pixel, classes.shape)
-        for i in members:
-            top = (r1 - 1 - rows[i]) * size
-            left = (cols[i] - c0) * size
-            yield (int(i), *_masked(classes, valid, top, left, size))
+        tops = (r1 - 1 - rows[members]) * size
+        lefts = (cols[members] - c0) * size
+        cut = list(zip(members.tolist(), tops.tolist(), lefts.tolist(), strict=True))
+        yield Block(box, pixel, cut)
         start = stop
+
+
+def cut_squares(
+    block: Block, classes: np.ndarray, valid: np.ndarray | None, size: int
+) -> list[tuple[int, np.ndarray, float]]:
+    """(index, RGB array, valid share) of each square of a drawn block."""
+    return [(i, *_masked(classes, valid, top, left, size)) for i, top, left in block.members]
+
+
+def render_covered(
+    features: MapFeatures,
+    bounds: np.ndarray,
+    *,
+    size: int = 256,
+    block: int = BLOCK,
+    coverage: shapely.Geometry | None = None,
+) -> Iterator[tuple[int, np.ndarray, float]]:
+    """(index, RGB array, valid share) for each square, as :func:`render_regions`; pixels
+    outside ``coverage`` (the extract's, in the features' CRS; None: everywhere) are black."""
+    if coverage is not None:
+        shapely.prepare(coverage)
+    for b in blocks(bounds, size=size, block=block):
+        classes = render_block(features, b.box, b.pixel)
+        valid = coverage_mask(coverage, b.box, b.pixel, classes.shape)
+        yield from cut_squares(b, classes, valid, size)
 
 
 class OsmRenderSource(TileSource):
@@ -430,7 +482,9 @@ class OsmRenderSource(TileSource):
 
     The extract is read once, for the squares' extent only, when the first tiles are asked for.
     Nothing is drawn outside ``coverage`` (in the grid's CRS; default: the bounding box in the
-    extract's header, else that of the data read): see :mod:`.coverage`.
+    extract's header, else that of the data read): see :mod:`.coverage`. With ``workers`` > 1
+    the blocks are drawn in that many processes (:mod:`.render_workers`: the same images, in
+    the same order).
     """
 
     photographic = False  # flat colours
@@ -441,7 +495,9 @@ class OsmRenderSource(TileSource):
         *,
         grid_crs: object,
         coverage: shapely.Geometry | None = None,
+        workers: int = 1,
     ) -> None:
+        self.workers = max(1, int(workers))
         self.osm_path = Path(osm_path)
         if not self.osm_path.is_file():
             raise InputError(
@@ -506,9 +562,25 @@ class OsmRenderSource(TileSource):
         return self.features
 
     def tiles(self, bounds: np.ndarray, size: int) -> Iterator[tuple[int, Tile]]:
-        """One rendered tile per square (in blocks, so not in the order given)."""
+        """One rendered tile per square (in blocks, so not in the order given); in
+        ``workers`` processes when there is enough to draw (:mod:`.render_workers`)."""
         if len(bounds) == 0:
             return
+        from urbangeo.imagery.sources import render_workers as parallel
+
         features = self.load(bounds)
+        plan = list(blocks(bounds, size=size))
+        workers = min(self.workers, len(plan))
+        if workers > 1 and parallel.worth_it(features, plan, size):
+            yield from parallel.render_in_workers(
+                features,
+                plan,
+                workers=workers,
+                size=size,
+                coverage=self.coverage,
+                png_settings=self.png_settings,
+                photographic=self.photographic,
+            )
+            return
         for i, image, share in render_covered(features, bounds, size=size, coverage=self.coverage):
             yield i, Tile(C.STATUS_OK, image, valid_share=share)
