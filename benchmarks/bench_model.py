@@ -115,7 +115,9 @@ def bench_training(model: str, batch: int, reps: int, warmup: int, words: int, t
         )  # fmt: skip
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return Trainer(cfg, folder / "pairs.csv", folder, DistInfo(), overwrite=True)
+            return Trainer(
+                cfg, folder / "pairs.csv", folder, DistInfo(), resume=False, overwrite=True
+            )
 
     ref = make_trainer("urbanln")
     batches = [

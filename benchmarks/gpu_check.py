@@ -73,7 +73,9 @@ def check_training(model: str, batch: int, steps: int, device: torch.device, tmp
     )  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = Trainer(cfg, folder / "pairs.csv", folder, DistInfo(), overwrite=True)
+        trainer = Trainer(
+            cfg, folder / "pairs.csv", folder, DistInfo(), resume=False, overwrite=True
+        )
     batches = [
         collate_images([trainer.train_set[i] for i in range(k * batch, (k + 1) * batch)])
         for k in range(steps + 2)

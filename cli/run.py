@@ -88,13 +88,13 @@ def run(
 
     \b
     Stages: grid, sample, tiles, streetview, caption, train, embed, indicators, predict,
-    cluster, map. Without arguments: the profile 'offline-demo', the default city (kotka,
-    250 m regions) with rendered OpenStreetMap tiles, the OSM-grounded captioner in three
-    styles with CAPTURE consensus, a tiny CLIP pre-trained from scratch with UrbanLN
-    (248-token text, momentum distillation), OSM-derived indicators, prediction heads,
-    clusters and a map. The profile 'paper' is the paper's setting (pretrained ViT-B/16,
-    captions from an OpenAI-compatible endpoint; online, a GPU). Any stage command takes
-    --profile too.
+    cluster, map. Without arguments: the profile 'offline-demo', the default city (central
+    São Paulo, 250 m regions) with rendered OpenStreetMap tiles, the OSM-grounded captioner
+    in three styles with CAPTURE consensus, a tiny CLIP pre-trained from scratch with UrbanLN
+    (248-token text, momentum distillation), the city's indicators (São Paulo: population,
+    jobs and schools; other cities: OSM-derived), prediction heads, clusters and a map. The
+    profile 'paper' is the paper's setting (pretrained ViT-B/16, captions from an
+    OpenAI-compatible endpoint; online, a GPU). Any stage command takes --profile too.
 
     \b
     Output (RUN_DIR): run.gpkg (layers boundary, regions, roads, sv_points, images,
@@ -109,11 +109,11 @@ def run(
 
     \b
     Examples:
-      urbangeo run                              # the default city into ./kotka/
+      urbangeo run                              # the default city into ./sao-paulo/
       urbangeo run --city helsinki -o runs/helsinki
       urbangeo run --config my-city.toml -o runs/my-city
-      urbangeo run -o kotka --from embed        # redo embeddings and what follows
-      urbangeo run -o kotka --executor ray      # per-region stages as shards on local Ray
+      urbangeo run -o sao-paulo --from embed    # redo embeddings and what follows
+      urbangeo run -o sao-paulo --executor ray  # per-region stages as shards on local Ray
       urbangeo run --bbox 26.90,60.45,26.96,60.48 --roads kotka.osm.pbf -o kotka-centre
     """
     run_pipeline(
@@ -135,7 +135,7 @@ def status(run_dir: Path, as_json: bool) -> None:
 
     \b
     Example:
-      urbangeo status kotka
+      urbangeo status sao-paulo
     """
     rows = run_status(run_dir)
     if as_json:

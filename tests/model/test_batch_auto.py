@@ -208,7 +208,7 @@ def test_a_real_probe_on_the_cpu_fits_and_trains(
     small_run: Path, tmp_path: Path, monkeypatch
 ) -> None:
     cfg = TrainSettings(batch_size=8, epochs=1, **FAST)
-    trainer = Trainer(cfg, small_run, tmp_path, DistInfo(), overwrite=True)
+    trainer = Trainer(cfg, small_run, tmp_path, DistInfo(), resume=False, overwrite=True)
     before, rng = _state(trainer.model), torch.get_rng_state()
     teacher = _state(trainer.teacher.module)
     queue = _state(trainer.img_queue)

@@ -143,28 +143,28 @@ def _row_dict(row: pd.Series) -> dict:
 class Manifest:
     """The rows of one kind of image in a run's ``images`` layer, kept while a stage works.
 
-    ``stage`` names the stage record; ``params`` are the settings that decide what an image
-    looks like. Rows of the other kind are kept as they are. With a record of the same stage
-    made with other settings, a rerun needs ``overwrite``, which redoes every image: the new
-    ones are staged and replace the old ones only at :meth:`_commit`.
+    ``run`` is the stage at work (its GeoPackage and its record's name); ``params`` are the
+    settings that decide what an image looks like. Rows of the other kind are kept as they
+    are. With a record of the same stage made with other settings, a rerun needs
+    ``overwrite``, which redoes every image: the new ones are staged and replace the old ones
+    only at :meth:`_commit`.
     """
 
     def __init__(
         self,
-        gpkg: Path,
-        *,
+        run: StageRun,
         kind: str,
-        stage: str,
         params: dict,
         crs: object,
+        *,
         overwrite: bool = False,
         flush_every: float = FLUSH_EVERY_S,
         source: str = "",
     ) -> None:
-        self.gpkg = gpkg
+        self.gpkg = gpkg = run.gpkg
         self.root = gpkg.parent
         self.kind = kind
-        self.stage = stage
+        self.stage = stage = run.stage
         self.params = params
         self.crs = crs
         self.overwrite = overwrite

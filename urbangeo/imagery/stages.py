@@ -166,13 +166,7 @@ def _make_tiles(
     legacy = (run.gpkg.parent / C.LEGACY_OVERHEAD_DIR).is_dir()
     jobs = overhead_jobs(regions, legacy=legacy)
     manifest = Manifest(
-        run.gpkg,
-        kind=C.KIND_OVERHEAD,
-        stage="tiles",
-        params=params,
-        crs=regions.crs,
-        overwrite=overwrite,
-        source=source.source,
+        run, C.KIND_OVERHEAD, params, regions.crs, overwrite=overwrite, source=source.source
     )
     todo = manifest.plan(jobs, settings=settings)
     source.png_settings = settings  # a source drawing in worker processes encodes there too
@@ -338,14 +332,7 @@ def _make_streetview(
     overwrite: bool,
     keep: Callable[[list[Shot]], list[Shot]] | None = None,
 ) -> StageResult:
-    manifest = Manifest(
-        run.gpkg,
-        kind=C.KIND_STREETVIEW,
-        stage="streetview",
-        params=provider.params(),
-        crs=points.crs,
-        overwrite=overwrite,
-    )
+    manifest = Manifest(run, C.KIND_STREETVIEW, provider.params(), points.crs, overwrite=overwrite)
     shots = provider.plan(points)
     if keep is not None:
         shots = keep(shots)
