@@ -29,9 +29,10 @@ from urbangeo.errors import InputError
 MAX_SV_POINTS = 1_000_000
 #: Above this many regions, ``grid`` warns about the cost of the later stages.
 LARGE_GRID_REGIONS = 20_000
-#: Rough CPU seconds per region of the later stages (tiles + caption + train of the default run
-#: on one core; benchmarks/RESULTS.md, "Whole pipeline on the default city").
-SECONDS_PER_REGION = 0.23
+#: Rough seconds per region of the default run on a 2-core machine (São Paulo at 100 m: 589 s
+#: for 3,606 regions, 81 % of it training 40 epochs; benchmarks/RESULTS.md, "The issue's
+#: scaling table, re-measured").
+SECONDS_PER_REGION = 0.16
 #: Latitudes where UTM zones are defined (beyond them UPS, a polar stereographic, takes over).
 UTM_SOUTH = -80.0
 UTM_NORTH = 84.0
@@ -140,8 +141,9 @@ def grid_cost_warning(regions: int, *, threshold: int = LARGE_GRID_REGIONS) -> s
     cost = f"{hours:,.1f} hours" if hours >= 1 else f"{seconds / 60:,.0f} minutes"
     return (
         f"The grid has {regions:,} regions (more than {threshold:,}): the later stages work per "
-        f"region. As a rough figure, the default run spends about {SECONDS_PER_REGION:g} s per "
-        f"region on one CPU core across tiles, caption and train, so about {cost} here "
-        "(street-view images and larger models cost more). A larger --cell-size gives fewer "
-        "regions."
+        f"region. As a rough figure, the default run takes about {SECONDS_PER_REGION:g} s per "
+        f"region on a 2-core machine, so about {cost} here, most of it training 40 epochs "
+        "(--steps makes training a fixed cost; street-view images and larger models cost "
+        "more). A larger --cell-size gives fewer regions; --shard spreads the per-region "
+        "stages over machines."
     )
