@@ -125,6 +125,21 @@ def test_paragraph_length_and_style(style):
             assert text.endswith(".") and "  " not in text
 
 
+def test_small_places_are_measured_in_metres():
+    # a 20 m x 20 m cell (the 1M-region grids): 0.0004 km², roads of 20 m
+    small = place_features(
+        hand_layers(), ImageItem("r", C.KIND_OVERHEAD, place=shapely.box(0, 40, 20, 60)), radius=75
+    )
+    assert small.area_m2 == pytest.approx(400)
+    texts = [describe(small, style=s, rng=random.Random(seed)) for s in STYLES for seed in range(4)]
+    joined = " ".join(texts)
+    assert "0.00 square kilometre" not in joined and "(0.0 km)" not in joined
+    assert "400 square metre" in joined  # the area, wherever a style gives it
+    assert "(20 m)" in joined  # Main Street's 20 m inside the cell
+    large = describe(PlaceFeatures(kind=C.KIND_OVERHEAD, area_m2=62_500), style=STYLES[0])
+    assert "0.06 square kilometre" in large or "square" not in large
+
+
 def test_styles_and_seeds_vary_the_wording(tmp_path):
     gpkg = make_run(tmp_path, n_regions=2, n_points=1)
     items, _ = read_caption_items(gpkg)

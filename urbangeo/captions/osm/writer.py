@@ -20,6 +20,18 @@ def _words(items: Sequence[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def _area(m2: float, *, adjective: bool = False) -> str:
+    """``0.06 square kilometres``, or in square metres where kilometres would read 0.00."""
+    unit = "square kilometre" if m2 >= 5_000 else "square metre"
+    value = f"{m2 / 1e6:.2f}" if m2 >= 5_000 else f"{m2:,.0f}"
+    return f"{value} {unit}" if adjective else f"{value} {unit}s"
+
+
+def _length(m: float) -> str:
+    """``1.2 km``, or in metres where kilometres would read 0.0."""
+    return f"{m / 1000:.1f} km" if m >= 50 else f"{m:.0f} m"
+
+
 def _pct(share: float) -> str:
     if share <= 0:
         return "none"
@@ -63,7 +75,7 @@ class Writer:
 
     def road_phrase(self, n: int = 3) -> str:
         top = self.f.roads_m.most_common(n)
-        return _words([f"{w} ({m / 1000:.1f} km)" for w, m in top])
+        return _words([f"{w} ({_length(m)})" for w, m in top])
 
     def road_words(self, n: int = 3) -> str:
         return _words([w for w, _ in self.f.roads_m.most_common(n)])
@@ -136,8 +148,8 @@ class Writer:
         else:
             opening = self.pick(
                 f"This overhead image shows a {f.density} {f.function} area of about "
-                f"{f.area_m2 / 1e6:.2f} square kilometres.",
-                f"The overhead image covers about {f.area_m2 / 1e6:.2f} square kilometres of a "
+                f"{_area(f.area_m2)}.",
+                f"The overhead image covers about {_area(f.area_m2)} of a "
                 f"{f.density}, largely {f.function} district.",
             )
         out = [opening]
@@ -213,7 +225,7 @@ class Writer:
         place = (
             "neighbourhood within " + f"{DEFAULT_CONTEXT_RADIUS_M:.0f} m of this street-view point"
             if self.sv
-            else f"{f.area_m2 / 1e6:.2f} square kilometre region"
+            else f"{_area(f.area_m2, adjective=True)} region"
         )
         out = [f"Mapped data describe this {place} as {f.density} and {f.function}."]
         if f.landuse:
