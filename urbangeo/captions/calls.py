@@ -35,6 +35,17 @@ class Call:
     truncated: bool = False
 
 
+def image_of(captioner: Captioner, item: ImageItem, image: bytes | None) -> bytes | None:
+    """The bytes a call sends: ``image`` when given, else the item's file when the captioner
+    looks at images (read now, so that the stage never holds every image at once)."""
+    if image is not None or not captioner.needs_image or item.path is None:
+        return image
+    try:
+        return item.path.read_bytes()
+    except OSError as exc:
+        raise CaptionError(f"image {item.image_id} cannot be read: {exc}") from exc
+
+
 def run_calls(
     captioner: Captioner,
     calls: Sequence[tuple[Call, bytes | None, str]],
@@ -81,6 +92,7 @@ def run_calls(
     def one(call: Call, image: bytes | None, prompt: str) -> None:
         started = time.perf_counter()
         try:
+            image = image_of(captioner, call.item, image)
             text = captioner.caption(image, prompt, call.model, call.item)
         except CaptionError as exc:
             call.error = str(exc)
@@ -168,6 +180,11 @@ def caption_chunk(
     for group in chunk:
         call, image, _ = group[0]
         started = time.perf_counter()
+        try:
+            image = image_of(captioner, call.item, image)
+        except CaptionError as exc:
+            out.append([(None, str(exc), 0.0)] * len(group))
+            continue
         results = captioner.caption_many(image, call.item, [(p, c.model) for c, _, p in group])
         seconds = (time.perf_counter() - started) / len(group)
         out.append(

@@ -259,17 +259,20 @@ def _caption(
         images: dict[str, bytes | None] = {}
         failed_inputs: list[tuple[ImageItem, str]] = []
         for item in eligible:
-            image = item.path.read_bytes() if item.path is not None else None
+            # Read to be hashed (the calls read it again when they need it): memory holds one
+            # image here, not the run's; a captioner of places (osm) reads none.
+            image = item.path.read_bytes() if captioner.needs_image and item.path else None
             try:
                 input_sha = captioner.input_sha256(item, image)
             except CaptionError as exc:
                 failed_inputs.append((item, str(exc)))
                 continue
-            images[item.image_id] = image
+            if s.refine:
+                images[item.image_id] = image
             prompt = prompts.for_kind(item.kind, source=item.source)
             for model in captioner.models:
                 key = call_key(input_sha, captioner.name, model, prompt, captioner.options())
-                calls.append((Call(item, model, key), image, prompt))
+                calls.append((Call(item, model, key), None, prompt))
         if pool.parallel and pool.parses:
             # This process waits while the workers caption and parse: it loads what scoring
             # needs (WordNet, MiniLM) meanwhile, in a daemon thread (Ctrl-C does not wait).
