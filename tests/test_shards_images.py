@@ -326,6 +326,37 @@ def test_caption_shards_use_and_feed_the_run_cache(
     assert count["images"] == 0 and again.counts["cached"] == again.counts["captions"]
 
 
+def test_a_caption_shard_started_over_keeps_its_calls_and_merges_append_once(
+    tmp_path: Path, inputs: dict, monkeypatch, plain: Path
+):
+    gpkg = _copy_until_captions(plain, tmp_path / "run")
+    count = _count_captions(monkeypatch)
+    settings = {**_caption_settings(inputs["osm"]), "select": "first"}
+    caption_stage(gpkg, shard="2/2", **settings)
+    made = count["images"]
+    assert made > 0
+    # other settings that change no caption (requests in flight) start the shard over: the
+    # calls it paid for and has not merged yet are kept, not made again
+    count.update(images=0)
+    again = caption_stage(gpkg, shard="2/2", **{**settings, "concurrency": 3})
+    assert not again.skipped and count["images"] == 0
+    assert again.counts["cached"] == again.counts["captions"] > 0
+    caption_stage(gpkg, shard="1/2", **{**settings, "concurrency": 3})
+    merge_shards(gpkg, "caption", 2, keep=True)
+    caches = [gpkg.parent / n for n in (C.CAPTIONS_JSONL, PARSES_JSONL)]
+    once = {path: path.read_bytes() for path in caches if path.exists()}
+    merge_shards(gpkg, "caption", 2, keep=True)  # a second merge appends nothing again
+    for path, data in once.items():
+        assert path.read_bytes() == data
+    assert (
+        _cache(gpkg.parent / C.CAPTIONS_JSONL, "key").keys()
+        == _cache(plain.parent / C.CAPTIONS_JSONL, "key").keys()
+    )
+    assert len((gpkg.parent / C.CAPTIONS_JSONL).read_text().splitlines()) == len(
+        (plain.parent / C.CAPTIONS_JSONL).read_text().splitlines()
+    )
+
+
 def test_merge_refuses_stale_or_inconsistent_shards(tmp_path: Path, inputs: dict, plain: Path):
     gpkg = _copy_until_captions(plain, tmp_path / "run")
     settings = {**_caption_settings(inputs["osm"]), "select": "first"}

@@ -221,12 +221,12 @@ def _read_meta(folder: Path) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
-def _clear(folder: Path) -> None:
-    """Empty a shard's folder (its lock, held by this process, stays)."""
+def _clear(folder: Path, kept: Sequence[str] = ()) -> None:
+    """Empty a shard's folder but its lock (held by this process) and the ``kept`` files."""
     if not folder.is_dir():
         return
     for entry in folder.iterdir():
-        if entry.name == LOCK_FILE:
+        if entry.name == LOCK_FILE or entry.name in kept:
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
@@ -286,7 +286,7 @@ def run_shard(
         old = _read_meta(folder)
         same = old is not None and all(old.get(k) == v for k, v in meta.items())
         if not same or overwrite:
-            _clear(folder)
+            _clear(folder, plan.kept)
         elif shard_gpkg.exists():
             done = read_stage_records(shard_gpkg).get(stage)
             if done is not None and done.fingerprint == meta["target"]:

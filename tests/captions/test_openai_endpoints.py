@@ -281,8 +281,8 @@ def test_every_endpoint_failing_every_call_is_the_stages_error(tmp_path, loopbac
 @pytest.mark.parametrize(
     ("value", "says"),
     [
-        ("http://gpu1:8000/v1#0", "'#0' is not a number"),
-        ("http://gpu1:8000/v1#x", "'#x' is not a number"),
+        ("http://gpu1:8000/v1#0", "v1#0': what follows its last '#' is not a number"),
+        ("http://gpu1:8000/v1#x", "v1#x': what follows its last '#' is not a number"),
         ("http://gpu1:8000/v1#999", "1 to 256"),
         ("gpu1:8000/v1", "not an http(s) URL"),
         ("http:///v1", "not an http(s) URL"),
@@ -302,6 +302,15 @@ def test_bad_endpoints_are_refused_before_any_work(tmp_path, loopback, value, sa
     with pytest.raises(InputError) as info:
         parse_endpoints([value], 4)
     assert info.value.hint
+
+
+@pytest.mark.parametrize(
+    "value", ["user:s3cret@gpu1/v1", "http://user:s3cret@gpu1/v1#x", "http://user:s3#cret@gpu1/v1"]
+)
+def test_a_password_never_shows_in_an_error(value):
+    with pytest.raises(InputError) as info:
+        parse_endpoints([value], 4)
+    assert "s3" not in str(info.value) and "user:***@" in str(info.value)
 
 
 def test_endpoints_and_their_concurrency():

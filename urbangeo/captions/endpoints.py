@@ -21,6 +21,7 @@ This module imports nothing heavy (the settings check the URLs with it).
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -52,10 +53,11 @@ def shown_url(url: str) -> str:
     """``url`` as messages show it: a password in it masked (key parameters are masked by the
     HTTP client's scrubbing)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    if parts.password is not None:
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    # not parsed as a URL (no scheme): any "user:secret@" is masked as it stands
+    return re.sub(r"([^/@:\s]*):[^/@\s]*@", r"\1:***@", url)
 
 
 def _split(value: str, default: int) -> Endpoint:
@@ -65,8 +67,8 @@ def _split(value: str, default: int) -> Endpoint:
         n = int(count) if count.strip().isdigit() else None
         if n is None or not 1 <= n <= MAX_ENDPOINT_CONCURRENCY:
             raise InputError(
-                f"--base-url {shown_url(url)!r}: '#{count}' is not a number of requests in "
-                f"flight (1 to {MAX_ENDPOINT_CONCURRENCY}).",
+                f"--base-url {shown_url(text)!r}: what follows its last '#' is not a number "
+                f"of requests in flight (1 to {MAX_ENDPOINT_CONCURRENCY}).",
                 hint="Write URL#N, e.g. http://gpu1:8000/v1#16, or leave #N out for --concurrency.",
             )
     else:

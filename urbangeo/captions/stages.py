@@ -290,7 +290,7 @@ def _caption(
                 images,
                 cache,
                 prompts=prompts,
-                concurrency=s.concurrency,
+                concurrency=captioner.concurrency or s.concurrency,
                 **{**options, **(refine_options or {})},
             )
     finally:

@@ -85,6 +85,25 @@ def _caches() -> tuple[str, str]:
     return C.CAPTIONS_JSONL, PARSES_JSONL
 
 
+def _seeded(folder: Path) -> dict[str, int]:
+    """How many bytes of each cache of the shard came from the run (the rest are its own)."""
+    try:
+        sizes = json.loads((folder / SEED_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return sizes if isinstance(sizes, dict) else {}
+
+
+def _own(path: Path, start: int) -> bytes:
+    """The whole lines of ``path`` after byte ``start``: what the shard added to its cache."""
+    if not path.is_file():
+        return b""
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read()
+    return data[: data.rfind(b"\n") + 1]
+
+
 def _seed(run_dir: Path, folder: Path, share: Share, layers: Mapping[str, pd.DataFrame]) -> None:
     calls, parsed = _caches()
     images = layers.get(C.LAYER_IMAGES)
@@ -92,11 +111,13 @@ def _seed(run_dir: Path, folder: Path, share: Share, layers: Mapping[str, pd.Dat
     captions = [(line, r) for line, r in _records(run_dir / calls) if r.get("image_id") in ids]
     texts = {r.get("caption") for _, r in captions}
     parses = [line for line, r in _records(run_dir / parsed) if r.get("text") in texts]
+    before = _seeded(folder)  # a shard started over keeps the calls it paid for, after the seed
     sizes = {}
     for name, lines in ((calls, [line for line, _ in captions]), (parsed, parses)):
         data = b"".join(lines)
-        if data:
-            write_bytes_atomic(folder / name, data)
+        own = _own(folder / name, before.get(name, 0)) if before else b""
+        if data or own:
+            write_bytes_atomic(folder / name, data + own)
         sizes[name] = len(data)
     write_text_atomic(folder / SEED_JSON, json.dumps(sizes))
 
@@ -106,10 +127,7 @@ def _append_new(shards: Sequence[Shard], run_dir: Path) -> Callable[[], None]:
 
     def append() -> None:
         for sh in shards:
-            try:
-                seeded = json.loads((sh.folder / SEED_JSON).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                seeded = {}
+            seeded = _seeded(sh.folder)
             for name in _caches():
                 source = sh.folder / name
                 if not source.is_file() or source.stat().st_size <= seeded.get(name, 0):
@@ -122,6 +140,10 @@ def _append_new(shards: Sequence[Shard], run_dir: Path) -> Callable[[], None]:
                     shutil.copyfileobj(src, dst)
                     if _last_byte(source) != b"\n":
                         dst.write(b"\n")
+                # appended: a second merge (--keep, or one run again after a crash) appends
+                # only what the shard adds after this
+                seeded[name] = source.stat().st_size
+                write_text_atomic(sh.folder / SEED_JSON, json.dumps(seeded))
 
     return append
 
@@ -169,4 +191,5 @@ PLAN = Plan(
     outputs=(C.LAYER_CAPTIONS,),
     kwargs=_caption_kwargs,
     seed=_seed,
+    kept=(*_caches(), SEED_JSON),
 )

@@ -96,6 +96,8 @@ class Plan:
     kwargs: Callable[[Path, Share], dict[str, Any]] = _no_kwargs
     #: Fill a new shard's folder from the run's (``seed(run_dir, folder, share, layers)``).
     seed: Callable[[Path, Path, Share, Mapping[str, pd.DataFrame]], None] = _nothing_to_seed
+    #: Files of a shard's folder that survive its being started over (paid-for caches).
+    kept: tuple[str, ...] = ()
 
 
 def same_params(stage: str, shards: Sequence[Shard]) -> dict:

@@ -25,6 +25,7 @@ from urbangeo.captions.osm.features import (
     place_features,
 )
 from urbangeo.captions.osm.layers import load_osm_layers
+from urbangeo.captions.osm.writer import WRITER_VERSION
 from urbangeo.errors import InputError
 from urbangeo.io.files import sha256_bytes
 
@@ -73,7 +74,7 @@ class OSMCaptioner(Captioner):
         if self.osm_path is not None:
             stat = self.osm_path.stat() if self.osm_path.exists() else None
             source = [self.osm_path.name, stat.st_size if stat else None]
-        return {"seed": self.seed, "radius": self.radius, "osm": source}
+        return {"seed": self.seed, "radius": self.radius, "osm": source, "writer": WRITER_VERSION}
 
     def input_sha256(self, item: ImageItem, image: bytes | None) -> str:
         # The caption depends on the place, not the pixels: two regions with identical

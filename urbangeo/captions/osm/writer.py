@@ -20,6 +20,11 @@ def _words(items: Sequence[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
+#: The wording's version, part of each OSM call's cache key: captions cached in an older wording
+#: are made again (2: small places in metres).
+WRITER_VERSION = 2
+
+
 def _area(m2: float, *, adjective: bool = False) -> str:
     """``0.06 square kilometres``, or in square metres where kilometres would read 0.00."""
     unit = "square kilometre" if m2 >= 5_000 else "square metre"
