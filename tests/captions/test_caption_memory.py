@@ -82,3 +82,41 @@ def test_captioning_images_larger_than_the_memory_limit(tmp_path: Path) -> None:
     for image_id, caption in zip(table[C.IMAGE_ID], table[C.CAPTION], strict=True):
         data = contents[image_id]  # each call saw its own image, whole
         assert caption == f"m saw {len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()}."
+
+
+def test_each_image_is_read_once_for_all_its_calls(tmp_path: Path, monkeypatch) -> None:
+    """Three models caption each image: its file is read to be hashed and once more for its
+    three calls (not once per call), and every call sees the whole image."""
+    from collections import Counter
+
+    from urbangeo.captions.captioners import Captioner
+    from urbangeo.captions.stages import caption_stage
+
+    class Size(Captioner):
+        name = "size"
+
+        def caption(self, image, prompt, model, item):
+            return f"{model} saw {len(image)} bytes."
+
+    gpkg = make_run(tmp_path, n_regions=4, n_points=1)
+    reads: Counter = Counter()
+    original = Path.read_bytes
+
+    def read_bytes(self: Path) -> bytes:
+        if self.suffix == ".png":
+            reads[self.name] += 1
+        return original(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    settings = dict(select="first", kinds=(C.KIND_OVERHEAD,), concurrency=3)
+    result = caption_stage(gpkg, captioner=Size(["a", "b", "c"]), **settings)
+    assert result.counts["captions"] == 4 * 3 and result.counts["failed"] == 0
+    assert len(reads) == 4 and set(reads.values()) == {2}, reads
+    table = gpd.read_file(gpkg, layer=C.LAYER_CAPTIONS)
+    images = read_layer(gpkg, C.LAYER_IMAGES)
+    paths = dict(zip(images[C.IMAGE_ID], images[C.PATH], strict=True))
+    sizes = {i: (gpkg.parent / p).stat().st_size for i, p in paths.items() if p}
+    for image_id, model, caption in zip(
+        table[C.IMAGE_ID], table[C.MODEL], table[C.CAPTION], strict=True
+    ):
+        assert caption == f"{model} saw {sizes[image_id]} bytes."

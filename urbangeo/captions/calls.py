@@ -6,9 +6,11 @@ in call order.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from urbangeo.captions.cache import CaptionCache
@@ -44,6 +46,43 @@ def image_of(captioner: Captioner, item: ImageItem, image: bytes | None) -> byte
         return item.path.read_bytes()
     except OSError as exc:
         raise CaptionError(f"image {item.image_id} cannot be read: {exc}") from exc
+
+
+@dataclass
+class _Read:
+    """One image's bytes, read by the first of its calls while the others wait."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    data: bytes | None = None
+    done: bool = False
+
+
+class _SharedImages:
+    """The bytes of the images whose calls are in flight: each read once for all its calls
+    (one per model; the first to come reads it, the others wait for it) and dropped after its
+    last one."""
+
+    def __init__(self, captioner: Captioner, calls: Sequence[tuple[Call, bytes | None, str]]):
+        self.captioner = captioner
+        self.left = Counter(call.item.image_id for call, _, _ in calls)
+        self.entries: dict[str, _Read] = {}
+        self.lock = threading.Lock()
+
+    def get(self, item: ImageItem, image: bytes | None) -> bytes | None:
+        if image is not None:
+            return image
+        with self.lock:
+            entry = self.entries.setdefault(item.image_id, _Read())
+        with entry.lock:
+            if not entry.done:
+                entry.data, entry.done = image_of(self.captioner, item, None), True
+            return entry.data
+
+    def release(self, item: ImageItem) -> None:
+        with self.lock:
+            self.left[item.image_id] -= 1
+            if self.left[item.image_id] <= 0:
+                self.entries.pop(item.image_id, None)
 
 
 def run_calls(
@@ -89,14 +128,18 @@ def run_calls(
         )
         call.caption, call.truncated = record["caption"], bool(record.get("truncated"))
 
+    images = _SharedImages(captioner, todo)
+
     def one(call: Call, image: bytes | None, prompt: str) -> None:
         started = time.perf_counter()
         try:
-            image = image_of(captioner, call.item, image)
+            image = images.get(call.item, image)
             text = captioner.caption(image, prompt, call.model, call.item)
         except CaptionError as exc:
             call.error = str(exc)
             return
+        finally:
+            images.release(call.item)
         keep(call, prompt, text, time.perf_counter() - started)
 
     # a captioner that knows how many calls it takes (its endpoints') sizes the pool
