@@ -20,7 +20,6 @@ gives a :class:`WorkerError` too.
 from __future__ import annotations
 
 import pickle
-import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -34,9 +33,9 @@ from urbangeo.io.processes import (
     choose_workers,
     raise_failure,
     start_all,
+    worker_setup,
 )
 from urbangeo.io.processes import guarded as _guarded
-from urbangeo.model.threads import one_thread
 
 __all__ = [
     "Failure",
@@ -55,8 +54,7 @@ _STATE: dict[str, Any] = {}
 
 
 def _init(payload: bytes) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C stops
-    one_thread()
+    worker_setup()
     _STATE.update(pickle.loads(payload))
 
 

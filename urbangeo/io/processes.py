@@ -99,7 +99,8 @@ def choose_workers(workers: int | str | None, *, tasks: int | None = None) -> in
     return max(1, n)
 
 
-def _init() -> None:
+def worker_setup() -> None:
+    """What every worker process does first: one thread, and Ctrl-C left to the parent."""
     from urbangeo.model.threads import one_thread
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C stops
@@ -133,7 +134,7 @@ def spawn_executor(workers: int) -> ProcessPoolExecutor:
     import multiprocessing
 
     executor = ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=worker_setup
     )
     return start_all(executor, workers)
 
