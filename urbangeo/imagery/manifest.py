@@ -140,6 +140,19 @@ def _row_dict(row: pd.Series) -> dict:
     return out
 
 
+def status_counts(statuses: Iterable[str]) -> dict[str, int]:
+    """Images by status (ok, missing, failed), from their rows' statuses."""
+    statuses = list(statuses)
+    return {s: statuses.count(s) for s in (C.STATUS_OK, C.STATUS_MISSING, C.STATUS_FAILED)}
+
+
+def in_crs(frame: gpd.GeoDataFrame, crs: object) -> gpd.GeoDataFrame:
+    """``frame`` in ``crs`` (as it is when either has none, or they are the same)."""
+    if frame.crs is not None and crs is not None and frame.crs != crs:
+        return frame.to_crs(crs)
+    return frame
+
+
 class Manifest:
     """The rows of one kind of image in a run's ``images`` layer, kept while a stage works.
 
@@ -185,9 +198,7 @@ class Manifest:
         self.record_before: StageRecord | None = None
         previous: dict[str, dict] = {}
         if C.LAYER_IMAGES in list_layers(gpkg):
-            existing = read_layer(gpkg, C.LAYER_IMAGES)
-            if existing.crs is not None and crs is not None and existing.crs != crs:
-                existing = existing.to_crs(crs)
+            existing = in_crs(read_layer(gpkg, C.LAYER_IMAGES), crs)
             mine = existing[C.KIND] == kind
             self.others = existing[~mine]
             rows = (_row_dict(series) for _, series in existing[mine].iterrows())
@@ -353,8 +364,7 @@ class Manifest:
 
     def counts(self) -> dict[str, int]:
         """Images by status."""
-        statuses = [r[C.STATUS] for r in self.rows.values()]
-        return {s: statuses.count(s) for s in (C.STATUS_OK, C.STATUS_MISSING, C.STATUS_FAILED)}
+        return status_counts(r[C.STATUS] for r in self.rows.values())
 
     def _failures(self) -> tuple[int, str, int]:
         """(images failed, the most common reason, how many failed for it)."""

@@ -131,12 +131,6 @@ def image_rows(frame: pd.DataFrame) -> list[dict]:
     return [_row_dict(series) for _, series in frame.iterrows()]
 
 
-def _in_crs(frame: gpd.GeoDataFrame, crs: Any) -> gpd.GeoDataFrame:
-    if frame.crs is not None and crs is not None and frame.crs != crs:
-        return frame.to_crs(crs)
-    return frame
-
-
 def merge_images(
     run_gpkg: Path,
     stage: str,
@@ -150,7 +144,7 @@ def merge_images(
     manifest writes them). Also the merged rows alone, and the moves of the shards' image
     files into the run's folder, to call after the commit (rows first, then files, as the
     manifest does)."""
-    from urbangeo.imagery.manifest import images_frame
+    from urbangeo.imagery.manifest import images_frame, in_crs
 
     moves: list[tuple[Path, Path]] = []
     rows: list[dict] = []
@@ -159,7 +153,7 @@ def merge_images(
         if sh.empty or C.LAYER_IMAGES not in list_layers(sh.gpkg):
             continue
         images = read_layer(sh.gpkg, C.LAYER_IMAGES)
-        images = _in_crs(images[images[C.KIND] == kind], crs)
+        images = in_crs(images[images[C.KIND] == kind], crs)
         rows += image_rows(images)
         for row in images[images[C.STATUS] == C.STATUS_OK].itertuples():
             src, dst = sh.folder / row.path, root / row.path
@@ -175,7 +169,7 @@ def merge_images(
     mine = images_frame(rows, crs)
     images = mine
     if C.LAYER_IMAGES in list_layers(run_gpkg):
-        existing = _in_crs(read_layer(run_gpkg, C.LAYER_IMAGES), crs)
+        existing = in_crs(read_layer(run_gpkg, C.LAYER_IMAGES), crs)
         others = existing[existing[C.KIND] != kind]
         if not others.empty:
             images = pd.concat([images_frame(image_rows(others), crs), mine], ignore_index=True)
@@ -186,9 +180,3 @@ def merge_images(
             os.replace(src, dst)
 
     return images, mine, move
-
-
-def status_counts(images: pd.DataFrame) -> dict[str, int]:
-    """Images by status, as the manifest counts them."""
-    statuses = list(images[C.STATUS])
-    return {k: statuses.count(k) for k in (C.STATUS_OK, C.STATUS_MISSING, C.STATUS_FAILED)}

@@ -70,13 +70,15 @@ def _shot_order(shards: Sequence[Shard]) -> Callable[[dict], int]:
 def _merge_streetview(
     run_gpkg: Path, s: StageSettings, shards: Sequence[Shard], regions: gpd.GeoDataFrame
 ) -> Merged:
+    from urbangeo.imagery.manifest import status_counts
+
     params = common.same_params("streetview", shards)
     crs = read_layer(run_gpkg, C.LAYER_SV_POINTS).crs  # the stage's manifest is in the points'
     done = [sh for sh in shards if not sh.empty]
     images, mine, move = common.merge_images(
         run_gpkg, "streetview", C.KIND_STREETVIEW, done, crs, _shot_order(done)
     )
-    counts = {**common.status_counts(mine), "pending": 0}
+    counts = {**status_counts(mine[C.STATUS]), "pending": 0}
     return {C.LAYER_IMAGES: images}, counts, params, [], move
 
 

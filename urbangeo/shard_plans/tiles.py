@@ -20,7 +20,6 @@ from urbangeo.shard_plans.common import (
     Share,
     merge_images,
     same_params,
-    status_counts,
 )
 
 
@@ -49,6 +48,7 @@ def _merge_tiles(
     run_gpkg: Path, s: StageSettings, shards: Sequence[Shard], regions: gpd.GeoDataFrame
 ) -> Merged:
     from urbangeo.imagery.edges import regions_with_edges
+    from urbangeo.imagery.manifest import status_counts
 
     params = same_params("tiles", shards)
     position = {str(r): i for i, r in enumerate(regions[C.REGION_ID])}
@@ -67,7 +67,7 @@ def _merge_tiles(
         min_inside_share=s.min_inside_share,  # type: ignore[attr-defined]
         include_edges=s.include_edges,  # type: ignore[attr-defined]
     )
-    counts = {**status_counts(mine), "pending": 0, **edge_counts}
+    counts = {**status_counts(mine[C.STATUS]), "pending": 0, **edge_counts}
     return {C.LAYER_IMAGES: images, **layers}, counts, params, [], move
 
 
