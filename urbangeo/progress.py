@@ -88,6 +88,15 @@ class Progress:
         elif _mode == "json":
             self._emit(force=self.done == self.total, status=status)
 
+    def grow(self, n: int) -> None:
+        """Add ``n`` to the total (work found as it goes: a stage's next chunk)."""
+        self.total = (self.total or 0) + n
+        if self._bar is not None:
+            self._bar.total = self.total
+            self._bar.refresh()
+        elif _mode == "json":
+            self._emit(force=True)
+
     def close(self) -> None:
         """Finish the bar."""
         if self._bar is not None:

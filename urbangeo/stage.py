@@ -25,12 +25,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-import geopandas as gpd
-import pandas as pd
-
 from urbangeo import constants as C
 from urbangeo.errors import InputError
-from urbangeo.io.gpkg import check_can_write, write_layers
+from urbangeo.io.gpkg import Layer, check_can_write, write_layers
 from urbangeo.io.lock import run_lock
 from urbangeo.io.runs import (
     STAGES_TABLE,
@@ -92,7 +89,7 @@ class StageRun:
 
     def commit(
         self,
-        layers: Mapping[str, gpd.GeoDataFrame | pd.DataFrame] | None = None,
+        layers: Mapping[str, Layer] | None = None,
         *,
         counts: Mapping[str, Any],
         params: Mapping[str, Any] | None = None,

@@ -56,44 +56,85 @@ def cache_path_for(gpkg: str | os.PathLike) -> Path:
     return Path(gpkg).parent / C.CAPTIONS_JSONL
 
 
+#: Byte prefix of a record written by :meth:`CaptionCache.put` (its key comes first).
+_KEY_PREFIX = b'{"key": "'
+
+
+def _index_key(key: str) -> int:
+    """A record's place in the index: the first 60 bits of its key (a sha256 in hex; another
+    string is hashed first). Two keys that share it are told apart when the line is read."""
+    digest = key if len(key) >= 15 and all(c in "0123456789abcdef" for c in key[:15]) else None
+    return int((digest or sha256_bytes(key.encode()))[:15], 16)
+
+
 class CaptionCache:
-    """Append-only JSONL cache of caption calls; safe to use from several threads."""
+    """Append-only JSONL cache of caption calls; safe to use from several threads.
+
+    Memory holds an index (key → the byte offset of its line), not the records: a lookup
+    reads its line from the file, so a cache of millions of calls costs tens of bytes a call.
+    """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._records: dict[str, dict] = {}
-        self._file: IO[str] | None = None
+        self._index: dict[int, int] = {}
+        self._file: IO[bytes] | None = None
+        self._reader: IO[bytes] | None = None
         self._sessions = 0
         self.torn_lines = 0
         if self.path.exists():
             self._load()
 
     def _load(self) -> None:
+        offset = 0
+        last = b""
         with open(self.path, "rb") as f:
-            data = f.read()
-        for line in data.splitlines():
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                self._records[record["key"]] = _capped(record)
-            except (json.JSONDecodeError, KeyError, TypeError):
-                self.torn_lines += 1
-        if data and not data.endswith(b"\n"):
+            for line in f:
+                last = line
+                key = _line_key(line)
+                if key is None:
+                    if line.strip():
+                        self.torn_lines += 1
+                else:
+                    self._index[_index_key(key)] = offset
+                offset += len(line)
+        if last and not last.endswith(b"\n"):
             # A kill in mid-write left a partial line: end it so the next record starts clean.
             with open(self.path, "ab") as f:
                 f.write(b"\n")
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._index)
 
     def __contains__(self, key: str) -> bool:
-        return key in self._records
+        return self.get(key) is not None
 
     def get(self, key: str) -> dict | None:
         """The record of a call, or None."""
-        return self._records.get(key)
+        offset = self._index.get(_index_key(key))
+        if offset is None:
+            return None
+        with self._lock:
+            if self._file is not None:
+                self._file.flush()
+            if self._reader is None:
+                self._reader = open(self.path, "rb")  # noqa: SIM115
+            self._reader.seek(offset)
+            line = self._reader.readline()
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(record, dict) or record.get("key") != key:
+            return None  # another key with the same index (or a line changed on disk)
+        return _capped(record)
+
+    def close(self) -> None:
+        """Close the file the lookups read (reopened by the next lookup)."""
+        with self._lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     @contextmanager
     def appending(self) -> Iterator[CaptionCache]:
@@ -120,17 +161,37 @@ class CaptionCache:
         record = {"key": key, **fields, "caption": caption, "time": round(time.time(), 3)}
         if truncated:
             record["truncated"] = True
-        line = json.dumps(record, ensure_ascii=False) + "\n"
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             if self._sessions:
                 if self._file is None:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-                self._file.write(line)
-                self._file.flush()
+                    self._file = open(self.path, "ab")  # noqa: SIM115
+                f = self._file
             else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.write(line)
-            self._records[key] = record
+                f = open(self.path, "ab")  # noqa: SIM115
+            try:
+                f.seek(0, os.SEEK_END)
+                offset = f.tell()
+                f.write(line)
+                f.flush()
+            finally:
+                if f is not self._file:
+                    f.close()
+            self._index[_index_key(key)] = offset
         return record
+
+
+def _line_key(line: bytes) -> str | None:
+    """The key of a complete record line, or None (a torn or foreign line)."""
+    body = line.rstrip()
+    if not body.endswith(b"}"):
+        return None
+    if body.startswith(_KEY_PREFIX) and body[len(_KEY_PREFIX) + 64 : len(_KEY_PREFIX) + 65] == b'"':
+        return body[len(_KEY_PREFIX) : len(_KEY_PREFIX) + 64].decode("ascii", "replace")
+    try:
+        record = json.loads(body)
+        key = record["key"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        return None
+    return key if isinstance(key, str) else None

@@ -18,7 +18,7 @@ from urbangeo.captions.captioners import Captioner, CaptionError, ImageItem
 from urbangeo.captions.workers import WorkerPool, picklable_by_reference, state
 from urbangeo.io.files import sha256_bytes
 from urbangeo.io.pool import BoundedPool
-from urbangeo.progress import progress
+from urbangeo.progress import Progress, progress
 
 __all__ = ["CHUNK_IMAGES", "Call", "caption_chunk", "run_calls", "worker_context"]
 
@@ -94,6 +94,7 @@ def run_calls(
     role: str = "caption",
     task: str = "caption",
     pool: WorkerPool | None = None,
+    bar: Progress | None = None,
 ) -> None:
     """Make the calls that the cache does not answer, ``concurrency`` at a time (or
     :attr:`Captioner.concurrency`, when the captioner sets it: the openai backend's endpoints).
@@ -104,7 +105,25 @@ def run_calls(
     (:attr:`~Captioner.cpu_bound`) is called once per image for all its models, in chunks of
     images spread over ``pool``'s worker processes when it has several (else in this
     process); the cache is written here, in call order, whatever the number of workers.
+    ``bar``: a progress bar the calls are added to (else one of their own).
     """
+    if bar is None:
+        with progress(len(calls), task=task, unit="call") as own:
+            _run_calls(captioner, calls, cache, concurrency, role, pool, own)
+    else:
+        bar.grow(len(calls))
+        _run_calls(captioner, calls, cache, concurrency, role, pool, bar)
+
+
+def _run_calls(
+    captioner: Captioner,
+    calls: Sequence[tuple[Call, bytes | None, str]],
+    cache: CaptionCache,
+    concurrency: int,
+    role: str,
+    pool: WorkerPool | None,
+    bar: Progress,
+) -> None:
     todo = []
     for call, image, prompt in calls:
         record = cache.get(call.key)
@@ -145,7 +164,7 @@ def run_calls(
     # a captioner that knows how many calls it takes (its endpoints') sizes the pool
     limit = captioner.concurrency or concurrency
     workers = max(1, int(limit)) if captioner.thread_safe else 1
-    with progress(len(calls), task=task, unit="call") as bar, cache.appending():
+    with cache.appending():
         bar.update(len(calls) - len(todo), status="cached")
         if not todo:
             return

@@ -43,7 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from urbangeo.captions.scenegraph import CachedParser, Parser, SceneGraph, get_parser
+from urbangeo.captions.parse_cache import CachedParser
+from urbangeo.captions.scenegraph import Parser, SceneGraph, get_parser
 from urbangeo.errors import InputError
 
 __all__ = [

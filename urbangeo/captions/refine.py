@@ -318,7 +318,8 @@ def refine_calls(
     threshold: float = PHRASE_THRESHOLD,
 ) -> None:
     """Refine each call's caption in place (see the module docstring)."""
-    from urbangeo.captions.scenegraph import CachedParser, RuleParser
+    from urbangeo.captions.parse_cache import CachedParser
+    from urbangeo.captions.scenegraph import RuleParser
 
     sam = sam or SamBoxes(sam_model, device=device)
     owl = owl or OwlScorer(owl_model, device=device)

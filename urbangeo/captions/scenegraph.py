@@ -15,10 +15,9 @@ attributes and relations of non-noun objects. Parses are cached (:class:`CachedP
 
 from __future__ import annotations
 
-import json
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -28,7 +27,7 @@ from urbangeo.errors import InputError
 from urbangeo.settings.captions import PARSERS
 
 if TYPE_CHECKING:
-    from urbangeo.captions.workers import WorkerPool
+    pass
 
 FACTUAL_MODEL = "lizhuang144/flan-t5-base-VG-factual-sg"
 #: Captions that spaCy parses at once (``nlp.pipe``), and that one worker process takes at once.
@@ -454,95 +453,17 @@ def get_parser(name: str = "auto", **options: Any) -> Parser:
     raise InputError(f"Unknown parser '{name}'.", hint=f"Choose one of {', '.join(PARSERS)}.")
 
 
-class CachedParser:
-    """A parser whose results are kept in memory and, with ``path``, in a JSONL file."""
-
-    def __init__(self, parser: Parser, path: str | os.PathLike | None = None) -> None:
-        self.parser = parser
-        self.name = parser.name
-        self.path = Path(path) if path is not None else None
-        self._cache: dict[str, SceneGraph] = {}
-        self._lock = threading.Lock()
-        if self.path is not None and self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                    if record.get("parser") == self.name:
-                        self._cache[record["text"]] = SceneGraph.from_dict(record["graph"])
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                    continue
-
-    def __len__(self) -> int:
-        return len(self._cache)
-
-    def __contains__(self, text: str) -> bool:
-        return text in self._cache
-
-    def parse(self, text: str) -> SceneGraph:
-        graph = self._cache.get(text)
-        if graph is not None:
-            return graph
-        graph = self.parser.parse(text)
-        self._store([text], [graph])
-        return graph
-
-    def parse_many(
-        self,
-        texts: Iterable[str],
-        *,
-        pool: WorkerPool | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> None:
-        """Parse (and cache) the texts not cached yet: in batches of :data:`PARSE_BATCH` when
-        the parser takes batches, in ``pool``'s worker processes when it has several and the
-        parser can go there (the rule-based one). Each batch is appended to the file as it
-        is done, in order, so an interruption keeps what was parsed. ``progress(n)`` is
-        called with the number of texts of each batch done."""
-        todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        if not todo:
-            return
-        chunks = [tuple(todo[i : i + PARSE_BATCH]) for i in range(0, len(todo), PARSE_BATCH)]
-
-        def settle(chunk: tuple[str, ...], graphs: list[SceneGraph]) -> None:
-            self._store(chunk, graphs)
-            if progress is not None:
-                progress(len(chunk))
-
-        if pool is not None and pool.parallel and isinstance(self.parser, RuleParser):
-            from urbangeo.captions.workers import picklable_by_reference
-
-            if picklable_by_reference(self.parser):
-                pool.run(
-                    parse_chunk,
-                    chunks,
-                    settle,
-                    args=(self.parser,),
-                    what=lambda c: f"{len(c)} captions starting {c[0][:60]!r}",
-                )
-                return
-        for chunk in chunks:
-            settle(chunk, parse_chunk(chunk, self.parser))
-
-    def _store(self, texts: Sequence[str], graphs: Sequence[SceneGraph]) -> None:
-        with self._lock:
-            self._cache.update(zip(texts, graphs, strict=True))
-            if self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                lines = [
-                    json.dumps(
-                        {"parser": self.name, "text": text, "graph": graph.to_dict()},
-                        ensure_ascii=False,
-                    )
-                    + "\n"
-                    for text, graph in zip(texts, graphs, strict=True)
-                ]
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.write("".join(lines))
-
-
 def parse_chunk(texts: Sequence[str], parser: Parser) -> list[SceneGraph]:
     """The scene graphs of ``texts`` (in a batch when the parser takes batches)."""
     many = getattr(parser, "parse_many", None)
     if callable(many):
         return many(list(texts))
     return [parser.parse(t) for t in texts]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CachedParser":  # its own module: urbangeo.captions.parse_cache
+        from urbangeo.captions.parse_cache import CachedParser
+
+        return CachedParser
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

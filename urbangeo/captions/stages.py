@@ -13,13 +13,12 @@ Settings: :class:`~urbangeo.settings.CaptionSettings`; the run mechanism: :mod:`
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,12 +29,23 @@ from urbangeo.captions.cache import CaptionCache, cache_path_for, call_key
 from urbangeo.captions.calls import Call, run_calls, worker_context
 from urbangeo.captions.captioners import Captioner, CaptionError, ImageItem, make_captioner
 from urbangeo.captions.prompts import load_prompts
+from urbangeo.captions.selection import (
+    CAPTION_COLUMNS,
+    CAPTION_DTYPES,
+    CAPTION_SCHEMA,
+    PARSES_JSONL,
+    TRUNCATED,
+    selecting,
+    selection_table,
+    warm_up,
+)
 from urbangeo.captions.workers import WorkerPool, choose_workers
 from urbangeo.errors import InputError, MissingLayerError, UrbangeoError
 from urbangeo.io.files import sha256_bytes
 from urbangeo.io.gpkg import list_layers, read_layer
 from urbangeo.io.runs import StageResult
-from urbangeo.progress import message, progress
+from urbangeo.io.spool import FrameSpool
+from urbangeo.progress import Progress, message, progress
 from urbangeo.settings import CaptionSettings
 from urbangeo.settings.captions import MAX_CAPTION_CHARS, SELECT_MODES
 from urbangeo.stage import StageRun, stage
@@ -44,17 +54,12 @@ if TYPE_CHECKING:
     from urbangeo.io.http import RetryPolicy
 
 STAGE = "caption"
-#: Column of the captions table: the caption was cut to MAX_CAPTION_CHARS characters.
-TRUNCATED = "truncated"
-CAPTION_COLUMNS = [
-    C.IMAGE_ID, C.KIND, C.REGION_ID, C.POINT_ID, C.BACKEND, C.MODEL, C.CAPTION, C.SCORE,
-    C.SELECTED, TRUNCATED,
-]  # fmt: skip
-PARSES_JSONL = "caption_parses.jsonl"
 
 __all__ = [
     "CAPTION_COLUMNS",
+    "PARSES_JSONL",
     "SELECT_MODES",
+    "TRUNCATED",
     "CaptionsFailedError",
     "caption_stage",
     "read_caption_items",
@@ -241,250 +246,170 @@ def _caption(
     prompts: Any,
     refine_options: dict | None,
 ) -> StageResult:
-    """The body of :func:`caption_stage` once its captioner, cache and workers are made."""
+    """The body of :func:`caption_stage` once its captioner, cache and workers are made: the
+    images ``s.chunk_size`` at a time (calls, refinement, choice), their rows spooled to disk
+    until the table is written, so that memory holds one chunk whatever the size of the run."""
     path = run.gpkg
-    warm: threading.Thread | None = None
-    try:
-        if s.refine and not captioner.needs_image:
-            raise InputError(
-                f"--refine needs a captioner that sees the image; '{captioner.name}' does not.",
-                hint="Use --backend openai or transformers with --refine.",
+    # A caption is half of an image-text pair: no image, nothing to caption (even for
+    # captioners that describe the place rather than the pixels).
+    eligible = [i for i in items if i.path is not None]
+    skipped = len(items) - len(eligible)
+    tally = _Tally()
+    with FrameSpool(path.parent, CAPTION_SCHEMA, CAPTION_DTYPES) as spool:
+        try:
+            if s.refine and not captioner.needs_image:
+                raise InputError(
+                    f"--refine needs a captioner that sees the image; '{captioner.name}' does not.",
+                    hint="Use --backend openai or transformers with --refine.",
+                )
+            captioner.prepare(context)
+            warm: threading.Thread | None = None
+            if pool.parallel and pool.parses:
+                # This process waits while the workers caption and parse: it loads what scoring
+                # needs (WordNet, MiniLM) meanwhile, in a daemon thread (Ctrl-C does not wait).
+                warm = threading.Thread(target=warm_up, name="urbangeo-warm-up", daemon=True)
+                warm.start()
+            with (
+                selecting(captioner.name, s.select, s.parser, path, pool=pool, warm=warm) as sel,
+                progress(0, task="caption", unit="call") as bar,
+            ):
+                for start in range(0, len(eligible), s.chunk_size):
+                    chunk = eligible[start : start + s.chunk_size]
+                    done = _caption_chunk(
+                        chunk, s, captioner, cache, pool, prompts, refine_options, tally, bar
+                    )
+                    spool.append(sel.table(done))
+        finally:
+            if owned:
+                captioner.close()
+            cache.close()
+        tally.warn()
+        if tally.failed and not tally.done:
+            raise tally.error()
+        if tally.truncated:
+            cut = tally.truncated
+            message(
+                f"{cut:,} caption{'s' if cut > 1 else ''} longer than {MAX_CAPTION_CHARS:,} "
+                f"characters {'were' if cut > 1 else 'was'} cut to that length (column "
+                f'{TRUNCATED} of table captions; "{TRUNCATED}": true in {C.CAPTIONS_JSONL}).',
+                level="warning",
             )
-        # A caption is half of an image-text pair: no image, nothing to caption (even for
-        # captioners that describe the place rather than the pixels).
-        eligible = [i for i in items if i.path is not None]
-        skipped = len(items) - len(eligible)
-        captioner.prepare(context)
-        calls: list[tuple[Call, bytes | None, str]] = []
-        images: dict[str, bytes | None] = {}
-        failed_inputs: list[tuple[ImageItem, str]] = []
-        for item in eligible:
-            # Read to be hashed (the calls read it again when they need it): memory holds one
-            # image here, not the run's; a captioner of places (osm) reads none.
-            image = item.path.read_bytes() if captioner.needs_image and item.path else None
-            try:
-                input_sha = captioner.input_sha256(item, image)
-            except CaptionError as exc:
-                failed_inputs.append((item, str(exc)))
-                continue
-            if s.refine:
-                images[item.image_id] = image
-            prompt = prompts.for_kind(item.kind, source=item.source)
-            for model in captioner.models:
-                key = call_key(input_sha, captioner.name, model, prompt, captioner.options())
-                calls.append((Call(item, model, key), None, prompt))
-        if pool.parallel and pool.parses:
-            # This process waits while the workers caption and parse: it loads what scoring
-            # needs (WordNet, MiniLM) meanwhile, in a daemon thread (Ctrl-C does not wait).
-            warm = threading.Thread(target=_warm_up, name="urbangeo-warm-up", daemon=True)
-            warm.start()
-        run_calls(captioner, calls, cache, concurrency=s.concurrency, pool=pool)
-        if s.refine:
-            from urbangeo.captions.refine import refine_calls
-
-            chosen = {"sam_model": s.sam_model, "owl_model": s.owl_model, "device": s.device}
-            options = {k: v for k, v in chosen.items() if v is not None}
-            refine_calls(
-                captioner,
-                [c for c, _, _ in calls if c.caption],
-                images,
-                cache,
-                prompts=prompts,
-                concurrency=captioner.concurrency or s.concurrency,
-                **{**options, **(refine_options or {})},
-            )
-    finally:
-        if owned:
-            captioner.close()
-
-    done = [c for c, _, _ in calls if c.caption]
-    failures = [(c.item, c.error) for c, _, _ in calls if c.error] + failed_inputs
-    _warn_failures(failures)
-    if failures and not done:
-        raise _all_failed(failures)
-    cut = sum(1 for c in done if c.truncated)
-    if cut:
-        message(
-            f"{cut:,} caption{'s' if cut > 1 else ''} longer than {MAX_CAPTION_CHARS:,} "
-            f"characters {'were' if cut > 1 else 'was'} cut to that length (column "
-            f'{TRUNCATED} of table captions; "{TRUNCATED}": true in {C.CAPTIONS_JSONL}).',
-            level="warning",
-        )
-    table = selection_table(
-        done,
-        captioner.name,
-        s.select,
-        s.parser,
-        path,
-        pool=pool,
-        warm=warm,
-    )
-    counts = {
-        "images": len(items),
-        "captioned": int(table[C.IMAGE_ID].nunique()) if len(table) else 0,
-        "captions": len(table),
-        "cached": sum(1 for c, _, _ in calls if c.cached),
-        "failed": len(failures),
-        "skipped": skipped,
-        "truncated": cut,
-    }
-    params = {
-        "backend": captioner.name,
-        "models": list(captioner.models),
-        "options": captioner.options(),
-        "prompts": sha256_bytes(repr(prompts).encode()),
-        "refine": bool(s.refine),
-        "select": s.select,
-        "parser": s.parser,
-    }
-    result = run.commit({C.LAYER_CAPTIONS: table}, counts=counts, params=params)
+        counts = {
+            "images": len(items),
+            "captioned": tally.captioned,
+            "captions": spool.rows,
+            "cached": tally.cached,
+            "failed": tally.failed,
+            "skipped": skipped,
+            "truncated": tally.truncated,
+        }
+        params = {
+            "backend": captioner.name,
+            "models": list(captioner.models),
+            "options": captioner.options(),
+            "prompts": sha256_bytes(repr(prompts).encode()),
+            "refine": bool(s.refine),
+            "select": s.select,
+            "parser": s.parser,
+        }
+        result = run.commit({C.LAYER_CAPTIONS: spool.layer()}, counts=counts, params=params)
     message(
-        f"Wrote {len(table):,} captions of {counts['captioned']:,} images to {path} "
+        f"Wrote {counts['captions']:,} captions of {counts['captioned']:,} images to {path} "
         f"(table captions; {counts['cached']:,} from the cache, {counts['failed']:,} failed, "
         f"{skipped:,} images without a file skipped)."
     )
     return result
 
 
-def _warn_failures(failures: Sequence[tuple[ImageItem, str | None]]) -> None:
-    for item, error in failures[:5]:
-        message(f"Image {item.image_id}: {error}", level="warning")
-    if len(failures) > 5:
-        message(f"... and {len(failures) - 5} more failed calls.", level="warning")
+def _caption_chunk(
+    chunk: list[ImageItem],
+    s: CaptionSettings,
+    captioner: Captioner,
+    cache: CaptionCache,
+    pool: WorkerPool,
+    prompts: Any,
+    refine_options: dict | None,
+    tally: _Tally,
+    bar: Progress,
+) -> list[Call]:
+    """Caption (and refine) one chunk of images; its successful calls, counted in ``tally``."""
+    calls: list[tuple[Call, bytes | None, str]] = []
+    images: dict[str, bytes | None] = {}
+    for item in chunk:
+        # Read to be hashed (the calls read it again when they need it): memory holds one
+        # image here, not the run's; a captioner of places (osm) reads none.
+        image = item.path.read_bytes() if captioner.needs_image and item.path else None
+        try:
+            input_sha = captioner.input_sha256(item, image)
+        except CaptionError as exc:
+            tally.fail(item, str(exc))
+            continue
+        if s.refine:
+            images[item.image_id] = image
+        prompt = prompts.for_kind(item.kind, source=item.source)
+        for model in captioner.models:
+            key = call_key(input_sha, captioner.name, model, prompt, captioner.options())
+            calls.append((Call(item, model, key), None, prompt))
+    run_calls(captioner, calls, cache, concurrency=s.concurrency, pool=pool, bar=bar)
+    if s.refine:
+        from urbangeo.captions.refine import refine_calls
 
-
-def _all_failed(failures: Sequence[tuple[ImageItem, str | None]]) -> CaptionsFailedError:
-    """The error of a stage whose every call failed, naming the most common reason."""
-    reason, times = Counter(str(e) for _, e in failures).most_common(1)[0]
-    n = len(failures)
-    share = "every one" if times == n else f"{times:,} of them"
-    return CaptionsFailedError(
-        f"All {n:,} caption call{'s' if n > 1 else ''} failed ({share}: {reason}); nothing "
-        "was written.",
-        hint="Once the cause is fixed (is the server up? --base-url, --model, --timeout), the "
-        f"same command continues: captions already made stay in {C.CAPTIONS_JSONL} and are "
-        "never asked for twice.",
-    )
-
-
-def selection_table(
-    calls: Sequence[Call],
-    backend: str,
-    select: str,
-    parser: str,
-    gpkg: Path | None = None,
-    *,
-    pool: WorkerPool | None = None,
-    warm: threading.Thread | None = None,
-) -> pd.DataFrame:
-    """The ``captions`` table: every candidate, its consensus score, the selected one.
-
-    The candidates' captions are parsed first, in batches, in ``pool``'s worker processes
-    when it has several. ``warm``: a thread loading what scoring needs (:func:`_warm_up`);
-    once it is done, images are scored while the workers parse the next ones.
-    """
-    rows = [
-        {
-            C.IMAGE_ID: c.item.image_id,
-            C.KIND: c.item.kind,
-            C.REGION_ID: c.item.region_id,
-            C.POINT_ID: c.item.point_id,
-            C.BACKEND: backend,
-            C.MODEL: c.model,
-            C.CAPTION: c.caption,
-            C.SCORE: math.nan,
-            C.SELECTED: False,
-            TRUNCATED: bool(c.truncated),
-        }
-        for c in calls
-    ]
-    table = pd.DataFrame(rows, columns=CAPTION_COLUMNS)
-    if not len(table):
-        return table.astype({C.SCORE: float, C.SELECTED: bool, TRUNCATED: bool})
-    groups = list(table.groupby(C.IMAGE_ID, sort=False).indices.values())
-    from urbangeo.captions.consensus import select_caption
-
-    scorer = None
-    cached: Any = None
-    chosen = 0  # the images before this one have their caption chosen
-
-    def choose(only_parsed: bool, tick: Callable[[int], Any] | None = None) -> None:
-        """Choose the caption of the next images, in order (``only_parsed``: up to the first
-        whose captions are not all parsed yet); ``tick(1)`` after each."""
-        nonlocal chosen
-        while chosen < len(groups):
-            ix = groups[chosen]
-            if scorer is not None and len(ix) > 1:
-                texts = list(table[C.CAPTION].iloc[ix])
-                if only_parsed and not all(t in cached for t in texts):
-                    return
-                result = select_caption(texts, scorer=scorer)
-                table.loc[table.index[ix], C.SCORE] = result.scores
-                table.loc[table.index[ix[result.index]], C.SELECTED] = True
-            else:  # nothing to agree with, or --select first
-                table.loc[table.index[ix[0]], C.SELECTED] = True
-            chosen += 1
-            if tick is not None:
-                tick(1)
-
-    if select == "capture" and any(len(ix) > 1 for ix in groups):
-        cached = consensus_parser(parser, gpkg)
-        texts = [t for ix in groups if len(ix) > 1 for t in table[C.CAPTION].iloc[ix]]
-        todo = len({t for t in texts if t not in cached})
-        with progress(todo, task="parse", unit="caption") as bar:
-
-            def parsed(n: int) -> None:
-                nonlocal scorer
-                bar.update(n)
-                # While workers parse, this process scores the images parsed so far, as soon
-                # as the warm-up has loaded WordNet and MiniLM (same order, same scores).
-                if scorer is None and warm is not None and not warm.is_alive():
-                    scorer = consensus_scorer(cached)
-                if scorer is not None:
-                    choose(only_parsed=True)
-
-            cached.parse_many(texts, pool=pool, progress=parsed)
-        if warm is not None:
-            warm.join()
-        if scorer is None:
-            scorer = consensus_scorer(cached)
-    with progress(len(groups), task="consensus", unit="image") as bar:
-        bar.update(chosen)
-        choose(only_parsed=False, tick=bar.update)
-    return table.astype({C.SCORE: float, C.SELECTED: bool, TRUNCATED: bool})
-
-
-def _warm_up() -> None:
-    """Load WordNet and MiniLM, which consensus scoring needs (their errors, if any, are
-    reported when scoring really needs them)."""
-    from urbangeo.captions.capture import load_minilm
-    from urbangeo.captions.wordnet import wordnet_available
-
-    wordnet_available()
-    with contextlib.suppress(Exception):  # reported where scoring loads it
-        load_minilm()
-
-
-def consensus_parser(parser: str = "auto", gpkg: Path | None = None) -> Any:
-    """The stage's scene-graph parser, its parses cached in ``caption_parses.jsonl`` beside
-    the GeoPackage."""
-    from urbangeo.captions.scenegraph import CachedParser, get_parser
-
-    cache_file = gpkg.parent / PARSES_JSONL if gpkg is not None else None
-    return CachedParser(get_parser(parser), cache_file)
-
-
-def consensus_scorer(cached: Any):
-    """A CAPTURE scorer for the stage: synonym matching when WordNet is set up (else a
-    warning), parses by ``cached``, the stage's :func:`consensus_parser`."""
-    from urbangeo.captions.capture import CaptureScorer
-    from urbangeo.captions.wordnet import wordnet_available
-
-    synonyms = wordnet_available()
-    if not synonyms:
-        message(
-            "WordNet is not set up: CAPTURE runs without synonym matching "
-            "(run `urbangeo captions setup` once to add it).",
-            level="warning",
+        chosen = {"sam_model": s.sam_model, "owl_model": s.owl_model, "device": s.device}
+        options = {k: v for k, v in chosen.items() if v is not None}
+        refine_calls(
+            captioner,
+            [c for c, _, _ in calls if c.caption],
+            images,
+            cache,
+            prompts=prompts,
+            concurrency=captioner.concurrency or s.concurrency,
+            **{**options, **(refine_options or {})},
         )
-    return CaptureScorer(parser=cached, synonyms=synonyms, soft=True)
+    done = [c for c, _, _ in calls if c.caption]
+    for c, _, _ in calls:
+        if c.error:
+            tally.fail(c.item, c.error)
+    tally.done += len(done)
+    tally.cached += sum(1 for c, _, _ in calls if c.cached)
+    tally.truncated += sum(1 for c in done if c.truncated)
+    tally.captioned += len({c.item.image_id for c in done})
+    return done
+
+
+class _Tally:
+    """What the chunks did: counts, the first failures and the most common reasons."""
+
+    #: Distinct failure reasons counted (beyond them, the count goes on without the text).
+    REASONS = 1000
+
+    def __init__(self) -> None:
+        self.done = self.cached = self.truncated = self.captioned = self.failed = 0
+        self.first: list[tuple[ImageItem, str | None]] = []
+        self.reasons: Counter[str] = Counter()
+
+    def fail(self, item: ImageItem, error: str | None) -> None:
+        self.failed += 1
+        if len(self.first) < 5:
+            self.first.append((item, error))
+        reason = str(error)
+        if reason in self.reasons or len(self.reasons) < self.REASONS:
+            self.reasons[reason] += 1
+
+    def warn(self) -> None:
+        for item, error in self.first:
+            message(f"Image {item.image_id}: {error}", level="warning")
+        if self.failed > 5:
+            message(f"... and {self.failed - 5} more failed calls.", level="warning")
+
+    def error(self) -> CaptionsFailedError:
+        """The error of a stage whose every call failed, naming the most common reason."""
+        reason, times = self.reasons.most_common(1)[0]
+        n = self.failed
+        share = "every one" if times == n else f"{times:,} of them"
+        return CaptionsFailedError(
+            f"All {n:,} caption call{'s' if n > 1 else ''} failed ({share}: {reason}); "
+            "nothing was written.",
+            hint="Once the cause is fixed (is the server up? --base-url, --model, --timeout), "
+            f"the same command continues: captions already made stay in {C.CAPTIONS_JSONL} and "
+            "are never asked for twice.",
+        )

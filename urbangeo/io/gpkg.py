@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeAlias
 
 import geopandas as gpd
 import pandas as pd
@@ -24,6 +25,10 @@ from urbangeo import constants as C
 from urbangeo.errors import InputError, MissingLayerError, OutputError
 from urbangeo.io import gpkg_tx
 from urbangeo.io.files import atomic_path, ensure_writable_file
+from urbangeo.io.spool import LayerChunks
+
+#: What a layer write takes: a frame, or an attribute layer's rows in chunks.
+Layer: TypeAlias = gpd.GeoDataFrame | pd.DataFrame | LayerChunks
 
 #: The command that writes each layer, for the hint when a layer is missing.
 PRODUCER = {
@@ -123,7 +128,7 @@ def read_layer(path: str | os.PathLike, layer: str) -> gpd.GeoDataFrame:
 
 def write_layers(
     path: str | os.PathLike,
-    layers: Mapping[str, gpd.GeoDataFrame | pd.DataFrame],
+    layers: Mapping[str, Layer],
     *,
     overwrite: bool = False,
     styles: bool = False,
@@ -158,9 +163,7 @@ def write_layers(
     return _write_by_copy(path, layers, styles=styles)
 
 
-def _write_by_copy(
-    path: Path, layers: Mapping[str, gpd.GeoDataFrame | pd.DataFrame], *, styles: bool
-) -> Path:
+def _write_by_copy(path: Path, layers: Mapping[str, Layer], *, styles: bool) -> Path:
     """Write ``layers`` into a copy of ``path`` that replaces it (costs the file's size): a new
     file, and the fallback of :func:`write_layers`."""
     # Also on KeyboardInterrupt: the original file is untouched until the final os.replace.
@@ -176,7 +179,7 @@ def _write_by_copy(
     return path
 
 
-def _styles(layers: Mapping[str, gpd.GeoDataFrame | pd.DataFrame]) -> dict:
+def _styles(layers: Mapping[str, Layer]) -> dict:
     from urbangeo.io.styles import styles_for
 
     return styles_for(layers)
@@ -190,7 +193,25 @@ def _add_styles(chosen: dict) -> Callable[[sqlite3.Connection], object] | None:
     return lambda con: add_styles(con, chosen)
 
 
-def _write_one(path: Path, layer: str, frame: gpd.GeoDataFrame | pd.DataFrame) -> None:
+def _write_one(path: Path, layer: str, frame: Layer) -> None:
+    if isinstance(frame, LayerChunks):
+        written = False
+        for part in frame:
+            if len(part):
+                _write_frame(path, layer, part, append=written)
+                written = True
+        if not written:
+            _write_frame(path, layer, frame.empty, append=False)
+        return
+    _write_frame(path, layer, frame, append=False)
+
+
+def _write_frame(
+    path: Path, layer: str, frame: gpd.GeoDataFrame | pd.DataFrame, *, append: bool
+) -> None:
+    if append:  # more rows of an attribute layer written by the call before
+        pyogrio.write_dataframe(pd.DataFrame(frame), path, layer=layer, driver="GPKG", append=True)
+        return
     is_spatial = isinstance(frame, gpd.GeoDataFrame) and frame.geometry.name in frame
     if is_spatial and frame.crs is None:
         raise OutputError(f"Layer '{layer}' has no CRS; refusing to write it without one.")

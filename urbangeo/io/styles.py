@@ -260,7 +260,7 @@ def layer_styles(name: str, frame: pd.DataFrame) -> list[LayerStyle]:
     return []
 
 
-def styles_for(layers: Mapping[str, pd.DataFrame]) -> dict[str, list[LayerStyle]]:
+def styles_for(layers: Mapping[str, object]) -> dict[str, list[LayerStyle]]:
     """urbangeo's styles of the spatial ``layers`` it knows, by layer name (first: default)."""
     out: dict[str, list[LayerStyle]] = {}
     for name, frame in layers.items():

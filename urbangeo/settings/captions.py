@@ -9,7 +9,7 @@ from typing import Any
 from urbangeo import constants as C
 from urbangeo.errors import InputError
 from urbangeo.settings._base import MAX_SEED, setting
-from urbangeo.settings.common import ShardSettings, WorkersSettings
+from urbangeo.settings.common import ChunkSettings, ShardSettings, WorkersSettings
 
 #: How the caption of an image is chosen among its candidates (``--select``).
 SELECT_MODES = ("capture", "first")
@@ -35,7 +35,7 @@ def captioner_names() -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class CaptionSettings(ShardSettings, WorkersSettings, stage="caption"):
+class CaptionSettings(ShardSettings, ChunkSettings, WorkersSettings, stage="caption"):
     """``caption``: several captions per image and the consensus choice."""
 
     backend: str = setting(

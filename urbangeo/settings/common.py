@@ -35,6 +35,23 @@ class ShardSettings(StageSettings):
 
 
 @dataclass(frozen=True)
+class ChunkSettings(StageSettings):
+    """``chunk_size``: how many images a streaming stage (caption, embed) holds at a time. A
+    runtime setting: the outputs are the same with any size."""
+
+    chunk_size: int = setting(
+        8192,
+        "Images handled at a time, their results written before the next ones are read: "
+        "memory holds this many images' work (caption: their calls, parses and choices; embed: "
+        "their vectors), whatever the size of the run.",
+        unit="N",
+        min=1,
+        max=10_000_000,
+        runtime=True,
+    )
+
+
+@dataclass(frozen=True)
 class WorkersSettings(StageSettings):
     """``workers``: the processes a stage's CPU-bound Python work is spread over (captions from
     OSM, caption parsing, map tiles drawn from OSM). A runtime setting: the outputs are the same

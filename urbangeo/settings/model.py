@@ -11,7 +11,7 @@ from typing import Any
 from urbangeo import constants as C
 from urbangeo.errors import InputError
 from urbangeo.settings._base import MAX_SEED, StageSettings, setting
-from urbangeo.settings.common import ShardSettings
+from urbangeo.settings.common import ChunkSettings, ShardSettings
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TRAIN_CHOICES = ("both", "image", "text", "last-n")
@@ -343,7 +343,7 @@ class TrainSettings(DeviceSettings, stage="train"):
 
 
 @dataclass(frozen=True)
-class EmbedSettings(ShardSettings, DeviceSettings, stage="embed"):
+class EmbedSettings(ShardSettings, ChunkSettings, DeviceSettings, stage="embed"):
     """``embed``: one vector per region from a frozen image encoder."""
 
     encoder: str = setting(
@@ -386,15 +386,6 @@ class EmbedSettings(ShardSettings, DeviceSettings, stage="embed"):
         value_aliases=C.LEGACY_KINDS,
     )
     batch_size: int = setting(64, "Images per forward pass.", unit="N", min=1, max=65536)
-    chunk_size: int = setting(
-        8192,
-        "Images encoded between two writes of finished regions to embeddings.parquet: "
-        "memory holds this many image vectors, whatever the size of the run.",
-        unit="N",
-        min=1,
-        max=10_000_000,
-        runtime=True,
-    )
     layer_vectors: int = setting(
         100_000,
         "Up to this many regions the region_embeddings layer holds the vector columns beside "

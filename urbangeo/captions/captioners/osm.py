@@ -98,10 +98,20 @@ class OSMCaptioner(Captioner):
                 hint="Pass --osm FILE.osm.pbf or --city NAME (a bundled city's extract).",
             )
         import geopandas as gpd
+        import numpy as np
+        import shapely
 
         crs = places[0].crs
-        bounds = gpd.GeoSeries([i.place for i in places], crs=crs).buffer(self.radius + 50)
-        west, south, east, north = bounds.to_crs(C.WGS84).total_bounds
+        # The places' bounds widened by the radius (and a margin), not each place buffered:
+        # the same box at a fraction of the cost (a million places: seconds, not 2 GB).
+        corners = shapely.bounds(np.array([i.place for i in places], dtype=object))
+        margin = self.radius + 50
+        box = shapely.box(
+            *(np.nanmin(corners[:, :2], axis=0) - margin),
+            *(np.nanmax(corners[:, 2:], axis=0) + margin),
+        )
+        box = shapely.segmentize(box, max(box.length / 64, 1.0))  # its edges bend in WGS84
+        west, south, east, north = gpd.GeoSeries([box], crs=crs).to_crs(C.WGS84).total_bounds
         self._layers = load_osm_layers(self.osm_path, (west, south, east, north), crs)
         self._arrays = None
         self._crs = crs
