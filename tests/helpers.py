@@ -129,11 +129,22 @@ LIMITED_ENV = {
 }
 
 
+#: What every child of :func:`run_limited` starts with: ``vm_mb()``, its address space in MB.
+LIMITED_PRELUDE = """
+import resource
+
+def vm_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) / 1024
+"""
+
+
 def run_limited(code: str, *args: object, timeout: float = 300) -> str:
     """Run ``code`` (which sets its own memory limit) in a fresh Python from the repository
     with ``args``; its standard output, once it exited 0 having printed a ``RESULT`` line."""
     proc = subprocess.run(
-        [sys.executable, "-c", code, *(str(a) for a in args)],
+        [sys.executable, "-c", LIMITED_PRELUDE + code, *(str(a) for a in args)],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 from pathlib import Path
 
 import geopandas as gpd
@@ -118,3 +119,14 @@ def first_region_id() -> str:
     """The id of the first region of Kotka's bundled grid."""
     regions = gpd.read_file(get_city("kotka").sample_grid, layer=C.LAYER_REGIONS)
     return str(regions[C.REGION_ID].iloc[0])
+
+
+def cache_records(folder: Path) -> list[dict]:
+    """The records of a run's captions.jsonl less what depends on the clock."""
+    out = []
+    for line in (folder / C.CAPTIONS_JSONL).read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        record.pop("time")
+        record.pop("seconds")
+        out.append(record)
+    return out

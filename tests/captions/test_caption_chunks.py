@@ -12,7 +12,7 @@ import geopandas as gpd
 import pandas as pd
 import pytest
 
-from tests.captions.helpers import make_run
+from tests.captions.helpers import cache_records, make_run
 from tests.helpers import run_limited
 from urbangeo import constants as C
 from urbangeo.captions import cache as cache_module
@@ -22,17 +22,6 @@ from urbangeo.captions.scenegraph import CachedParser, SceneGraph
 from urbangeo.captions.stages import PARSES_JSONL, caption_stage
 from urbangeo.io import gpkg as gpkg_module
 from urbangeo.io.runs import read_stage_records
-
-
-def _records(folder: Path) -> list[dict]:
-    """captions.jsonl less what depends on the clock."""
-    out = []
-    for line in (folder / C.CAPTIONS_JSONL).read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        record.pop("time")
-        record.pop("seconds")
-        out.append(record)
-    return out
 
 
 @pytest.fixture
@@ -60,7 +49,7 @@ def test_chunks_write_what_one_chunk_does(tmp_path, appends, spacy_ready, minilm
     (one, gpkg1, r1), (many, gpkg3, r3) = runs[8192], runs[3]
     assert appends == [C.LAYER_CAPTIONS] * 2  # the second run wrote its table in 3 parts
     assert r1.counts == r3.counts and r3.counts["captions"] == 21
-    assert _records(one) == _records(many)
+    assert cache_records(one) == cache_records(many)
     parses = (one / PARSES_JSONL).read_text(encoding="utf-8")
     assert parses == (many / PARSES_JSONL).read_text(encoding="utf-8")
     t1 = gpd.read_file(gpkg1, layer=C.LAYER_CAPTIONS)
@@ -68,7 +57,10 @@ def test_chunks_write_what_one_chunk_does(tmp_path, appends, spacy_ready, minilm
     pd.testing.assert_frame_equal(t1, t3, check_exact=True)
     assert t3[C.SCORE].notna().all() and t3.groupby(C.IMAGE_ID)[C.SELECTED].sum().eq(1).all()
     # the same record (the chunk size is a runtime setting), and no spool left behind
-    rec1, rec3 = read_stage_records(gpkg1)["caption"], read_stage_records(gpkg3)["caption"]
+    rec1, rec3 = (
+        read_stage_records(gpkg1)["caption"],
+        read_stage_records(gpkg3)["caption"],
+    )
     assert rec1.params == rec3.params and rec1.fingerprint == rec3.fingerprint
     assert not list(many.glob(".urbangeo-spool-*"))
 
@@ -156,11 +148,6 @@ CHILD = r"""
 import json, sys, resource
 from urbangeo.captions.stages import caption_stage
 from urbangeo.progress import set_mode
-
-def vm_mb():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmSize:"):
-            return int(line.split()[1]) / 1024
 
 set_mode("none")
 small, big = sys.argv[1:3]

@@ -37,11 +37,6 @@ class Digest(Captioner):
     def caption(self, image, prompt, model, item):
         return f"{{model}} saw {{len(image)}} bytes, sha256 {{hashlib.sha256(image).hexdigest()}}."
 
-def vm_mb():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmSize:"):
-            return int(line.split()[1]) / 1024
-
 set_mode("none")
 small, big = sys.argv[1:3]
 settings = dict(select="first", kinds=("overhead",), concurrency=2)

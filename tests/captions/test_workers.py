@@ -11,7 +11,7 @@ import geopandas as gpd
 import pandas as pd
 import pytest
 
-from tests.captions.helpers import make_run
+from tests.captions.helpers import cache_records, make_run
 from urbangeo import constants as C
 from urbangeo.captions import calls as caption_calls
 from urbangeo.captions import scenegraph
@@ -27,17 +27,6 @@ def _kotka() -> Path:
     from urbangeo.geo.boundary import get_city
 
     return get_city("kotka").osm_path()
-
-
-def _records(folder: Path) -> list[dict]:
-    """captions.jsonl less what depends on the clock."""
-    out = []
-    for line in (folder / C.CAPTIONS_JSONL).read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        record.pop("time")
-        record.pop("seconds")
-        out.append(record)
-    return out
 
 
 @pytest.fixture
@@ -76,9 +65,9 @@ def test_two_workers_write_what_one_does(
     assert started == [2]  # the second run really used two processes, the first none
     (one, gpkg1, r1), (two, gpkg2, r2) = runs[1], runs[2]
     assert r1.counts == r2.counts and r1.counts["captions"] == 18
-    assert _records(one) == _records(two)
+    assert cache_records(one) == cache_records(two)
     # images in their order, each with its three styles: the order does not depend on timing
-    assert [r["image_id"] for r in _records(two)][::3] == [
+    assert [r["image_id"] for r in cache_records(two)][::3] == [
         f"overhead_{rid}" for rid in gpd.read_file(gpkg2, layer=C.LAYER_REGIONS)[C.REGION_ID]
     ] + ["sv_p0", "sv_p1"]
     parses = (one / PARSES_JSONL).read_text(encoding="utf-8")

@@ -29,11 +29,6 @@ from urbangeo.downstream.heads import MLPConfig
 from urbangeo.downstream.predict import evaluate
 from urbangeo.downstream.tables import dataset_from_files, load_embeddings
 
-def vm_mb():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmSize:"):
-            return int(line.split()[1]) / 1024
-
 what, small, big, indicators, out = sys.argv[1:6]
 mlp = MLPConfig(max_epochs=1, patience=1, min_steps_per_epoch=1, batch_size=4096)
 

@@ -253,11 +253,6 @@ import json, resource, sys
 import pyarrow.parquet as pq
 from urbangeo.io.export import export_layer
 
-def vm_mb():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmSize:"):
-            return int(line.split()[1]) / 1024
-
 small, big, out = sys.argv[1:4]
 export_layer(small, "regions", out, batch_rows=64)  # warm-up: GDAL, Arrow, Parquet loaded
 limit = int((vm_mb() + {budget}) * 2**20)

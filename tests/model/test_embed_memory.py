@@ -44,11 +44,6 @@ class Wide(ImageEncoder):
 def wide():
     return Wide("wide-stats", {dim}, lambda im: torch.from_numpy(image_statistics(im)))
 
-def vm_mb():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmSize:"):
-            return int(line.split()[1]) / 1024
-
 small, big, out = sys.argv[1:4]
 embed_regions_to_parquet(small, wide(), out, chunk_size=256, keep_vectors=0)  # warm-up
 limit = int((vm_mb() + {budget}) * 2**20)

@@ -23,6 +23,7 @@ from typing import IO, Any
 
 from urbangeo import constants as C
 from urbangeo.io.files import sha256_bytes
+from urbangeo.io.jsonl import LineReader, scan_lines
 from urbangeo.settings.captions import MAX_CAPTION_CHARS
 
 
@@ -79,25 +80,21 @@ class CaptionCache:
         self._lock = threading.Lock()
         self._index: dict[int, int] = {}
         self._file: IO[bytes] | None = None
-        self._reader: IO[bytes] | None = None
+        self._reader = LineReader(self.path)
         self._sessions = 0
         self.torn_lines = 0
         if self.path.exists():
             self._load()
 
     def _load(self) -> None:
-        offset = 0
         last = b""
-        with open(self.path, "rb") as f:
-            for line in f:
-                last = line
-                key = _line_key(line)
-                if key is None:
-                    if line.strip():
-                        self.torn_lines += 1
-                else:
-                    self._index[_index_key(key)] = offset
-                offset += len(line)
+        for offset, line in scan_lines(self.path):
+            last = line
+            key = _line_key(line)
+            if key is not None:
+                self._index[_index_key(key)] = offset
+            elif line.strip():
+                self.torn_lines += 1
         if last and not last.endswith(b"\n"):
             # A kill in mid-write left a partial line: end it so the next record starts clean.
             with open(self.path, "ab") as f:
@@ -117,10 +114,7 @@ class CaptionCache:
         with self._lock:
             if self._file is not None:
                 self._file.flush()
-            if self._reader is None:
-                self._reader = open(self.path, "rb")  # noqa: SIM115
-            self._reader.seek(offset)
-            line = self._reader.readline()
+        line = self._reader.line_at(offset)
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
@@ -131,10 +125,7 @@ class CaptionCache:
 
     def close(self) -> None:
         """Close the file the lookups read (reopened by the next lookup)."""
-        with self._lock:
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
+        self._reader.close()
 
     @contextmanager
     def appending(self) -> Iterator[CaptionCache]:

@@ -13,9 +13,10 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from urbangeo.captions.scenegraph import PARSE_BATCH, Parser, RuleParser, SceneGraph, parse_chunk
+from urbangeo.io.jsonl import LineReader, scan_lines
 
 if TYPE_CHECKING:
     from urbangeo.captions.workers import WorkerPool
@@ -44,19 +45,16 @@ class CachedParser:
         self.keep = max(1, int(keep))
         self._cache: dict[str, SceneGraph] = {}
         self._index: dict[int, int] = {}
-        self._reader: Any = None
+        self._reader = LineReader(self.path) if self.path is not None else None
         self._lock = threading.Lock()
         if self.path is not None and self.path.exists():
             self._load(self.path)
 
     def _load(self, path: Path) -> None:
-        offset = 0
-        with open(path, "rb") as f:
-            for line in f:
-                text = _line_text(line, self.name)
-                if text is not None:
-                    self._index[_digest(text)] = offset
-                offset += len(line)
+        for offset, line in scan_lines(path):
+            text = _line_text(line, self.name)
+            if text is not None:
+                self._index[_digest(text)] = offset
 
     def __len__(self) -> int:
         return len(self._index) if self.path is not None else len(self._cache)
@@ -77,13 +75,9 @@ class CachedParser:
     def _read(self, text: str) -> SceneGraph | None:
         """The graph of ``text`` read back from the file, or None."""
         offset = self._index.get(_digest(text))
-        if offset is None or self.path is None:
+        if offset is None or self._reader is None:
             return None
-        with self._lock:
-            if self._reader is None:
-                self._reader = open(self.path, "rb")  # noqa: SIM115
-            self._reader.seek(offset)
-            line = self._reader.readline()
+        line = self._reader.line_at(offset)
         try:
             record = json.loads(line)
             if record.get("parser") != self.name or record.get("text") != text:
@@ -97,10 +91,8 @@ class CachedParser:
 
     def close(self) -> None:
         """Close the file that read-backs use (reopened when needed)."""
-        with self._lock:
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
+        if self._reader is not None:
+            self._reader.close()
 
     def parse_many(
         self,

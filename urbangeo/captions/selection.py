@@ -164,19 +164,10 @@ class _Chooser:
                 tick(1)
 
 
-def selection_table(
-    calls: Sequence[Call],
-    backend: str,
-    select: str,
-    parser: str,
-    gpkg: Path | None = None,
-    *,
-    pool: WorkerPool | None = None,
-    warm: threading.Thread | None = None,
-) -> pd.DataFrame:
+def selection_table(calls: Sequence[Call], *args: Any, **kwargs: Any) -> pd.DataFrame:
     """The ``captions`` table of ``calls``: every candidate, its consensus score, the selected
-    one (one :class:`Selector` for them all)."""
-    with selecting(backend, select, parser, gpkg, pool=pool, warm=warm) as selector:
+    one (the other arguments are :class:`Selector`'s)."""
+    with selecting(*args, **kwargs) as selector:
         return selector.table(calls)
 
 
