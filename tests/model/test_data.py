@@ -20,6 +20,7 @@ from urbangeo.model.clip import LongTokenizer
 from urbangeo.model.data import (
     ImageDataset,
     ResumableSampler,
+    TokenTable,
     collate_images,
     drop_missing_files,
     load_pairs,
@@ -136,6 +137,36 @@ def test_split_is_fixed_by_names_and_keeps_regions_together() -> None:
     _, val3 = split_pairs(no_region, 0.1)
     assert len(val3) == 20
     assert split_pairs(pairs, 0.0)[1].empty
+    # a cap on the held-out regions keeps the first of the same order; the rest train
+    train4, val4 = split_pairs(pairs, 0.2, max_groups=3)
+    assert len(val4) == 12 and len(train4) == 188
+    assert set(val4[C.REGION_ID]) < set(val[C.REGION_ID])
+    assert split_pairs(pairs, 0.2, max_groups=10)[1].equals(val)
+
+
+def test_token_table_tokenises_the_rows_asked_for() -> None:
+    tokenizer = LongTokenizer.for_model(TINY, 248)
+    long_ = " ".join(["many tall buildings along a busy street"] * 60)
+    captions = [f"a red square number {i}" if i % 3 else long_ + f" {i}" for i in range(10)]
+    asked: list[int] = []
+
+    class Counting:
+        context_length = tokenizer.context_length
+
+        def __call__(self, texts):
+            asked.append(len(texts))
+            return tokenizer(texts)
+
+        def count_tokens(self, text):
+            return tokenizer.count_tokens(text)
+
+    table = TokenTable(captions, Counting())
+    eager, cut = tokenize_captions(captions, tokenizer)  # every row at once, as before
+    rows = torch.tensor([7, 0, 3, 3])
+    assert len(table) == 10 and sum(asked) == 0  # nothing tokenised up front
+    assert torch.equal(table[rows], eager[rows]) and table[rows].dtype == torch.int32
+    assert sum(asked) == 8 and table.seen == {0, 3, 7} and table.truncated == {0, 3}
+    assert torch.equal(table[torch.arange(10)], eager) and len(table.truncated) == cut == 4
 
 
 def test_tokens_truncate_long_captions_and_count_them() -> None:

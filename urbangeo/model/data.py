@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -229,13 +229,15 @@ def _stable_hash(text: str) -> int:
     return int.from_bytes(hashlib.sha1(f"{VAL_SALT}:{text}".encode()).digest()[:8], "big")
 
 
-def split_pairs(pairs: pd.DataFrame, val_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_pairs(
+    pairs: pd.DataFrame, val_fraction: float, *, max_groups: int | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Deterministic train/validation split, by region when regions are known.
 
     Groups (``region_id``, else ``image_id``) are ordered by a salted SHA-1 of their name and
-    the first ``round(val_fraction * groups)`` go to validation: the split depends only on the
-    names, not on the row order, the seed or the machine, and all images of a region stay on
-    the same side (no near-duplicate leaks).
+    the first ``round(val_fraction * groups)`` go to validation (at most ``max_groups``): the
+    split depends only on the names, not on the row order, the seed or the machine, and all
+    images of a region stay on the same side (no near-duplicate leaks).
     """
     if not 0.0 <= val_fraction < 1.0:
         raise InputError(f"val_fraction must be in [0, 1); got {val_fraction}")
@@ -245,6 +247,8 @@ def split_pairs(pairs: pd.DataFrame, val_fraction: float) -> tuple[pd.DataFrame,
     n_val = round(val_fraction * len(names))
     if val_fraction > 0 and len(names) >= 4:
         n_val = max(n_val, 2)  # retrieval needs at least two candidates
+    if max_groups is not None:
+        n_val = min(n_val, max_groups)
     n_val = min(n_val, len(names) - 1)
     val_groups = set(names[:n_val])
     is_val = np.fromiter((g in val_groups for g in groups), bool, len(groups))
@@ -265,10 +269,19 @@ def pairs_fingerprint(pairs: pd.DataFrame) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+@overload
 def tokenize_captions(
-    captions: Sequence[str], tokenizer: Any, *, chunk: int = 2048
-) -> tuple[Tensor, int]:
-    """Token ids ``[n, context_length]`` (int32) and the number of captions truncated.
+    captions: Sequence[str], tokenizer: Any, *, chunk: int = ..., rows: Literal[False] = ...
+) -> tuple[Tensor, int]: ...
+@overload
+def tokenize_captions(
+    captions: Sequence[str], tokenizer: Any, *, chunk: int = ..., rows: Literal[True]
+) -> tuple[Tensor, list[int]]: ...
+def tokenize_captions(
+    captions: Sequence[str], tokenizer: Any, *, chunk: int = 2048, rows: bool = False
+) -> tuple[Tensor, int] | tuple[Tensor, list[int]]:
+    """Token ids ``[n, context_length]`` (int32) and the number of captions truncated (with
+    ``rows``: their row numbers).
 
     Captions longer than the context are cut (end-of-text kept last), not rejected. A row
     whose last position is filled is either exactly full or truncated; only those rows are
@@ -276,16 +289,41 @@ def tokenize_captions(
     """
     length = int(tokenizer.context_length)
     out = torch.zeros((len(captions), length), dtype=torch.int32)
-    truncated = 0
+    cut: list[int] = []
+    counter = getattr(tokenizer, "count_tokens", None)
     for start in range(0, len(captions), chunk):
         part = list(captions[start : start + chunk])
         tokens = tokenizer(part)
         out[start : start + len(part)] = tokens.to(torch.int32)
         full = torch.nonzero(tokens[:, -1] != 0).flatten().tolist()
-        counter = getattr(tokenizer, "count_tokens", None)
-        for i in full:
-            truncated += 1 if counter is None else int(counter(part[i]) > length)
-    return out, truncated
+        cut.extend(start + i for i in full if counter is None or counter(part[i]) > length)
+    return (out, cut) if rows else (out, len(cut))
+
+
+class TokenTable:
+    """The token ids of ``captions``, made when rows are asked for: memory holds the captions,
+    not a ``[n, context_length]`` table, and a run that sees a sample of its pairs tokenises
+    that sample only. ``table[index]`` takes what a tensor takes (a tensor, list or array of
+    row numbers) and gives int32 ids; :attr:`truncated` holds the rows found longer than the
+    context so far.
+    """
+
+    def __init__(self, captions: Sequence[str], tokenizer: Any) -> None:
+        self.captions = list(captions)
+        self.tokenizer = tokenizer
+        self.context_length = int(tokenizer.context_length)
+        self.truncated: set[int] = set()
+        self.seen: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, index: Any) -> Tensor:
+        rows = torch.as_tensor(index).flatten().tolist()
+        tokens, cut = tokenize_captions([self.captions[i] for i in rows], self.tokenizer, rows=True)
+        self.seen.update(rows)
+        self.truncated.update(rows[i] for i in cut)
+        return tokens
 
 
 # --------------------------------------------------------------------------------------------

@@ -242,6 +242,14 @@ class TrainSettings(DeviceSettings, stage="train"):
         min=0,
         max=0.99,
     )
+    val_max: int = setting(
+        5000,
+        "Most regions held out for validation: retrieval compares every held-out pair with "
+        "every other (memory and time grow with the square), so a large run validates on a "
+        "fixed sample of this many regions.",
+        unit="N",
+        min=2,
+    )
     val_every: int = setting(1, "Validate every N epochs.", min=1, cli=False)
     checkpoint_every: int | None = setting(
         None,

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from urbangeo.model.data import ImageDataset, autocast, collate_images
+from urbangeo.model.data import ImageDataset, TokenTable, autocast, collate_images
 from urbangeo.model.protocols import ClipModel
 from urbangeo.model.training.contrastive import encode_text
 
@@ -46,7 +46,7 @@ def retrieval_metrics(
 def encode_pairs(
     model: nn.Module,
     dataset: ImageDataset,
-    tokens: Tensor,
+    tokens: Tensor | TokenTable,
     *,
     batch_size: int = 64,
     device: torch.device | str = "cpu",

@@ -8,18 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from torch import Tensor
 
 from urbangeo import constants as C
 from urbangeo.errors import InputError, UrbangeoWarning
 from urbangeo.model.clip import LongTokenizer
 from urbangeo.model.data import (
+    TokenTable,
     drop_excluded,
     drop_missing_files,
     load_pairs,
     pairs_fingerprint,
     split_pairs,
-    tokenize_captions,
 )
 from urbangeo.progress import message
 from urbangeo.settings.model import TrainSettings
@@ -31,22 +30,46 @@ class TrainingPairs:
 
     train: pd.DataFrame
     val: pd.DataFrame
-    train_tokens: Tensor
-    val_tokens: Tensor
+    #: Token ids, made as rows are used (:class:`~urbangeo.model.data.TokenTable`).
+    train_tokens: TokenTable
+    val_tokens: TokenTable
     #: One group per distinct validation caption: retrieving any pair of the group counts.
     val_groups: np.ndarray
     #: Of the training pairs: resuming on other data is refused.
     fingerprint: str
     n_pairs: int
     n_missing: int
-    n_truncated: int
     #: Pairs of the regions the run excludes (edge cells), left out.
     n_excluded: int = 0
 
+    @property
+    def n_truncated(self) -> int:
+        """Captions found longer than the context among those tokenised so far."""
+        return len(self.train_tokens.truncated) + len(self.val_tokens.truncated)
+
+    def warn_truncated(self) -> None:
+        """Warn about the captions cut to the context (of those tokenised, when not all)."""
+        n = self.n_truncated
+        if not n:
+            return
+        seen = len(self.train_tokens.seen) + len(self.val_tokens.seen)
+        length = self.train_tokens.context_length
+        of = (
+            f"{n} of {self.n_pairs} captions are"
+            if seen >= self.n_pairs
+            else f"{n} of the {seen:,} captions used (of {self.n_pairs:,}) are"
+        )
+        warnings.warn(
+            f"{of} longer than {length} tokens and were truncated (end-of-text kept).",
+            UrbangeoWarning,
+            stacklevel=3,
+        )
+
 
 def load_training_pairs(source: Path, cfg: TrainSettings, *, main: bool) -> TrainingPairs:
-    """The pairs of ``source`` whose images exist, split by ``cfg.val_fraction`` and tokenised
-    for ``cfg.model``; warnings come from the ``main`` process only."""
+    """The pairs of ``source`` whose images exist, split by ``cfg.val_fraction`` (at most
+    ``cfg.val_max`` regions held out) and tokenised for ``cfg.model`` as they are used;
+    warnings come from the ``main`` process only."""
     pairs = load_pairs(source, kind=cfg.kind)
     pairs, n_excluded, n_regions = drop_excluded(pairs, source)
     if n_excluded and main:
@@ -69,28 +92,17 @@ def load_training_pairs(source: Path, cfg: TrainSettings, *, main: bool) -> Trai
             f"None of the images of {source} exist on disk.",
             hint="Image paths are relative to the GeoPackage's folder; check images/.",
         )
-    train, val = split_pairs(pairs, cfg.val_fraction)
+    train, val = split_pairs(pairs, cfg.val_fraction, max_groups=cfg.val_max)
     assert cfg.context_length is not None, "expects cfg.resolved()"
     tokenizer = LongTokenizer.for_model(cfg.model, cfg.context_length)
-    train_tokens, n_train = tokenize_captions(train[C.CAPTION].tolist(), tokenizer)
-    val_tokens, n_val = tokenize_captions(val[C.CAPTION].tolist(), tokenizer)
-    n_truncated = n_train + n_val
-    if n_truncated and main:
-        warnings.warn(
-            f"{n_truncated} of {len(pairs)} captions are longer than "
-            f"{cfg.context_length} tokens and were truncated (end-of-text kept).",
-            UrbangeoWarning,
-            stacklevel=4,
-        )
     return TrainingPairs(
         train=train,
         val=val,
-        train_tokens=train_tokens,
-        val_tokens=val_tokens,
+        train_tokens=TokenTable(train[C.CAPTION].tolist(), tokenizer),
+        val_tokens=TokenTable(val[C.CAPTION].tolist(), tokenizer),
         val_groups=pd.factorize(val[C.CAPTION])[0],
         fingerprint=pairs_fingerprint(train),
         n_pairs=len(pairs),
         n_missing=n_missing,
-        n_truncated=n_truncated,
         n_excluded=n_excluded,
     )

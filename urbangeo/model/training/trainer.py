@@ -346,6 +346,8 @@ class Trainer:
                 self.save(final=True)
         if info.enabled:
             dist.barrier()
+        if info.is_main:
+            self.pairs.warn_truncated()
         if self.failed and info.is_main:
             warnings.warn(
                 f"{len(self.failed)} training image(s) could not be decoded and were skipped.",
