@@ -208,6 +208,8 @@ def predict(
         result = transfer_stage(train_on, test_on, **chosen)
     else:
         result = predict_stage(gpkg, settings, overwrite=overwrite)
+    if result.report is None:  # a shard (--shard I/N): `urbangeo merge predict` reports
+        return
     _show(result.report.table())  # type: ignore[attr-defined]
     if settings.features:
         from urbangeo.downstream.features import comparison_table

@@ -55,7 +55,7 @@ from urbangeo_cli._options import EXISTING_FILE, FOLDER, override_options
     default="local",
     show_default=True,
     help="How stages run: here, or the per-region stages (tiles, streetview, caption, embed) "
-    "as shards on Ray "
+    "and predict's fits as shards on Ray "
     "(pip install 'urbangeo[ray]'), merged here; the outputs are the same.",
 )
 @click.option(

@@ -1,4 +1,5 @@
-"""``urbangeo merge``: assemble the shards of a per-region stage into the run."""
+"""``urbangeo merge``: assemble the shards of a stage (tiles, streetview, caption, embed,
+predict) into the run."""
 
 from __future__ import annotations
 

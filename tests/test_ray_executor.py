@@ -106,3 +106,15 @@ def test_ray_caption_shards_equal_the_plain_run(tmp_path: Path, local_ray) -> No
     assert (got.params, got.counts, got.fingerprint) == (want.params, want.counts, want.fingerprint)
     calls = _cache(gpkg.parent / C.CAPTIONS_JSONL, "key")
     assert calls == _cache(plain.parent / C.CAPTIONS_JSONL, "key")
+
+
+def test_ray_predict_shards_equal_the_plain_predict(tmp_path: Path, local_ray) -> None:
+    from tests.downstream.test_predict_shards import SETTINGS, _assert_same_predict, _plain, _run
+    from urbangeo.settings import PredictSettings
+
+    plain = _plain(tmp_path / "plain", mlp=None)  # the Ray tasks train the default head
+    gpkg = _run(tmp_path / "ray")
+    make_executor("ray", shards=2).run_stage(
+        "predict", gpkg, PredictSettings.from_mapping(SETTINGS), overwrite=True
+    )
+    _assert_same_predict(gpkg, plain)

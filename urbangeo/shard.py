@@ -1,11 +1,17 @@
-"""Shards of the per-region stages, and the merge that assembles them into the run.
+"""Shards of the per-region stages and of ``predict``, and the merge that assembles them.
 
 A per-region stage (``tiles``, ``streetview``, ``caption``, ``embed``; see
 :data:`SHARDED_STAGES`) can run on one shard of the run's regions: ``urbangeo tiles --gpkg
-RUN/run.gpkg --shard 2/4``. Each region belongs to exactly one of the N shards, stably
-(:func:`assign_shards`): by a hash of its ``region_id`` (``--shard-by id``, the default: even
-shards) or of its block of 8 x 8 grid cells (``--shard-by block``: neighbours together). Rows
-of other layers (images, sample points) follow their region.
+RUN/run.gpkg --shard 2/4``. ``predict`` shards its fits instead (its plan's ``splits`` is
+"fits"): every shard reads the run's inputs whole from the run (its own GeoPackage holds only
+the stage records) and makes a fixed 1/N of the fits, the merge scores them all
+(:mod:`urbangeo.shard_plans.predict`); the folders, done and stale checks, refusals and the
+merge below hold for it too.
+
+Each region belongs to exactly one of the N shards, stably (:func:`assign_shards`): by a
+hash of its ``region_id`` (``--shard-by id``, the default: even shards) or of its block of
+8 x 8 grid cells (``--shard-by block``: neighbours together). Rows of other layers (images,
+sample points) follow their region.
 
 A shard is a small run folder of its own, ``RUN/shards/<stage>/<I>-of-<N>/``: a ``run.gpkg``
 holding the shard's part of the stage's input layers (or all of them, for a stage that plans
@@ -39,7 +45,9 @@ embed (``random`` normalises by their statistics), and region encoders. Per regi
 are those of the unsharded run: tiles, street-view images and captions exactly; embeddings
 exactly for encoders without batch-dependent arithmetic (``image-stats``), to float tolerance
 for neural encoders (a batch holds other images, and matrix kernels may block sums
-differently).
+differently). ``predict``'s splits, ridge, k-NN and mean-baseline results are exact, its MLP
+heads' to float tolerance (they train as one batched model of the shard's heads:
+:mod:`urbangeo.downstream.fits`).
 """
 
 from __future__ import annotations
@@ -268,7 +276,7 @@ def run_shard(
     shard_gpkg = folder / C.RUN_GPKG
     with run_lock(folder, command=f"urbangeo {stage} --shard {spec}"):
         ids = shard_regions(run_gpkg, spec)
-        share = Share(frozenset(ids), first=spec.index == 1)
+        share = Share(frozenset(ids), spec.index == 1, spec.index, spec.count, run_gpkg)
         records = read_stage_records(run_gpkg)
         meta = {
             "stage": stage,
@@ -303,7 +311,8 @@ def run_shard(
         write_text_atomic(
             folder / SHARD_JSON, json.dumps({**meta, "empty": empty}, indent=2, default=str)
         )
-        message(f"{stage} shard {spec}: {len(ids):,} regions, in {folder}.")
+        what = f"{len(ids):,} regions" if plan.splits == "regions" else "its share of the fits"
+        message(f"{stage} shard {spec}: {what}, in {folder}.")
         if empty:
             from urbangeo.stage import StageRun
 

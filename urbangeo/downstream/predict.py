@@ -28,21 +28,20 @@ from __future__ import annotations
 import warnings
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
 
+from urbangeo.downstream.fits import Fit, FitPlan, collect, fit_jobs, mean_fits
 from urbangeo.downstream.heads import (
     DEFAULT_MLP,
     HeadTask,
     MLPConfig,
     check_weights,
-    fit_knn,
     fit_mlp_heads,
     fit_ridge,
 )
-from urbangeo.downstream.metrics import METRICS, is_below_baseline, regression_metrics, summarize
 from urbangeo.downstream.report import (
     HEADS,
     MODEL_LABELS,
@@ -78,6 +77,7 @@ __all__ = [
     "TargetResult",
     "evaluate",
     "model_label",
+    "plan_evaluation",
     "scheme_for",
     "select_targets",
     "transfer",
@@ -174,28 +174,6 @@ def scheme_for(cv: str, n_valid: int) -> str:
     return cv
 
 
-@dataclass
-class _Fit:
-    """One model to fit: a target, its row of results (seed/repeat), fold, and regions."""
-
-    name: str
-    row: int
-    fold: int
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-
-
-@dataclass
-class _MeanFit:
-    predictions: np.ndarray
-    chosen: float = 0.0
-
-
-def _mean_fits(tasks: list[HeadTask], n_predict: int) -> list[_MeanFit]:
-    return [_MeanFit(np.full(n_predict, t.y[t.train].mean())) for t in tasks]
-
-
 def _check_split(split: str, xy: np.ndarray | None, block_size: float | None) -> None:
     if split not in SPLITS:
         raise InputError(f"Unknown split {split!r}.", hint=f"Choose one of: {', '.join(SPLITS)}.")
@@ -289,6 +267,42 @@ def evaluate(
     ``extra_features``), one weight per column that the MLP and ridge heads apply after
     standardising (the blocks of ``--features``: :mod:`urbangeo.downstream.heads`).
     """
+    plan = plan_evaluation(
+        dataset,
+        targets,
+        seeds=seeds,
+        split=split,
+        block_size=block_size,
+        log=log,
+        cv=cv,
+        folds=folds,
+        repeats=repeats,
+        extra_features=extra_features,
+        baseline_heads=baseline_heads,
+        coords_baseline=coords_baseline,
+        column_weights=column_weights,
+    )
+    return plan.report(fit_jobs(plan, mlp), mlp)
+
+
+def plan_evaluation(
+    dataset: Dataset,
+    targets: Sequence[str] | None = None,
+    *,
+    seeds: int | Sequence[int] = 5,
+    split: str = "random",
+    block_size: float | None = None,
+    log: bool = True,
+    cv: str = "auto",
+    folds: int = 5,
+    repeats: int | None = None,
+    extra_features: Mapping[str, pd.DataFrame] | None = None,
+    baseline_heads: Sequence[str] = HEADS,
+    coords_baseline: bool = True,
+    column_weights: Mapping[str, np.ndarray] | None = None,
+) -> FitPlan:
+    """Every fit :func:`evaluate` makes (its arguments but ``mlp``), planned: the targets, each
+    seed's split or repeat's folds, the feature sets and heads (:mod:`.fits`)."""
     seed_list = _seeds(seeds)
     repeat_list = _seeds(repeats) if repeats is not None else seed_list
     names = select_targets(dataset.indicators, targets, log=log)
@@ -302,11 +316,11 @@ def evaluate(
         warnings.warn(
             "No region coordinates: the coordinates-only baseline is skipped.",
             UrbangeoWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     n = len(X)
     tasks: list[HeadTask] = []
-    plan: list[_Fit] = []
+    planned: list[Fit] = []
     sets: dict[str, np.ndarray] = {}
     ys: dict[str, np.ndarray] = {}
     schemes: dict[str, str] = {}
@@ -331,36 +345,11 @@ def evaluate(
                         sets[name][r, set_rows] = k
                     key = _key(name)
                 tasks.append(HeadTask(y, train, val, seed, key=key))
-                plan.append(_Fit(name, r, f, train, val, test))
+                planned.append(Fit(name, r, f, train, val, test))
 
     feature_sets = {"": X, **extra}
     weights = _column_weights(column_weights, feature_sets)
-    fits: dict[str, list] = {}
-    steps = sum(len(HEADS if k == "" else baseline_heads) for k in feature_sets) + 1
-    with progress(steps, task="predict", unit="model") as bar:
-        for features, values in feature_sets.items():
-            heads = HEADS if features == "" else tuple(baseline_heads)
-            prefix = f"{features}:" if features else ""
-            what = f" on {features}" if features else ""
-            w = weights.get(features)
-            if "mlp" in heads:
-                bar.update(0, status=f"MLP heads{what} ({len(tasks)})")
-                fits[prefix + "mlp"] = fit_mlp_heads(values, tasks, mlp, weights=w)
-                bar.update(1)
-            if "ridge" in heads:
-                bar.update(0, status=f"ridge{what}")
-                cache: dict = {}  # one per feature set: it is keyed by training rows
-                fits[prefix + "ridge"] = [
-                    fit_ridge(values, t, cache=cache, weights=w) for t in tasks
-                ]
-                bar.update(1)
-        bar.update(0, status="coordinates baseline")
-        if xy is not None and coords_baseline:
-            fits["coords_knn"] = [fit_knn(xy, t) for t in tasks]
-        fits["train_mean"] = _mean_fits(tasks, n)
-        bar.update(1)
-
-    results = _collect(names, plan, fits, ys, sets, schemes, rows, folds, n)
+    heads = {k: HEADS if k == "" else tuple(baseline_heads) for k in feature_sets}
     protocol = {
         "kind": "within-city",
         "dataset": dataset.name,
@@ -376,10 +365,10 @@ def evaluate(
         "log": log,
         "features": int(X.shape[1]),
         "regions": n,
-        "models": {m: model_label(m) for m in fits},
+        "models": {},  # filled in by the report, as "mlp"
         "baseline_features": {k: int(v.shape[1]) for k, v in extra.items()},
         "weighted_features": [k or "main" for k in weights],
-        "mlp": asdict(mlp),
+        "mlp": {},
         "rounding": "n_val = n_test = floor(0.2 n + 0.5), n_train = n - n_val - n_test"
         if split == "random"
         else "whole blocks; each goes to the set furthest below its 6:2:2 share",
@@ -387,93 +376,25 @@ def evaluate(
         "(block split: whole blocks, each to the smallest fold); the other regions 3:1 "
         "train/val, n_val = floor(0.25 m + 0.5)",
     }
-    return PredictionReport(protocol, results, dataset.features.index, dataset.indicators[names])
-
-
-def _collect(
-    names: list[str],
-    plan: list[_Fit],
-    fits: dict[str, list],
-    ys: dict[str, np.ndarray],
-    sets: dict[str, np.ndarray],
-    schemes: dict[str, str],
-    rows: dict[str, list[int]],
-    folds: int,
-    n_predict: int,
-) -> dict[str, TargetResult]:
-    results = {}
-    for name in names:
-        entries = [(i, p) for i, p in enumerate(plan) if p.name == name]
-        scheme, n_rows = schemes[name], len(rows[name])
-        metrics: dict[str, dict[str, dict]] = {}
-        predictions: dict[str, np.ndarray] = {}
-        chosen: dict[str, list[float]] = {}
-        for model, model_fits in fits.items():
-            chosen[model] = [float(model_fits[i].chosen) for i, _ in entries]
-            if scheme == "kfold":
-                pred, scores = _kfold_scores(entries, model_fits, ys[name], sets[name], n_rows)
-            else:
-                pred = np.empty((n_rows, n_predict))
-                scores = []
-                for i, p in entries:
-                    pred[p.row] = model_fits[i].predictions
-                    values = regression_metrics(ys[name][p.test], pred[p.row][p.test])
-                    scores.append((values, len(p.test)))
-            predictions[model] = pred
-            metrics[model] = {
-                m: {**summarize([v[m] for v, _ in scores]), "n": [k for _, k in scores]}
-                for m in METRICS
-            }
-        mean_r2 = metrics["train_mean"]["r2"]["mean"] if "train_mean" in metrics else None
-        below = {
-            model: is_below_baseline(values["r2"]["mean"], mean_r2)
-            for model, values in metrics.items()
-            if model != "train_mean"
-        }
-        set_rows = sets[name]
-        results[name] = TargetResult(
-            name=name,
-            n_regions=int((set_rows[0] >= 0).sum()),
-            sizes=[(len(p.train), len(p.val), len(p.test)) for _, p in entries],
-            metrics=metrics,
-            predictions=predictions,
-            sets=set_rows,
-            chosen=chosen,
-            scheme=scheme,
-            seeds=list(rows[name]),
-            folds=folds if scheme == "kfold" else 0,
-            below_baseline=below,
-        )
-    return results
-
-
-def _kfold_scores(
-    entries: list[tuple[int, _Fit]],
-    model_fits: list,
-    y: np.ndarray,
-    sets: np.ndarray,
-    n_rows: int,
-) -> tuple[np.ndarray, list[tuple[dict[str, float], int]]]:
-    """Out-of-fold predictions per repeat, and the metrics of each repeat's pooled predictions.
-
-    Regions without a target (in no test fold) get the mean of the repeat's fold models.
-    """
-    n = sets.shape[1]
-    pred = np.zeros((n_rows, n))
-    others = np.zeros((n_rows, n))
-    count = np.zeros(n_rows)
-    for i, p in entries:
-        values = model_fits[i].predictions
-        pred[p.row, p.test] = values[p.test]
-        others[p.row] += values
-        count[p.row] += 1
-    untested = sets < 0
-    pred[untested] = (others / np.maximum(count, 1)[:, None])[untested]
-    scores = []
-    for r in range(n_rows):
-        tested = ~untested[r]
-        scores.append((regression_metrics(y[tested], pred[r, tested]), int(tested.sum())))
-    return pred, scores
+    return FitPlan(
+        names=names,
+        tasks=tasks,
+        planned=planned,
+        feature_sets=feature_sets,
+        heads=heads,
+        weights=weights,
+        xy=xy,
+        coords=xy is not None and coords_baseline,
+        ys=ys,
+        sets=sets,
+        schemes=schemes,
+        rows=rows,
+        folds=folds,
+        n=n,
+        protocol=protocol,
+        region_ids=dataset.features.index,
+        observed=dataset.indicators[names],
+    )
 
 
 def transfer(
@@ -511,7 +432,7 @@ def transfer(
     Xt = test.features[list(train.features.columns)].to_numpy(np.float64)
     n_test = len(Xt)
     tasks: list[HeadTask] = []
-    plan: list[_Fit] = []
+    planned: list[Fit] = []
     ys: dict[str, np.ndarray] = {}
     sets: dict[str, np.ndarray] = {}
     for name in names:
@@ -525,7 +446,7 @@ def transfer(
             tr, va, _ = random_split(len(valid), seed, ratios=(RATIOS[0], RATIOS[1], 0.0))
             sets[name][s, test_rows] = 2
             tasks.append(HeadTask(y, valid[tr], valid[va], seed, key=_key(name)))
-            plan.append(_Fit(name, s, 0, valid[tr], valid[va], test_rows))
+            planned.append(Fit(name, s, 0, valid[tr], valid[va], test_rows))
     with progress(2, task="transfer", unit="model") as bar:
         bar.update(0, status=f"MLP heads ({len(tasks)})")
         mlp_fits = fit_mlp_heads(X, tasks, mlp, X_predict=Xt)
@@ -536,11 +457,25 @@ def transfer(
     fits: dict[str, list] = {
         "mlp": mlp_fits,
         "ridge": ridge_fits,
-        "train_mean": _mean_fits(tasks, n_test),
+        "train_mean": mean_fits(tasks, n_test),
     }
-    schemes = dict.fromkeys(names, "transfer")
-    rows = dict.fromkeys(names, seed_list)
-    results = _collect(names, plan, fits, ys, sets, schemes, rows, 0, n_test)
+    plan = FitPlan(
+        names=names,
+        tasks=tasks,
+        planned=planned,
+        feature_sets={},
+        heads={},
+        weights={},
+        xy=None,
+        coords=False,
+        ys=ys,
+        sets=sets,
+        schemes=dict.fromkeys(names, "transfer"),
+        rows=dict.fromkeys(names, seed_list),
+        folds=0,
+        n=n_test,
+    )
+    results = collect(plan, fits)
     protocol = {
         "kind": "transfer",
         "train_on": train.name,

@@ -17,7 +17,9 @@ import json
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import pandas as pd
@@ -49,7 +51,12 @@ def _regions_frame(gpkg: Path, table: pd.DataFrame) -> gpd.GeoDataFrame:
 
 @stage(PredictSettings, outputs=(C.LAYER_PREDICTIONS,), gpkg_required=False)
 def predict_stage(
-    run: StageRun, s: PredictSettings, *, overwrite: bool, mlp: object | None = None
+    run: StageRun,
+    s: PredictSettings,
+    *,
+    overwrite: bool,
+    mlp: object | None = None,
+    fit_share: object | None = None,
 ) -> StageResult:
     """Evaluate indicator prediction; with ``gpkg``, write the ``predictions`` layer.
 
@@ -66,13 +73,12 @@ def predict_stage(
     default ``DEFAULT_MLP``). Regions the run excludes (edge cells) are not scored; their rows
     have no prediction, with ``edge`` and ``excluded`` (:mod:`urbangeo.imagery.edges`).
     ``features``: feature sets scored side by side (:mod:`urbangeo.downstream.features`).
+    ``fit_share`` (given by :func:`urbangeo.shard.run_shard`, ``--shard I/N``): make only
+    that share of the fits, from the run's inputs, into the shard's folder
+    (:mod:`urbangeo.shard_plans.predict`).
     """
-    from urbangeo.downstream.baselines import image_baselines
-    from urbangeo.downstream.features import predict_dataset
-    from urbangeo.downstream.heads import DEFAULT_MLP
-    from urbangeo.downstream.predict import evaluate
-    from urbangeo.downstream.tables import run_status, with_status
-    from urbangeo.settings.downstream import DEFAULT_BASELINES
+    from urbangeo.downstream.fits import fit_jobs
+    from urbangeo.downstream.heads import DEFAULT_MLP, MLPConfig
 
     path = run.path
     if path is None and ((s.embeddings is None and not s.features) or s.indicators is None):
@@ -81,40 +87,100 @@ def predict_stage(
             hint="Give a run's GeoPackage (--gpkg RUN.gpkg) or both --embeddings and "
             "--indicators files (or --features FILE,... and --indicators).",
         )
+    head: MLPConfig = mlp or DEFAULT_MLP  # type: ignore[assignment]
+    if fit_share is not None:
+        from urbangeo.shard_plans.predict import FitShare, fit_shard
+
+        assert isinstance(fit_share, FitShare)
+        inputs = PredictInputs.read(fit_share.run_gpkg, s)
+        return fit_shard(run, fit_share, inputs.plan(s), head, inputs.baselines)
+    output = metrics_path(path, s)
+    inputs = PredictInputs.read(path, s)
+    plan = inputs.plan(s)
+    report = plan.report(fit_jobs(plan, head), head)
+    layers, counts, params, files = predict_outputs(path, s, inputs, report, output)
+    result = run.commit(layers, counts=counts, params=params, files=files, report=report)
+    say_predicted(path, s, report, output)
+    return result
+
+
+def metrics_path(path: Path | None, s: PredictSettings) -> Path | None:
+    """Where ``predict`` writes its metrics (checked writable): ``output``, else
+    ``metrics.json`` beside the GeoPackage."""
     output = s.output
     if output is None and path is not None:
         output = path.parent / C.METRICS_JSON
     if output is not None:
         ensure_writable_file(output)
-    status = run_status(path)  # edge cells the run excludes get no prediction
-    dataset, n_all, sets = predict_dataset(path, s, status)
-    extra, baselines = image_baselines(
-        path,
-        s.baseline_names,
-        regions=dataset.features.index,
-        explicit=s.baselines != DEFAULT_BASELINES,
-    )
-    report = evaluate(
-        dataset,
-        list(s.targets) if s.targets else None,
-        seeds=s.seeds,
-        split=s.split,
-        block_size=s.block_size,
-        log=s.log,
-        mlp=mlp or DEFAULT_MLP,  # type: ignore[arg-type]
-        cv=s.cv,
-        folds=s.folds,
-        repeats=s.repeats,
-        extra_features=sets.merge(extra, baselines),
-        baseline_heads=("ridge",) if s.model == "ridge" else ("mlp", "ridge"),
-        coords_baseline="coords" in s.baseline_names,
-        column_weights=sets.column_weights(),
-    )
-    report.protocol["baselines"] = {"asked": list(s.baseline_names), **baselines}
-    sets.annotate(report)
+    return output
+
+
+@dataclass
+class PredictInputs:
+    """What ``predict`` scores, read from a run (or files): the dataset (edge cells out), the
+    regions before that, the feature sets, the baselines' features and what was done."""
+
+    dataset: Any
+    n_all: int
+    sets: Any
+    extra: dict[str, pd.DataFrame]
+    baselines: dict[str, dict]
+    status: pd.DataFrame | None
+
+    @classmethod
+    def read(cls, path: Path | None, s: PredictSettings) -> PredictInputs:
+        """The inputs of ``predict`` with settings ``s`` on the run ``path`` (or files)."""
+        from urbangeo.downstream.baselines import image_baselines
+        from urbangeo.downstream.features import predict_dataset
+        from urbangeo.downstream.tables import run_status
+        from urbangeo.settings.downstream import DEFAULT_BASELINES
+
+        status = run_status(path)  # edge cells the run excludes get no prediction
+        dataset, n_all, sets = predict_dataset(path, s, status)
+        extra, baselines = image_baselines(
+            path,
+            s.baseline_names,
+            regions=dataset.features.index,
+            explicit=s.baselines != DEFAULT_BASELINES,
+        )
+        return cls(dataset, n_all, sets, extra, baselines, status)
+
+    def plan(self, s: PredictSettings) -> Any:
+        """Every fit to make (:class:`~urbangeo.downstream.fits.FitPlan`)."""
+        from urbangeo.downstream.predict import plan_evaluation
+
+        return plan_evaluation(
+            self.dataset,
+            list(s.targets) if s.targets else None,
+            seeds=s.seeds,
+            split=s.split,
+            block_size=s.block_size,
+            log=s.log,
+            cv=s.cv,
+            folds=s.folds,
+            repeats=s.repeats,
+            extra_features=self.sets.merge(self.extra, self.baselines),
+            baseline_heads=("ridge",) if s.model == "ridge" else ("mlp", "ridge"),
+            coords_baseline="coords" in s.baseline_names,
+            column_weights=self.sets.column_weights(),
+        )
+
+
+def predict_outputs(
+    path: Path | None,
+    s: PredictSettings,
+    inputs: PredictInputs,
+    report: Any,
+    output: Path | None,
+) -> tuple[dict | None, dict, dict, list[Path]]:
+    """The layers, counts, params and files (the metrics JSON, written) of ``report``."""
+    from urbangeo.downstream.tables import with_status
+
+    report.protocol["baselines"] = {"asked": list(s.baseline_names), **inputs.baselines}
+    inputs.sets.annotate(report)
     below = report.below_baseline(s.model)
-    counts: dict = {"regions": len(dataset.features), "targets": len(report.targets)}
-    counts["excluded"] = n_all - len(dataset.features)
+    counts: dict = {"regions": len(inputs.dataset.features), "targets": len(report.targets)}
+    counts["excluded"] = inputs.n_all - len(inputs.dataset.features)
     for name, target in report.targets.items():
         counts[f"r2_{s.model}_{name}"] = round(target.metrics[s.model]["r2"]["mean"], 4)
     counts["below_baseline"] = len(below)
@@ -126,7 +192,7 @@ def predict_stage(
     layers = None
     if path is not None:
         frame = report.prediction_frame(model=s.model, seed=s.predictions_seed)
-        layers = {C.LAYER_PREDICTIONS: _regions_frame(path, with_status(frame, status))}
+        layers = {C.LAYER_PREDICTIONS: _regions_frame(path, with_status(frame, inputs.status))}
     params = {
         "embeddings": str(s.embeddings) if s.embeddings else "run",
         "indicators": str(s.indicators) if s.indicators else "run",
@@ -142,9 +208,14 @@ def predict_stage(
         "model": s.model,
         "baselines": list(s.baseline_names),
         "predictions": "ensemble" if s.predictions_seed is None else s.predictions_seed,
-        **sets.params(s),
+        **inputs.sets.params(s),
     }
-    result = run.commit(layers, counts=counts, params=params, files=files, report=report)
+    return layers, counts, params, files
+
+
+def say_predicted(path: Path | None, s: PredictSettings, report: Any, output: Path | None) -> None:
+    """What ``predict`` did, once committed."""
+    below = report.below_baseline(s.model)
     if below:
         message(
             f"The {s.model} head predicts {', '.join(below)} worse than the mean baseline "
@@ -157,7 +228,6 @@ def predict_stage(
         )
     if output is not None:
         message(f"Wrote metrics to {output}.")
-    return result
 
 
 def transfer_stage(

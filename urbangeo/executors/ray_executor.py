@@ -1,4 +1,4 @@
-"""The ``ray`` executor: the shards of each per-region stage as Ray tasks, then the merge.
+"""The ``ray`` executor: the shards of each sharded stage as Ray tasks, then the merge.
 
 Ray is an optional extra (``pip install 'urbangeo[ray]'``), imported when this executor is
 made. Each task runs one shard (:func:`urbangeo.shard.run_shard`, through the stage's own

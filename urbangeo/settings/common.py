@@ -14,21 +14,25 @@ SHARD_BY = ("id", "block")
 @dataclass(frozen=True)
 class ShardSettings(StageSettings):
     """``shard`` and ``shard_by``: run one shard of a per-region stage (tiles, streetview,
-    caption, embed). Both are runtime settings: a sharded stage, once merged, is the same
-    stage as an unsharded one (same record, same fingerprint)."""
+    caption, embed: a share of the regions) or of predict (a share of its fits). Both are
+    runtime settings: a sharded stage, once merged, is the same stage as an unsharded one
+    (same record, same fingerprint)."""
 
     shard: str | None = setting(
         None,
-        "Run only shard I of N of the regions (e.g. 2/4) into RUN/shards/STAGE/I-of-N/; once "
-        "all N are done, `urbangeo merge STAGE --gpkg RUN/run.gpkg --shards N` assembles the "
-        "run. Shards of one stage run at the same time (a Slurm or cloud array job).",
+        "Run only shard I of N (e.g. 2/4) into RUN/shards/STAGE/I-of-N/: tiles, streetview, "
+        "caption, embed: 1/N of the regions; predict: 1/N of the fits (every shard reads all "
+        "regions). Once all N are done, `urbangeo merge STAGE --gpkg RUN/run.gpkg --shards N` "
+        "assembles the run. Shards of one stage run at the same time (a Slurm or cloud array "
+        "job).",
         unit="I/N",
         runtime=True,
     )
     shard_by: str = setting(
         "id",
         "How regions are split into shards: id (a stable hash of region_id: even shards) or "
-        "block (blocks of 8 x 8 grid cells: neighbours stay together, e.g. for raster reads).",
+        "block (blocks of 8 x 8 grid cells: neighbours stay together, e.g. for raster reads). "
+        "predict splits its fits, not the regions: there it changes nothing.",
         choices=SHARD_BY,
         runtime=True,
     )

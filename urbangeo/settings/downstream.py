@@ -7,6 +7,7 @@ from pathlib import Path
 
 from urbangeo.errors import InputError
 from urbangeo.settings._base import MAX_SEED, StageSettings, setting
+from urbangeo.settings.common import ShardSettings
 
 HEADS = ("mlp", "ridge")
 SPLITS = ("random", "block")
@@ -103,7 +104,7 @@ class IndicatorsSettings(StageSettings, stage="indicators"):
 
 
 @dataclass(frozen=True)
-class PredictSettings(StageSettings, stage="predict"):
+class PredictSettings(ShardSettings, stage="predict"):
     """``predict``: prediction heads on frozen embeddings, scored over seeds."""
 
     embeddings: Path | None = setting(

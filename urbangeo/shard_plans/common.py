@@ -28,10 +28,15 @@ Merged = tuple[dict, dict, dict, list[Path], Callable[[], None]]
 @dataclass(frozen=True)
 class Share:
     """The regions of one shard (``ids``); the first shard also takes the rows without a
-    region (``first``)."""
+    region (``first``). ``index`` of ``count`` and the run's GeoPackage (``run_gpkg``) place
+    the shard: a plan that splits other work than regions (``predict``'s fits) takes its share
+    by them."""
 
     ids: frozenset[str]
     first: bool
+    index: int = 1
+    count: int = 1
+    run_gpkg: Path | None = None
 
     def keeps(self, region_id: object) -> bool:
         """Whether a row of region ``region_id`` (None or NaN: no region) is this shard's."""
@@ -98,6 +103,9 @@ class Plan:
     seed: Callable[[Path, Path, Share, Mapping[str, pd.DataFrame]], None] = _nothing_to_seed
     #: Files of a shard's folder that survive its being started over (paid-for caches).
     kept: tuple[str, ...] = ()
+    #: What the shards split: "regions" (a shard has its regions' rows of ``layers``) or
+    #: "fits" (``predict``: every shard reads the run's inputs whole and makes 1/N of the fits).
+    splits: str = "regions"
 
 
 def same_params(stage: str, shards: Sequence[Shard]) -> dict:
