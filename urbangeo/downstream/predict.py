@@ -29,6 +29,7 @@ import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -245,20 +246,11 @@ def evaluate(
     dataset: Dataset,
     targets: Sequence[str] | None = None,
     *,
-    seeds: int | Sequence[int] = 5,
-    split: str = "random",
-    block_size: float | None = None,
-    log: bool = True,
     mlp: MLPConfig = DEFAULT_MLP,
-    cv: str = "auto",
-    folds: int = 5,
-    repeats: int | None = None,
-    extra_features: Mapping[str, pd.DataFrame] | None = None,
-    baseline_heads: Sequence[str] = HEADS,
-    coords_baseline: bool = True,
-    column_weights: Mapping[str, np.ndarray] | None = None,
+    **options: Any,
 ) -> PredictionReport:
-    """Fit and test every model on every target (see the module docstring).
+    """Fit and test every model on every target (see the module docstring); ``options`` are
+    :func:`plan_evaluation`'s (seeds, split, cv, folds, extra_features, baseline_heads...).
 
     ``seeds``: the 6:2:2 splits; ``repeats``: the k-fold repeats (seeds 0..repeats-1; default
     the ``seeds``). ``extra_features``: baseline embeddings by name (region_id-indexed), each
@@ -267,21 +259,7 @@ def evaluate(
     ``extra_features``), one weight per column that the MLP and ridge heads apply after
     standardising (the blocks of ``--features``: :mod:`urbangeo.downstream.heads`).
     """
-    plan = plan_evaluation(
-        dataset,
-        targets,
-        seeds=seeds,
-        split=split,
-        block_size=block_size,
-        log=log,
-        cv=cv,
-        folds=folds,
-        repeats=repeats,
-        extra_features=extra_features,
-        baseline_heads=baseline_heads,
-        coords_baseline=coords_baseline,
-        column_weights=column_weights,
-    )
+    plan = plan_evaluation(dataset, targets, **options)
     return plan.report(fit_jobs(plan, mlp), mlp)
 
 
