@@ -88,9 +88,12 @@ def test_a_run_stopped_in_a_later_chunk_keeps_everything_before(
     assert not list(tmp_path.glob(".urbangeo-spool-*"))
     assert chunks == [9, 9, 3]
     monkeypatch.setattr(selection.Selector, "table", table)
+    stale = tmp_path / ".urbangeo-spool-killed.parquet"  # what a SIGKILL would leave
+    stale.write_bytes(b"PAR1")
     again = caption_stage(gpkg, parser="rule", workers=1, chunk_size=3, overwrite=True)
     assert again.counts["cached"] == again.counts["captions"] == 21
     assert gpd.read_file(gpkg, layer=C.LAYER_CAPTIONS)[C.SCORE].notna().all()
+    assert not stale.exists()
 
 
 def test_the_call_cache_reads_its_records_from_the_file(tmp_path, monkeypatch):

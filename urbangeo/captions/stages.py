@@ -44,7 +44,7 @@ from urbangeo.errors import InputError, MissingLayerError, UrbangeoError
 from urbangeo.io.files import sha256_bytes
 from urbangeo.io.gpkg import list_layers, read_layer
 from urbangeo.io.runs import StageResult
-from urbangeo.io.spool import FrameSpool
+from urbangeo.io.spool import FrameSpool, remove_stale_spools
 from urbangeo.progress import Progress, message, progress
 from urbangeo.settings import CaptionSettings
 from urbangeo.settings.captions import MAX_CAPTION_CHARS, SELECT_MODES
@@ -255,6 +255,7 @@ def _caption(
     eligible = [i for i in items if i.path is not None]
     skipped = len(items) - len(eligible)
     tally = _Tally()
+    remove_stale_spools(path.parent)  # of a run killed before it could remove its own
     with FrameSpool(path.parent, CAPTION_SCHEMA, CAPTION_DTYPES) as spool:
         try:
             if s.refine and not captioner.needs_image:

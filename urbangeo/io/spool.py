@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["FrameSpool", "LayerChunks"]
+__all__ = ["SPOOL_GLOB", "FrameSpool", "LayerChunks", "remove_stale_spools"]
 
 
 class LayerChunks:
@@ -35,6 +35,19 @@ class LayerChunks:
 
     def __iter__(self) -> Iterator[pd.DataFrame]:
         return iter(self._chunks)
+
+
+#: Name pattern of spool files (hidden: they are not outputs).
+SPOOL_GLOB = ".urbangeo-spool-*.parquet"
+
+
+def remove_stale_spools(folder: str | os.PathLike) -> int:
+    """Remove the spool files a killed process left in ``folder`` (call it holding the folder's
+    run lock: no other stage is spooling there); how many were removed."""
+    stale = list(Path(folder).glob(SPOOL_GLOB))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
 
 
 class FrameSpool:
