@@ -23,7 +23,7 @@ from typing import IO, Any
 
 from urbangeo import constants as C
 from urbangeo.io.files import sha256_bytes
-from urbangeo.io.jsonl import LineReader, scan_lines
+from urbangeo.io.jsonl import LineReader, append_lines, scan_lines
 from urbangeo.settings.captions import MAX_CAPTION_CHARS
 
 
@@ -111,10 +111,7 @@ class CaptionCache:
         offset = self._index.get(_index_key(key))
         if offset is None:
             return None
-        with self._lock:
-            if self._file is not None:
-                self._file.flush()
-        line = self._reader.line_at(offset)
+        line = self._reader.line_at(offset)  # put flushed it
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
@@ -162,10 +159,7 @@ class CaptionCache:
             else:
                 f = open(self.path, "ab")  # noqa: SIM115
             try:
-                f.seek(0, os.SEEK_END)
-                offset = f.tell()
-                f.write(line)
-                f.flush()
+                (offset,) = append_lines(f, [line])
             finally:
                 if f is not self._file:
                     f.close()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from urbangeo.captions.scenegraph import PARSE_BATCH, Parser, RuleParser, SceneGraph, parse_chunk
-from urbangeo.io.jsonl import LineReader, scan_lines
+from urbangeo.io.jsonl import LineReader, append_lines, scan_lines
 
 if TYPE_CHECKING:
     from urbangeo.captions.workers import WorkerPool
@@ -144,20 +144,19 @@ class CachedParser:
             if self.path is None:
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            lines = [
+                (
+                    json.dumps(
+                        {"parser": self.name, "text": text, "graph": graph.to_dict()},
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                ).encode("utf-8")
+                for text, graph in zip(texts, graphs, strict=True)
+            ]
             with open(self.path, "ab") as f:
-                f.seek(0, os.SEEK_END)
-                offset = f.tell()
-                for text, graph in zip(texts, graphs, strict=True):
-                    line = (
-                        json.dumps(
-                            {"parser": self.name, "text": text, "graph": graph.to_dict()},
-                            ensure_ascii=False,
-                        )
-                        + "\n"
-                    ).encode("utf-8")
-                    f.write(line)
-                    self._index[_digest(text)] = offset
-                    offset += len(line)
+                offsets = append_lines(f, lines)
+            self._index.update(zip(map(_digest, texts), offsets, strict=True))
 
 
 _LINE_START = '{"parser": '

@@ -20,14 +20,11 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from urbangeo._optional import import_optional
 from urbangeo.errors import InputError
 from urbangeo.settings.captions import PARSERS
-
-if TYPE_CHECKING:
-    pass
 
 FACTUAL_MODEL = "lizhuang144/flan-t5-base-VG-factual-sg"
 #: Captions that spaCy parses at once (``nlp.pipe``), and that one worker process takes at once.

@@ -11,12 +11,11 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
 
 from urbangeo import constants as C
 from urbangeo.captions.calls import Call
@@ -29,20 +28,13 @@ CAPTION_COLUMNS = [
     C.IMAGE_ID, C.KIND, C.REGION_ID, C.POINT_ID, C.BACKEND, C.MODEL, C.CAPTION, C.SCORE,
     C.SELECTED, TRUNCATED,
 ]  # fmt: skip
-#: Types of the captions table's columns (pandas, and Arrow for the stage's spool).
-CAPTION_DTYPES = {
+#: Types of the captions table's columns (pandas, and the stage's spool).
+CAPTION_DTYPES: dict[str, type] = {
     **{c: object for c in CAPTION_COLUMNS},
     C.SCORE: float,
     C.SELECTED: bool,
     TRUNCATED: bool,
 }
-CAPTION_SCHEMA = pa.schema(
-    [
-        (c, pa.float64() if c == C.SCORE else pa.bool_() if c in (C.SELECTED, TRUNCATED) else
-         pa.string())
-        for c in CAPTION_COLUMNS
-    ]
-)  # fmt: skip
 PARSES_JSONL = "caption_parses.jsonl"
 
 
@@ -84,6 +76,12 @@ class Selector:
         self._stack.close()
         if self._cached is not None:
             self._cached.close()
+
+    def __enter__(self) -> Selector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def table(self, calls: Sequence[Call]) -> pd.DataFrame:
         """The rows of the ``captions`` table of ``calls`` (the images' successful calls)."""
@@ -167,18 +165,8 @@ class _Chooser:
 def selection_table(calls: Sequence[Call], *args: Any, **kwargs: Any) -> pd.DataFrame:
     """The ``captions`` table of ``calls``: every candidate, its consensus score, the selected
     one (the other arguments are :class:`Selector`'s)."""
-    with selecting(*args, **kwargs) as selector:
+    with Selector(*args, **kwargs) as selector:
         return selector.table(calls)
-
-
-@contextlib.contextmanager
-def selecting(*args: Any, **kwargs: Any) -> Iterator[Selector]:
-    """A :class:`Selector` (same arguments), closed on exit."""
-    selector = Selector(*args, **kwargs)
-    try:
-        yield selector
-    finally:
-        selector.close()
 
 
 def warm_up() -> None:

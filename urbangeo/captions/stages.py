@@ -32,10 +32,9 @@ from urbangeo.captions.prompts import load_prompts
 from urbangeo.captions.selection import (
     CAPTION_COLUMNS,
     CAPTION_DTYPES,
-    CAPTION_SCHEMA,
     PARSES_JSONL,
     TRUNCATED,
-    selecting,
+    Selector,
     selection_table,
     warm_up,
 )
@@ -256,7 +255,7 @@ def _caption(
     skipped = len(items) - len(eligible)
     tally = _Tally()
     remove_stale_spools(path.parent)  # of a run killed before it could remove its own
-    with FrameSpool(path.parent, CAPTION_SCHEMA, CAPTION_DTYPES) as spool:
+    with FrameSpool(path.parent, CAPTION_DTYPES) as spool:
         try:
             if s.refine and not captioner.needs_image:
                 raise InputError(
@@ -271,7 +270,7 @@ def _caption(
                 warm = threading.Thread(target=warm_up, name="urbangeo-warm-up", daemon=True)
                 warm.start()
             with (
-                selecting(captioner.name, s.select, s.parser, path, pool=pool, warm=warm) as sel,
+                Selector(captioner.name, s.select, s.parser, path, pool=pool, warm=warm) as sel,
                 progress(0, task="caption", unit="call") as bar,
             ):
                 for start in range(0, len(eligible), s.chunk_size):
@@ -336,6 +335,7 @@ def _caption_chunk(
     """Caption (and refine) one chunk of images; its successful calls, counted in ``tally``."""
     calls: list[tuple[Call, bytes | None, str]] = []
     images: dict[str, bytes | None] = {}
+    generation = captioner.options()  # the same for every call
     for item in chunk:
         # Read to be hashed (the calls read it again when they need it): memory holds one
         # image here, not the run's; a captioner of places (osm) reads none.
@@ -349,7 +349,7 @@ def _caption_chunk(
             images[item.image_id] = image
         prompt = prompts.for_kind(item.kind, source=item.source)
         for model in captioner.models:
-            key = call_key(input_sha, captioner.name, model, prompt, captioner.options())
+            key = call_key(input_sha, captioner.name, model, prompt, generation)
             calls.append((Call(item, model, key), None, prompt))
     run_calls(captioner, calls, cache, concurrency=s.concurrency, pool=pool, bar=bar)
     if s.refine:

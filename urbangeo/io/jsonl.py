@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -20,6 +20,20 @@ def scan_lines(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
         for line in f:
             yield offset, line
             offset += len(line)
+
+
+def append_lines(f: IO[bytes], lines: Sequence[bytes]) -> list[int]:
+    """Append ``lines`` (each ending with a newline) to the file ``f`` opened for appending,
+    flushed; the byte offset where each starts."""
+    f.seek(0, os.SEEK_END)
+    offset = f.tell()
+    offsets = []
+    for line in lines:
+        offsets.append(offset)
+        f.write(line)
+        offset += len(line)
+    f.flush()
+    return offsets
 
 
 class LineReader:

@@ -28,10 +28,9 @@ class LayerChunks:
     ``empty`` has the columns and types (the layer's schema when there are no rows).
     """
 
-    def __init__(self, chunks: Iterator[pd.DataFrame] | list[pd.DataFrame], empty: pd.DataFrame):
+    def __init__(self, chunks: Iterator[pd.DataFrame], empty: pd.DataFrame) -> None:
         self._chunks = chunks
         self.empty = empty
-        self.columns = empty.columns
 
     def __iter__(self) -> Iterator[pd.DataFrame]:
         return iter(self._chunks)
@@ -50,15 +49,20 @@ def remove_stale_spools(folder: str | os.PathLike) -> int:
     return len(stale)
 
 
-class FrameSpool:
-    """Frames appended to a Parquet file in ``folder`` (removed by :meth:`close`)."""
+#: The Arrow type of each column type a spool takes (``object``: text).
+_ARROW = {object: pa.string(), float: pa.float64(), bool: pa.bool_(), int: pa.int64()}
 
-    def __init__(self, folder: str | os.PathLike, schema: pa.Schema, dtypes: dict) -> None:
+
+class FrameSpool:
+    """Frames appended to a Parquet file in ``folder`` (removed by :meth:`close`); ``dtypes``
+    names the columns and their types (``object`` for text, ``float``, ``bool``, ``int``)."""
+
+    def __init__(self, folder: str | os.PathLike, dtypes: dict[str, type]) -> None:
         self.folder = Path(folder)
-        self.schema = schema
         self.dtypes = dtypes
+        self.schema = pa.schema([(name, _ARROW[t]) for name, t in dtypes.items()])
         self.rows = 0
-        self._frames: list[pd.DataFrame] = []
+        self._first: pd.DataFrame | None = None
         self._path: Path | None = None
         self._writer: pq.ParquetWriter | None = None
 
@@ -68,8 +72,8 @@ class FrameSpool:
         if not len(frame):
             return
         self.rows += len(frame)
-        if not self._frames and self._writer is None:
-            self._frames.append(frame)
+        if self._first is None and self._writer is None:
+            self._first = frame
             return
         if self._writer is None:
             fd, name = tempfile.mkstemp(
@@ -78,7 +82,9 @@ class FrameSpool:
             os.close(fd)
             self._path = Path(name)
             self._writer = pq.ParquetWriter(self._path, self.schema)
-            self._write(self._frames.pop())
+            assert self._first is not None
+            self._write(self._first)
+            self._first = None
         self._write(frame)
 
     def _write(self, frame: pd.DataFrame) -> None:
@@ -91,7 +97,7 @@ class FrameSpool:
         read back one row group at a time."""
         empty = pd.DataFrame({n: pd.Series(dtype=t) for n, t in self.dtypes.items()})
         if self._writer is None:
-            return self._frames[0] if self._frames else empty
+            return self._first if self._first is not None else empty
         self._writer.close()
         self._writer = None
         return LayerChunks(self._read(), empty)
@@ -111,7 +117,7 @@ class FrameSpool:
         if self._path is not None:
             self._path.unlink(missing_ok=True)
             self._path = None
-        self._frames.clear()
+        self._first = None
 
     def __enter__(self) -> FrameSpool:
         return self
