@@ -107,3 +107,37 @@ def test_parser_choice(monkeypatch, tmp_path):
         get_parser("factual")
     with pytest.raises(InputError, match="Unknown parser"):
         get_parser("llm")
+
+
+_PARSE_IN_A_FRESH_PROCESS = """
+import json, sys
+from urbangeo.captions.scenegraph import RuleParser, load_spacy
+load_spacy()
+hidden = "torch" not in sys.modules
+graphs = [g.to_dict() for g in RuleParser().parse_many(json.loads(sys.argv[1]))]
+import torch  # works as usual afterwards
+print(json.dumps({"hidden": hidden, "torch": torch.__name__, "graphs": graphs}))
+"""
+
+
+def test_spacy_loads_without_torch_and_parses_the_same(spacy_ready):
+    import subprocess
+    import sys
+
+    import torch  # noqa: F401 - this process parses with torch imported, as a parent may
+
+    texts = [
+        "A wide road with parked cars runs past a tall red building.",
+        "Trees line the quiet residential street, and a small park lies to the north.",
+        "Boats floating on the water near a long concrete pier.",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-c", _PARSE_IN_A_FRESH_PROCESS, json.dumps(texts)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    fresh = json.loads(out.stdout.strip().splitlines()[-1])
+    assert fresh["hidden"] and fresh["torch"] == "torch"  # spaCy loaded without it, then it works
+    assert fresh["graphs"] == [g.to_dict() for g in RuleParser().parse_many(texts)]
+    assert all(g["objects"] for g in fresh["graphs"])

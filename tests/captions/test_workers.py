@@ -3,6 +3,7 @@ happened and keep what was done, and no more workers than cores."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -206,3 +207,32 @@ def test_a_cache_session_flushes_each_record(tmp_path):
         "k3",
         "k4",
     ]
+
+
+def _span(chunk: int) -> tuple[int, float, float]:
+    import time
+
+    started = time.monotonic()
+    time.sleep(0.3)
+    return chunk, started, time.monotonic()
+
+
+def test_one_worker_fewer_while_this_process_is_busy():
+    # While this process works in another thread (the stage loading WordNet and MiniLM), a
+    # chunk starts only when the one before it has come back: 2 processes on 2 cores, not 3.
+    busy = {"now": True}
+    spans: dict[int, tuple[float, float]] = {}
+
+    def settle(chunk: int, out: tuple[int, float, float]) -> None:
+        spans[chunk] = out[1:]
+        if chunk == 3:
+            busy["now"] = False
+
+    with WorkerPool(2) as pool:
+        pool.busy = lambda: busy["now"]
+        pool.run(_span, list(range(1, 9)), settle)
+    assert sorted(spans) == list(range(1, 9))
+    for a in (1, 2, 3):  # one at a time while busy
+        assert spans[a][1] <= spans[a + 1][0]
+    later = [spans[c] for c in range(5, 9)]  # then both workers again
+    assert any(s2 < e1 for (_, e1), (s2, _) in itertools.pairwise(later))

@@ -183,7 +183,7 @@ def _run_calls(
 
 
 #: Images per task of a CPU-bound captioner (one worker's share at a time).
-CHUNK_IMAGES = 8
+CHUNK_IMAGES = 32
 #: The calls of one image, then a chunk of images.
 _Group = tuple[tuple[Call, bytes | None, str], ...]
 _Chunk = tuple[_Group, ...]

