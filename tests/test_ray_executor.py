@@ -1,7 +1,8 @@
 """``urbangeo run --executor ray``: the per-region stages as shards on a real local Ray
 (started by the test on this machine, loopback only, two CPUs), merged in the driver, give
 the plain run's layers, files, embeddings and captions (exactly: see tests/test_shards.py and
-tests/test_shards_images.py)."""
+tests/test_shards_images.py). The image stages go through Ray Data (an actor pool over a
+dataset of shards), the others as Ray tasks."""
 
 from __future__ import annotations
 
@@ -47,7 +48,18 @@ def _quiet(quiet_progress: None) -> None:
     """No progress bars."""
 
 
-def test_ray_shards_equal_the_plain_run(tmp_path: Path, raster: Path, local_ray) -> None:  # noqa: F811
+def test_ray_shards_equal_the_plain_run(
+    tmp_path: Path,
+    raster: Path,  # noqa: F811
+    local_ray,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from urbangeo.executors.ray_executor import RayExecutor
+
+    def no_tasks(*args: Any) -> None:
+        raise AssertionError("an image stage ran as Ray tasks, not through Ray Data")
+
+    monkeypatch.setattr(RayExecutor, "_run_tasks", no_tasks)
     plain = _plain(tmp_path / "plain", raster)
     gpkg = _new_run(tmp_path / "ray")
     executor = make_executor("ray", shards=3)

@@ -1,19 +1,25 @@
-"""The ``ray`` executor: the shards of each sharded stage as Ray tasks, then the merge.
+"""The ``ray`` executor: the shards of each sharded stage on Ray, then the merge.
 
 Ray is an optional extra (``pip install 'urbangeo[ray]'``), imported when this executor is
-made. Each task runs one shard (:func:`urbangeo.shard.run_shard`, through the stage's own
-function) with one CPU, one arithmetic thread and no worker processes (``workers`` auto is 1
-there), so N tasks on N cores do not oversubscribe them; the driver merges the shards under
-the run's lock. A task that dies (a node lost) is retried by Ray; a shard already done is
-skipped, one half done resumes.
+made. Each shard (:func:`urbangeo.shard.run_shard`, through the stage's own function) runs
+with one CPU, one arithmetic thread and no worker processes (``workers`` auto is 1 there), so N
+shards on N cores do not oversubscribe them; the driver merges the shards under the run's lock.
+The image stages (:data:`DATA_STAGES`) go through Ray Data: a dataset of their shards mapped by
+a pool of actors, one per CPU at most, each of which imports the stage's modules (torch, for
+embed) once and then runs shard after shard, streamed as actors free up; the other stages run
+a Ray task per shard. A task or actor that dies (a node lost) is retried by Ray; a shard
+already done is skipped, one half done resumes.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 from urbangeo.errors import InputError, UrbangeoError
+from urbangeo.io.processes import Failure, guarded, raise_failure
 from urbangeo.io.runs import StageResult
 from urbangeo.progress import message
 from urbangeo.settings import STAGE_SETTINGS, StageSettings
@@ -42,6 +48,44 @@ def run_one_shard(stage: str, gpkg: str, values: dict[str, Any]) -> dict[str, An
     settings = STAGE_SETTINGS[stage].from_mapping(values)
     result = stage_function(stage)(gpkg, settings, overwrite=False)
     return {"counts": dict(result.counts), "skipped": result.skipped}
+
+
+#: Stages whose shards go through Ray Data (an actor pool over a dataset of shards).
+DATA_STAGES = ("tiles", "streetview", "embed")
+
+
+class ShardActor:
+    """A Ray Data actor that runs shards of one stage: set up once (one thread, no progress
+    bars, the stage's module imported), then called with one shard per row."""
+
+    def __init__(self, stage: str) -> None:
+        from urbangeo.model.threads import one_thread
+        from urbangeo.progress import set_mode
+        from urbangeo.stage import stage_function
+
+        one_thread()
+        set_mode("none")
+        stage_function(stage)  # imports its module now, not in the first shard
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        # Ray Data passes a UDF's exception on as text only: a shard's error comes back as
+        # data, for the driver to raise as the stage would.
+        out = guarded(run_one_shard, row["stage"], row["gpkg"], json.loads(row["values"]))
+        failure = json.dumps(dataclasses.asdict(out)) if isinstance(out, Failure) else ""
+        return {"shard": row["shard"], "failure": failure}
+
+
+def shard_error(exc: BaseException) -> BaseException | None:
+    """The urbangeo error a shard raised, found in the chain of the Ray error around it."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, UrbangeoError):
+            return current
+        seen.add(id(current))
+        cause = getattr(current, "cause", None)
+        current = cause if isinstance(cause, BaseException) else current.__cause__
+    return None
 
 
 class RayExecutor:
@@ -89,24 +133,59 @@ class RayExecutor:
             return LocalExecutor().run_stage(stage, gpkg, settings, **extra)
         self._connect()
         n = self.count()
-        task = self.ray.remote(num_cpus=1, max_retries=2)(run_one_shard)
         path = str(Path(gpkg).resolve())
         values = settings.to_dict()
         if values.get("workers") == "auto":  # a task has one CPU: no worker processes
             values["workers"] = 1
-        refs = [task.remote(stage, path, {**values, "shard": f"{i}/{n}"}) for i in range(1, n + 1)]
-        message(f"Stage {stage}: {n} shards as Ray tasks.")
+        shards = [f"{i}/{n}" for i in range(1, n + 1)]
+        if stage in DATA_STAGES:
+            self._run_dataset(stage, path, values, shards)
+        else:
+            self._run_tasks(stage, path, values, shards)
+        return merge_shards(gpkg, stage, n)
+
+    def _run_dataset(
+        self, stage: str, path: str, values: dict[str, Any], shards: list[str]
+    ) -> None:
+        """The shards as a Ray Dataset mapped by :class:`ShardActor` s (one CPU each)."""
+        rows = [
+            {"stage": stage, "gpkg": path, "shard": shard,
+             "values": json.dumps({**values, "shard": shard}, default=str)}
+            for shard in shards
+        ]  # fmt: skip
+        cpus = max(1, int(self.ray.cluster_resources().get("CPU", 1)))
+        context = self.ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # urbangeo's own progress reports the stage
+        context.print_on_execution_start = False
+        dataset = self.ray.data.from_items(rows, override_num_blocks=len(rows)).map(
+            ShardActor,
+            fn_constructor_args=(stage,),
+            concurrency=min(len(rows), cpus),
+            num_cpus=1,
+        )
+        message(f"Stage {stage}: {len(rows)} shards through Ray Data.")
+        done = dataset.take_all()
+        for row in sorted(done, key=lambda r: shards.index(r["shard"])):
+            if row["failure"]:  # the first failed shard's error, as the stage shows it
+                raise_failure(Failure(**json.loads(row["failure"])), f"shard {row['shard']}")
+        if len(done) != len(shards):
+            raise UrbangeoError(f"Stage {stage}: Ray Data returned {len(done)} of the shards.")
+
+    def _run_tasks(self, stage: str, path: str, values: dict[str, Any], shards: list[str]) -> None:
+        """The shards as Ray tasks (one CPU each)."""
+        task = self.ray.remote(num_cpus=1, max_retries=2)(run_one_shard)
+        refs = [task.remote(stage, path, {**values, "shard": shard}) for shard in shards]
+        message(f"Stage {stage}: {len(shards)} shards as Ray tasks.")
         try:
             self.ray.get(refs)
         except self.ray.exceptions.RayTaskError as exc:
             for ref in refs:
                 self.ray.cancel(ref, force=True)
-            cause = getattr(exc, "cause", None)
-            if isinstance(cause, UrbangeoError):  # the shard's own error, as a stage shows it
-                raise cause from None
+            error = shard_error(exc)
+            if error is not None:  # the shard's own error, as a stage shows it
+                raise error from None
             raise
         except BaseException:
             for ref in refs:  # Ctrl-C or a failed shard: stop the others (done ones are kept)
                 self.ray.cancel(ref, force=True)
             raise
-        return merge_shards(gpkg, stage, n)
