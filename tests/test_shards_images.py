@@ -25,6 +25,7 @@ from pyproj import Transformer
 
 from tests.imagery.helpers import X0, Y0, edge_column_raster, grid, jpeg_bytes, make_run, points
 from urbangeo import constants as C
+from urbangeo.captions import calls as caption_calls
 from urbangeo.captions.captioners.osm import OSMCaptioner
 from urbangeo.captions.stages import PARSES_JSONL, caption_stage
 from urbangeo.errors import InputError, MissingLayerError
@@ -231,6 +232,7 @@ def test_a_killed_caption_shard_is_redone_alone(
     images = read_layer(gpkg, C.LAYER_IMAGES)
     sizes = _per_shard(gpkg, 2, images[images[C.STATUS] == C.STATUS_OK])  # those with a file
     assert sizes[1] > 12  # shard 2 is stopped in its second chunk of 8 images
+    monkeypatch.setattr(caption_calls, "CHUNK_IMAGES", 8)
     count = _count_captions(monkeypatch)
     settings = _caption_settings(inputs["osm"])
     caption_stage(gpkg, shard="1/2", **settings)
