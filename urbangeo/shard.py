@@ -21,7 +21,7 @@ its regions, its settings, the fingerprint it works towards; runtime settings su
 and worker processes aside, so a shard resumes whatever they are). The stage's own body runs
 there unchanged but for which of its planned items are the shard's (the plan's ``kwargs``),
 under the shard folder's lock: shards of one stage run at the same time, on one machine or on
-many that share the run folder (a Slurm array job, Ray tasks: :mod:`urbangeo.executors`). A
+many that share the run folder (a Slurm array job, Ray: :mod:`urbangeo.executors`). A
 shard that is done (its record has the fingerprint it works towards) is skipped when run again;
 one that was killed resumes as the stage itself does (images already saved are kept), alone.
 

@@ -2,12 +2,13 @@
 
 ``local`` (the default) runs every stage in this process, as the stage commands do. ``ray``
 runs each sharded stage (:data:`urbangeo.shard.SHARDED_STAGES`: the per-region stages, and
-``predict``, whose shards split its fits) as N shards, one Ray task each (one CPU, one thread
-per task), on a laptop's local Ray or a cluster's (``--address``), then merges them in this
-process under the run's lock (:func:`urbangeo.shard.merge_shards`); the other stages run
-here. The outputs are those of the local run (see :mod:`urbangeo.shard` for what is exact and
-what is to float tolerance). On a cluster the run folder must be on storage every node sees,
-at the same path.
+``predict``, whose shards split its fits) as N shards of one CPU and one thread each (the
+image stages through Ray Data, an actor pool over a dataset of shards; ``caption`` and
+``predict`` as Ray tasks), on a laptop's local Ray or a cluster's (``--address``), then
+merges them in this process under the run's lock (:func:`urbangeo.shard.merge_shards`); the
+other stages run here. The outputs are those of the local run (see :mod:`urbangeo.shard` for
+what is exact and what is to float tolerance). On a cluster the run folder must be on storage
+every node sees, at the same path.
 
 Training is not sharded: it runs in this process, or on several GPUs and nodes with
 ``torchrun`` (``urbangeo train``; see the README's "Large areas").
