@@ -130,3 +130,27 @@ def test_ray_predict_shards_equal_the_plain_predict(tmp_path: Path, local_ray) -
         "predict", gpkg, PredictSettings.from_mapping(SETTINGS), overwrite=True
     )
     _assert_same_predict(gpkg, plain)
+
+
+def test_a_shard_failure_becomes_the_stage_error() -> None:
+    # What the driver raises for a shard that failed in a Ray Data actor (its exception comes
+    # back as data): no Ray needed here.
+    from urbangeo.errors import InputError, UrbangeoError
+    from urbangeo.executors.ray_executor import shard_failure
+    from urbangeo.io.processes import guarded
+
+    def bad_input() -> None:
+        raise InputError("no such raster", hint="give --raster")
+
+    def broken() -> None:
+        raise RuntimeError("disk on fire")
+
+    error = shard_failure(guarded(bad_input), "2/3", "tiles")
+    assert type(error) is InputError and (error.message, error.hint) == (
+        "no such raster",
+        "give --raster",
+    )
+    error = shard_failure(guarded(broken), "3/3", "embed")
+    assert type(error) is UrbangeoError
+    assert error.message.startswith("Shard 3/3 of stage embed failed: RuntimeError: disk on fire")
+    assert "in broken" in error.message and "--executor local" in (error.hint or "")

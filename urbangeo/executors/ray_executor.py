@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from urbangeo.errors import InputError, UrbangeoError
-from urbangeo.io.processes import Failure, guarded, raise_failure
+from urbangeo.io.processes import Failure, guarded
 from urbangeo.io.runs import StageResult
 from urbangeo.progress import message
 from urbangeo.settings import STAGE_SETTINGS, StageSettings
@@ -75,21 +75,21 @@ class ShardActor:
         return {"shard": row["shard"], "failure": failure}
 
 
-def shard_error(exc: BaseException) -> BaseException | None:
-    """The urbangeo error a shard raised, found in the chain of the Ray error around it."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, UrbangeoError):
-            return current
-        seen.add(id(current))
-        cause = getattr(current, "cause", None)
-        current = cause if isinstance(cause, BaseException) else current.__cause__
-    return None
+def shard_failure(failure: Failure, shard: str, stage: str) -> UrbangeoError:
+    """The error to raise for a shard's ``failure``: the input error it was, or one that
+    names the shard and carries its traceback."""
+    if failure.input_error:
+        return InputError(failure.message, hint=failure.hint)
+    return UrbangeoError(
+        f"Shard {shard} of stage {stage} failed: {failure.kind}: {failure.message}\n"
+        f"Shard traceback:\n{failure.trace.rstrip()}",
+        hint="The shards that finished are kept: once the cause is fixed, the same command "
+        "runs the others; --executor local runs the stage here.",
+    )
 
 
 class RayExecutor:
-    """Per-region stages as ``shards`` Ray tasks (default: the cluster's CPUs) on the Ray at
+    """Per-region stages as ``shards`` shards (default: the cluster's CPUs) on the Ray at
     ``address`` (None: this machine's, started if none runs); other stages here."""
 
     name = "ray"
@@ -167,7 +167,7 @@ class RayExecutor:
         done = dataset.take_all()
         for row in sorted(done, key=lambda r: shards.index(r["shard"])):
             if row["failure"]:  # the first failed shard's error, as the stage shows it
-                raise_failure(Failure(**json.loads(row["failure"])), f"shard {row['shard']}")
+                raise shard_failure(Failure(**json.loads(row["failure"])), row["shard"], stage)
         if len(done) != len(shards):
             raise UrbangeoError(f"Stage {stage}: Ray Data returned {len(done)} of the shards.")
 
@@ -181,9 +181,9 @@ class RayExecutor:
         except self.ray.exceptions.RayTaskError as exc:
             for ref in refs:
                 self.ray.cancel(ref, force=True)
-            error = shard_error(exc)
-            if error is not None:  # the shard's own error, as a stage shows it
-                raise error from None
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, UrbangeoError):  # the shard's own error, as a stage shows it
+                raise cause from None
             raise
         except BaseException:
             for ref in refs:  # Ctrl-C or a failed shard: stop the others (done ones are kept)
