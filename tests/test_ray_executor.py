@@ -151,6 +151,8 @@ def test_a_shard_failure_becomes_the_stage_error() -> None:
         "give --raster",
     )
     error = shard_failure(guarded(broken), "3/3", "embed")
-    assert type(error) is UrbangeoError
-    assert error.message.startswith("Shard 3/3 of stage embed failed: RuntimeError: disk on fire")
+    assert isinstance(error, UrbangeoError) and not isinstance(error, InputError)
+    assert error.message.startswith(
+        "A worker failed on shard 3/3 of stage embed: RuntimeError: disk on fire"
+    )
     assert "in broken" in error.message and "--executor local" in (error.hint or "")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from urbangeo.errors import InputError, UrbangeoError
-from urbangeo.io.processes import Failure, guarded
+from urbangeo.io.processes import Failure, failure_error, guarded
 from urbangeo.io.runs import StageResult
 from urbangeo.progress import message
 from urbangeo.settings import STAGE_SETTINGS, StageSettings
@@ -78,11 +78,9 @@ class ShardActor:
 def shard_failure(failure: Failure, shard: str, stage: str) -> UrbangeoError:
     """The error to raise for a shard's ``failure``: the input error it was, or one that
     names the shard and carries its traceback."""
-    if failure.input_error:
-        return InputError(failure.message, hint=failure.hint)
-    return UrbangeoError(
-        f"Shard {shard} of stage {stage} failed: {failure.kind}: {failure.message}\n"
-        f"Shard traceback:\n{failure.trace.rstrip()}",
+    return failure_error(
+        failure,
+        f"shard {shard} of stage {stage}",
         hint="The shards that finished are kept: once the cause is fixed, the same command "
         "runs the others; --executor local runs the stage here.",
     )

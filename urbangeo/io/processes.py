@@ -66,16 +66,23 @@ def guarded(func: Callable[..., R], *args: Any) -> R | Failure:
     return result
 
 
-def raise_failure(failure: Failure, what: str) -> NoReturn:
-    """Raise ``failure`` (from the work on ``what``) in the parent."""
+def failure_error(failure: Failure, what: str, *, hint: str | None = None) -> UrbangeoError:
+    """The error for ``failure`` (from the work on ``what``): the input error it was, or a
+    :class:`WorkerError` with the worker's traceback (and ``hint``, or the default one)."""
     if failure.input_error:
-        raise InputError(failure.message, hint=failure.hint)
-    raise WorkerError(
+        return InputError(failure.message, hint=failure.hint)
+    return WorkerError(
         f"A worker failed on {what}: {failure.kind}: {failure.message}\n"
         f"Worker traceback:\n{failure.trace.rstrip()}",
-        hint="What finished before the error was kept: once the cause is fixed, the same "
+        hint=hint
+        or "What finished before the error was kept: once the cause is fixed, the same "
         "command continues from there; --workers 1 runs the work in this process.",
     )
+
+
+def raise_failure(failure: Failure, what: str) -> NoReturn:
+    """Raise ``failure`` (from the work on ``what``) in the parent."""
+    raise failure_error(failure, what)
 
 
 def broken_pool_error() -> WorkerError:
