@@ -64,6 +64,10 @@ def fit(regions: np.ndarray, seconds: np.ndarray) -> dict:
     return {"a": float(a), "b": float(b), "k": float(k)}
 
 
+def _num(x: float | None, scale: float = 1.0, digits: int = 2) -> str:
+    return "–" if x is None else f"{x * scale:.{digits}f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (with run.gpkg)")
@@ -86,12 +90,9 @@ def main() -> None:
             sizes = ", ".join(f"{r['run']} ({r['regions']:,})" for r in group)
             secs = ", ".join(f"{x:,.1f}" for x in s)
 
-            def num(x: float | None, scale: float = 1.0, digits: int = 2) -> str:
-                return "–" if x is None else f"{x * scale:.{digits}f}"
-
             print(
-                f"| {name} | {sizes} | {secs} | {num(f['a'], digits=1)} | "
-                f"{num(f['b'], 1000, 3)} | {num(f['k'])} |"
+                f"| {name} | {sizes} | {secs} | {_num(f['a'], digits=1)} | "
+                f"{_num(f['b'], 1000, 3)} | {_num(f['k'])} |"
             )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +38,22 @@ def import_ray() -> Any:
     return ray
 
 
-def run_one_shard(stage: str, gpkg: str, values: dict[str, Any]) -> dict[str, Any]:
-    """In a Ray worker: shard ``values["shard"]`` of ``stage`` on the run ``gpkg``; its counts."""
+def _shard_process(stage: str) -> Callable[..., StageResult]:
+    """What a process that runs shards of ``stage`` does first (one thread, before torch
+    loads; no progress bars); the stage's function."""
     from urbangeo.model.threads import one_thread
     from urbangeo.progress import set_mode
     from urbangeo.stage import stage_function
 
-    one_thread()  # before torch loads (the embed shards): one thread per task
+    one_thread()
     set_mode("none")
+    return stage_function(stage)
+
+
+def run_one_shard(stage: str, gpkg: str, values: dict[str, Any]) -> dict[str, Any]:
+    """In a Ray worker: shard ``values["shard"]`` of ``stage`` on the run ``gpkg``; its counts."""
     settings = STAGE_SETTINGS[stage].from_mapping(values)
-    result = stage_function(stage)(gpkg, settings, overwrite=False)
+    result = _shard_process(stage)(gpkg, settings, overwrite=False)
     return {"counts": dict(result.counts), "skipped": result.skipped}
 
 
@@ -55,22 +62,17 @@ DATA_STAGES = ("tiles", "streetview", "embed")
 
 
 class ShardActor:
-    """A Ray Data actor that runs shards of one stage: set up once (one thread, no progress
-    bars, the stage's module imported), then called with one shard per row."""
+    """A Ray Data actor that runs shards of ``stage`` on the run ``gpkg``: set up once (the
+    stage's module imported), then called with one shard's settings per row."""
 
-    def __init__(self, stage: str) -> None:
-        from urbangeo.model.threads import one_thread
-        from urbangeo.progress import set_mode
-        from urbangeo.stage import stage_function
-
-        one_thread()
-        set_mode("none")
-        stage_function(stage)  # imports its module now, not in the first shard
+    def __init__(self, stage: str, gpkg: str) -> None:
+        self.stage, self.gpkg = stage, gpkg
+        _shard_process(stage)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         # Ray Data passes a UDF's exception on as text only: a shard's error comes back as
         # data, for the driver to raise as the stage would.
-        out = guarded(run_one_shard, row["stage"], row["gpkg"], json.loads(row["values"]))
+        out = guarded(run_one_shard, self.stage, self.gpkg, json.loads(row["values"]))
         failure = json.dumps(dataclasses.asdict(out)) if isinstance(out, Failure) else ""
         return {"shard": row["shard"], "failure": failure}
 
@@ -117,6 +119,10 @@ class RayExecutor:
         if self.shards is not None:
             return self.shards
         self._connect()
+        return self._cpus()
+
+    def _cpus(self) -> int:
+        """The connected cluster's CPUs."""
         return max(1, int(self.ray.cluster_resources().get("CPU", 1)))
 
     def run_stage(
@@ -147,18 +153,16 @@ class RayExecutor:
     ) -> None:
         """The shards as a Ray Dataset mapped by :class:`ShardActor` s (one CPU each)."""
         rows = [
-            {"stage": stage, "gpkg": path, "shard": shard,
-             "values": json.dumps({**values, "shard": shard}, default=str)}
+            {"shard": shard, "values": json.dumps({**values, "shard": shard}, default=str)}
             for shard in shards
-        ]  # fmt: skip
-        cpus = max(1, int(self.ray.cluster_resources().get("CPU", 1)))
+        ]
         context = self.ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # urbangeo's own progress reports the stage
         context.print_on_execution_start = False
         dataset = self.ray.data.from_items(rows, override_num_blocks=len(rows)).map(
             ShardActor,
-            fn_constructor_args=(stage,),
-            concurrency=min(len(rows), cpus),
+            fn_constructor_args=(stage, path),
+            concurrency=min(len(rows), self._cpus()),
             num_cpus=1,
         )
         message(f"Stage {stage}: {len(rows)} shards through Ray Data.")

@@ -36,8 +36,10 @@ class LayerChunks:
         return iter(self._chunks)
 
 
-#: Name pattern of spool files (hidden: they are not outputs).
-SPOOL_GLOB = ".urbangeo-spool-*.parquet"
+#: Spool files are named PREFIX + random + SUFFIX (hidden: they are not outputs).
+_PREFIX, _SUFFIX = ".urbangeo-spool-", ".parquet"
+#: Name pattern of spool files.
+SPOOL_GLOB = f"{_PREFIX}*{_SUFFIX}"
 
 
 def remove_stale_spools(folder: str | os.PathLike) -> int:
@@ -76,9 +78,7 @@ class FrameSpool:
             self._first = frame
             return
         if self._writer is None:
-            fd, name = tempfile.mkstemp(
-                prefix=".urbangeo-spool-", suffix=".parquet", dir=self.folder
-            )
+            fd, name = tempfile.mkstemp(prefix=_PREFIX, suffix=_SUFFIX, dir=self.folder)
             os.close(fd)
             self._path = Path(name)
             self._writer = pq.ParquetWriter(self._path, self.schema)
